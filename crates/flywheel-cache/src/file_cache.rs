@@ -1,0 +1,151 @@
+//! A binary cache in a directory, laid out as Nix's `file://` store reads it:
+//! `nix-cache-info`, `<hashpart>.narinfo`, `nar/<filehash>.nar[.zst]`.
+//!
+//! Every file is written under a temporary name, synced, and renamed into place, so a reader
+//! (or a crash) never sees half a file; a narinfo is written only after its NAR.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use flywheel_nix::nar::{Digested, HashingWriter};
+use flywheel_nix::narinfo::NarInfo;
+use flywheel_nix::{StoreDir, StorePath};
+
+use crate::compression::Compression;
+use crate::CacheError;
+
+pub struct FileCache {
+    root: PathBuf,
+    store_dir: StoreDir,
+}
+
+impl FileCache {
+    /// Opens the cache at `root`, creating it (with its `nix-cache-info`) if needed. An existing
+    /// cache must be for the same store directory.
+    pub fn open_or_create(root: &Path, store_dir: StoreDir) -> Result<Self, CacheError> {
+        let io_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| CacheError::Io { path, source }
+        };
+        fs::create_dir_all(root.join("nar")).map_err(io_err(root))?;
+        let info_path = root.join("nix-cache-info");
+        match fs::read_to_string(&info_path) {
+            Ok(text) => {
+                let dir = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("StoreDir:"))
+                    .map(str::trim);
+                if let Some(dir) = dir {
+                    if dir != store_dir.as_str() {
+                        return Err(CacheError::StoreDirMismatch {
+                            cache: dir.to_string(),
+                            ours: store_dir.as_str().to_string(),
+                        });
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let text = format!("StoreDir: {}\nWantMassQuery: 1\n", store_dir.as_str());
+                write_atomic(&info_path, text.as_bytes()).map_err(io_err(&info_path))?;
+            }
+            Err(e) => {
+                return Err(CacheError::Io {
+                    path: info_path,
+                    source: e,
+                })
+            }
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+            store_dir,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn narinfo_path(&self, path: &StorePath) -> PathBuf {
+        let basename = path.to_basename();
+        let hash_part = &basename[..32];
+        self.root.join(format!("{hash_part}.narinfo"))
+    }
+
+    pub fn has_narinfo(&self, path: &StorePath) -> bool {
+        self.narinfo_path(path).is_file()
+    }
+
+    /// Streams a NAR through `write` (which gets the compressor's input) into the cache and
+    /// returns its URL and FileHash/FileSize together with what `write` returned.
+    pub fn put_nar<T>(
+        &self,
+        compression: Compression,
+        nar_size_hint: Option<u64>,
+        write: impl FnOnce(&mut dyn Write) -> Result<T, CacheError>,
+    ) -> Result<(String, Digested, T), CacheError> {
+        let temp = temp_path(&self.root.join("nar"), "nar");
+        let result = (|| {
+            let file = File::create_new(&temp).map_err(|source| CacheError::Io {
+                path: temp.clone(),
+                source,
+            })?;
+            let io_err = |source| CacheError::Io {
+                path: temp.clone(),
+                source,
+            };
+            let mut enc = compression
+                .encoder(HashingWriter::new(file), nar_size_hint)
+                .map_err(io_err)?;
+            let out = write(&mut enc)?;
+            let hashing = enc.finish().map_err(io_err)?;
+            let (file, digest) = hashing.finish();
+            file.sync_data().map_err(io_err)?;
+            let url = format!(
+                "nar/{}.nar{}",
+                digest.nix32_digest(),
+                compression.extension()
+            );
+            let dest = self.root.join(&url);
+            fs::rename(&temp, &dest).map_err(|source| CacheError::Io { path: dest, source })?;
+            Ok((url, digest, out))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&temp);
+        }
+        result
+    }
+
+    pub fn put_narinfo(&self, info: &NarInfo) -> Result<(), CacheError> {
+        let path = self.narinfo_path(info.store_path());
+        write_atomic(&path, &info.to_canonical_bytes())
+            .map_err(|source| CacheError::Io { path, source })
+    }
+
+    pub fn store_dir(&self) -> &StoreDir {
+        &self.store_dir
+    }
+}
+
+fn temp_path(dir: &Path, what: &str) -> PathBuf {
+    let mut r = [0u8; 8];
+    let _ = getrandom::fill(&mut r);
+    let suffix: String = r.iter().map(|b| format!("{b:02x}")).collect();
+    dir.join(format!(".{what}.{}.{suffix}.tmp", std::process::id()))
+}
+
+/// Writes `bytes` to `path` so that readers see the old file or the whole new one.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let temp = temp_path(dir, "write");
+    let result = (|| {
+        let mut f = File::create_new(&temp)?;
+        f.write_all(bytes)?;
+        f.sync_data()?;
+        fs::rename(&temp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result
+}

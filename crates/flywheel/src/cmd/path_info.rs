@@ -1,0 +1,72 @@
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use anyhow::anyhow;
+use flywheel_nix::store_db::PathInfo;
+
+use super::Store;
+use crate::cli::PathInfoArgs;
+
+/// The fields and order of `nix path-info --json` (Nix 2.8).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PathInfoJson {
+    path: String,
+    nar_hash: String,
+    nar_size: u64,
+    references: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deriver: Option<String>,
+    registration_time: i64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    ultimate: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    signatures: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ca: Option<String>,
+}
+
+pub fn run(args: PathInfoArgs) -> anyhow::Result<()> {
+    let store = Store::open(&args.store)?;
+    let dir = store.db.store_dir().clone();
+    let paths = store.resolve(&args.paths)?;
+    // Sorted by path, as Nix prints them.
+    let mut infos: BTreeMap<String, PathInfo> = BTreeMap::new();
+    if args.recursive {
+        for info in store.db.closure(&paths)? {
+            infos.insert(dir.render_path(&info.path), info);
+        }
+    } else {
+        for p in &paths {
+            let info = store
+                .db
+                .query(p)?
+                .ok_or_else(|| anyhow!("{} is not valid", dir.render_path(p)))?;
+            infos.insert(dir.render_path(p), info);
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let rows: Vec<PathInfoJson> = infos
+            .into_iter()
+            .map(|(path, i)| PathInfoJson {
+                path,
+                nar_hash: i.nar_hash.to_sri_string(),
+                nar_size: i.nar_size,
+                references: i.references.iter().map(|r| dir.render_path(r)).collect(),
+                deriver: i.deriver.as_ref().map(|d| dir.render_path(d)),
+                registration_time: i.registration_time,
+                ultimate: i.ultimate,
+                signatures: i.signatures.iter().map(|s| s.to_nix_string()).collect(),
+                ca: i.ca.as_ref().map(|c| c.to_nix_string()),
+            })
+            .collect();
+        serde_json::to_writer(&mut out, &rows)?;
+        writeln!(out)?;
+    } else {
+        for path in infos.keys() {
+            writeln!(out, "{path}")?;
+        }
+    }
+    Ok(())
+}
