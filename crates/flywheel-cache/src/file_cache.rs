@@ -32,10 +32,7 @@ impl FileCache {
         let info_path = root.join("nix-cache-info");
         match fs::read_to_string(&info_path) {
             Ok(text) => {
-                let dir = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("StoreDir:"))
-                    .map(str::trim);
+                let dir = text.lines().find_map(|l| l.strip_prefix("StoreDir:")).map(str::trim);
                 if let Some(dir) = dir {
                     if dir != store_dir.as_str() {
                         return Err(CacheError::StoreDirMismatch {
@@ -49,17 +46,9 @@ impl FileCache {
                 let text = format!("StoreDir: {}\nWantMassQuery: 1\n", store_dir.as_str());
                 write_atomic(&info_path, text.as_bytes()).map_err(io_err(&info_path))?;
             }
-            Err(e) => {
-                return Err(CacheError::Io {
-                    path: info_path,
-                    source: e,
-                })
-            }
+            Err(e) => return Err(CacheError::Io { path: info_path, source: e }),
         }
-        Ok(Self {
-            root: root.to_path_buf(),
-            store_dir,
-        })
+        Ok(Self { root: root.to_path_buf(), store_dir })
     }
 
     pub fn root(&self) -> &Path {
@@ -86,26 +75,14 @@ impl FileCache {
     ) -> Result<(String, Digested, T), CacheError> {
         let temp = temp_path(&self.root.join("nar"), "nar");
         let result = (|| {
-            let file = File::create_new(&temp).map_err(|source| CacheError::Io {
-                path: temp.clone(),
-                source,
-            })?;
-            let io_err = |source| CacheError::Io {
-                path: temp.clone(),
-                source,
-            };
-            let mut enc = compression
-                .encoder(HashingWriter::new(file), nar_size_hint)
-                .map_err(io_err)?;
+            let file = File::create_new(&temp).map_err(|source| CacheError::Io { path: temp.clone(), source })?;
+            let io_err = |source| CacheError::Io { path: temp.clone(), source };
+            let mut enc = compression.encoder(HashingWriter::new(file), nar_size_hint).map_err(io_err)?;
             let out = write(&mut enc)?;
             let hashing = enc.finish().map_err(io_err)?;
             let (file, digest) = hashing.finish();
             file.sync_data().map_err(io_err)?;
-            let url = format!(
-                "nar/{}.nar{}",
-                digest.nix32_digest(),
-                compression.extension()
-            );
+            let url = format!("nar/{}.nar{}", digest.nix32_digest(), compression.extension());
             let dest = self.root.join(&url);
             fs::rename(&temp, &dest).map_err(|source| CacheError::Io { path: dest, source })?;
             Ok((url, digest, out))
@@ -118,8 +95,7 @@ impl FileCache {
 
     pub fn put_narinfo(&self, info: &NarInfo) -> Result<(), CacheError> {
         let path = self.narinfo_path(info.store_path());
-        write_atomic(&path, &info.to_canonical_bytes())
-            .map_err(|source| CacheError::Io { path, source })
+        write_atomic(&path, &info.to_canonical_bytes()).map_err(|source| CacheError::Io { path, source })
     }
 
     pub fn store_dir(&self) -> &StoreDir {

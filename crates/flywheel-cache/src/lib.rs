@@ -18,20 +18,13 @@ pub use target::Target;
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     #[error("{}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Nar(#[from] flywheel_nix::nar::NarError),
     #[error(transparent)]
     Store(#[from] flywheel_nix::store_db::StoreDbError),
     #[error("{path}: NAR hash mismatch: the store records {expected}, the contents give {actual} (the path was modified after it was registered)")]
-    HashMismatch {
-        path: String,
-        expected: String,
-        actual: String,
-    },
+    HashMismatch { path: String, expected: String, actual: String },
     #[error("the cache is for store {cache}, not {ours}")]
     StoreDirMismatch { cache: String, ours: String },
     #[error("{0}")]

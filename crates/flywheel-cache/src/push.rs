@@ -65,13 +65,9 @@ pub fn push(
     let started = Instant::now();
     let store_dir = db.store_dir().clone();
     let closure = db.closure(roots)?;
-    let mut report = PushReport {
-        closure: closure.len(),
-        ..Default::default()
-    };
+    let mut report = PushReport { closure: closure.len(), ..Default::default() };
 
-    let (present, missing): (Vec<&PathInfo>, Vec<&PathInfo>) =
-        closure.iter().partition(|i| cache.has_narinfo(&i.path));
+    let (present, missing): (Vec<&PathInfo>, Vec<&PathInfo>) = closure.iter().partition(|i| cache.has_narinfo(&i.path));
     report.present = present.len();
     tracing::info!(
         "{} paths in the closure, {} already in the cache, {} to push",
@@ -119,23 +115,13 @@ pub fn push(
         let file = match files.remove(&info.path) {
             Some(Ok(f)) => f,
             Some(Err(e)) => {
-                report.failed.push(PushFailure {
-                    path: shown,
-                    error: e.to_string(),
-                });
+                report.failed.push(PushFailure { path: shown, error: e.to_string() });
                 continue;
             }
             None => continue,
         };
-        if let Some(r) = info
-            .references
-            .iter()
-            .find(|r| *r != &info.path && !in_cache.contains(r))
-        {
-            let error = format!(
-                "not advertised: its reference {} is not in the cache",
-                store_dir.render_path(r)
-            );
+        if let Some(r) = info.references.iter().find(|r| *r != &info.path && !in_cache.contains(r)) {
+            let error = format!("not advertised: its reference {} is not in the cache", store_dir.render_path(r));
             report.failed.push(PushFailure { path: shown, error });
             continue;
         }
@@ -153,37 +139,21 @@ pub fn push(
 }
 
 /// Dumps, checks and compresses one path into the cache.
-fn upload_nar(
-    info: &PathInfo,
-    cache: &FileCache,
-    opts: &PushOptions,
-) -> Result<(FileRef, Digested), CacheError> {
+fn upload_nar(info: &PathInfo, cache: &FileCache, opts: &PushOptions) -> Result<(FileRef, Digested), CacheError> {
     let real = opts.real_store.join(info.path.to_basename());
-    let (url, file, nar) = cache.put_nar(
-        opts.compression,
-        Some(info.nar_size),
-        |out: &mut dyn Write| {
-            let (_, nar) = write_nar_digested(&real, out)?;
-            // Checked before the narinfo exists: a modified store path is never advertised.
-            if NixHash::Sha256(nar.sha256) != info.nar_hash || nar.size != info.nar_size {
-                return Err(CacheError::HashMismatch {
-                    path: real.display().to_string(),
-                    expected: format!(
-                        "{} ({} bytes)",
-                        info.nar_hash.to_nix_nixbase32_string(),
-                        info.nar_size
-                    ),
-                    actual: format!("{} ({} bytes)", nar.to_nix32(), nar.size),
-                });
-            }
-            Ok(nar)
-        },
-    )?;
-    let file_ref = FileRef {
-        url,
-        compression: opts.compression.narinfo(),
-        hash: Some(file.hash()),
-        size: Some(file.size),
-    };
+    let (url, file, nar) = cache.put_nar(opts.compression, Some(info.nar_size), |out: &mut dyn Write| {
+        let (_, nar) = write_nar_digested(&real, out)?;
+        // Checked before the narinfo exists: a modified store path is never advertised.
+        if NixHash::Sha256(nar.sha256) != info.nar_hash || nar.size != info.nar_size {
+            return Err(CacheError::HashMismatch {
+                path: real.display().to_string(),
+                expected: format!("{} ({} bytes)", info.nar_hash.to_nix_nixbase32_string(), info.nar_size),
+                actual: format!("{} ({} bytes)", nar.to_nix32(), nar.size),
+            });
+        }
+        Ok(nar)
+    })?;
+    let file_ref =
+        FileRef { url, compression: opts.compression.narinfo(), hash: Some(file.hash()), size: Some(file.size) };
     Ok((file_ref, nar))
 }

@@ -19,16 +19,12 @@ impl Target {
                 )));
             }
             if path.contains('?') {
-                return Err(CacheError::BadTarget(format!(
-                    "{url}: store parameters are not supported; use flags"
-                )));
+                return Err(CacheError::BadTarget(format!("{url}: store parameters are not supported; use flags")));
             }
             return Ok(Target::File(PathBuf::from(path)));
         }
         let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or(url);
-        Err(CacheError::BadTarget(format!(
-            "{url}: unsupported cache URL scheme {scheme:?}; use file:///DIR"
-        )))
+        Err(CacheError::BadTarget(format!("{url}: unsupported cache URL scheme {scheme:?}; use file:///DIR")))
     }
 }
 
@@ -38,10 +34,7 @@ mod tests {
 
     #[test]
     fn parses_file_urls_only() {
-        assert_eq!(
-            Target::parse("file:///tmp/c").unwrap(),
-            Target::File("/tmp/c".into())
-        );
+        assert_eq!(Target::parse("file:///tmp/c").unwrap(), Target::File("/tmp/c".into()));
         assert!(Target::parse("file://relative").is_err());
         assert!(Target::parse("s3://bucket").is_err());
         assert!(Target::parse("/tmp/c").is_err());

@@ -39,10 +39,7 @@ pub enum KeyError {
     #[error("no randomness available to generate a key: {0}")]
     Random(String),
     #[error("{}", path.display())]
-    Io {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: std::path::PathBuf, source: std::io::Error },
 }
 
 /// A secret signing key with its name.
@@ -54,9 +51,7 @@ pub struct SecretKey {
 
 impl fmt::Debug for SecretKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SecretKey")
-            .field("name", &self.name)
-            .finish_non_exhaustive()
+        f.debug_struct("SecretKey").field("name", &self.name).finish_non_exhaustive()
     }
 }
 
@@ -73,10 +68,7 @@ impl SecretKey {
         check_name(name)?;
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).map_err(|e| KeyError::Random(e.to_string()))?;
-        Ok(Self {
-            name: name.to_string(),
-            key: SigningKey::from_bytes(&seed),
-        })
+        Ok(Self { name: name.to_string(), key: SigningKey::from_bytes(&seed) })
     }
 
     /// Parses `name:base64`; surrounding whitespace (a trailing newline) is ignored.
@@ -84,28 +76,17 @@ impl SecretKey {
         let (name, encoded) = text.trim().split_once(':').ok_or(KeyError::MissingName)?;
         check_name(name)?;
         let bytes = BASE64.decode(encoded).map_err(|_| KeyError::BadBase64)?;
-        let bytes: [u8; 64] = bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| KeyError::BadLength(bytes.len()))?;
-        let seed: [u8; 32] = bytes[..32]
-            .try_into()
-            .map_err(|_| KeyError::BadLength(64))?;
+        let bytes: [u8; 64] = bytes.as_slice().try_into().map_err(|_| KeyError::BadLength(bytes.len()))?;
+        let seed: [u8; 32] = bytes[..32].try_into().map_err(|_| KeyError::BadLength(64))?;
         let key = SigningKey::from_bytes(&seed);
         if key.verifying_key().as_bytes() != &bytes[32..] {
             return Err(KeyError::Mismatch);
         }
-        Ok(Self {
-            name: name.to_string(),
-            key,
-        })
+        Ok(Self { name: name.to_string(), key })
     }
 
     pub fn read_file(path: &Path) -> Result<Self, KeyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io { path: path.to_path_buf(), source })?;
         Self::parse(&text)
     }
 
@@ -122,19 +103,13 @@ impl SecretKey {
     }
 
     pub fn public(&self) -> PublicKey {
-        PublicKey(TrustedPublicKey {
-            name: self.name.clone(),
-            key: self.key.verifying_key(),
-        })
+        PublicKey(TrustedPublicKey { name: self.name.clone(), key: self.key.verifying_key() })
     }
 
     /// Signs `message` (a narinfo fingerprint) and names the signature after the key.
     pub fn sign(&self, message: &[u8]) -> NixSignature {
         let sig = self.key.sign(message);
-        NixSignature {
-            key_name: self.name.clone(),
-            encoded: BASE64.encode(sig.to_bytes()),
-        }
+        NixSignature { key_name: self.name.clone(), encoded: BASE64.encode(sig.to_bytes()) }
     }
 }
 
@@ -197,27 +172,13 @@ mod tests {
 
     #[test]
     fn corrupt_keys_are_refused() {
-        assert!(matches!(
-            SecretKey::parse("nocolon"),
-            Err(KeyError::MissingName)
-        ));
+        assert!(matches!(SecretKey::parse("nocolon"), Err(KeyError::MissingName)));
         assert!(matches!(SecretKey::parse(":abc"), Err(KeyError::BadName)));
-        assert!(matches!(
-            SecretKey::parse("n:!!!"),
-            Err(KeyError::BadBase64)
-        ));
-        assert!(matches!(
-            SecretKey::parse("n:AAAA"),
-            Err(KeyError::BadLength(3))
-        ));
-        let mut bytes = BASE64
-            .decode(NIX_SECRET.trim().split_once(':').unwrap().1)
-            .unwrap();
+        assert!(matches!(SecretKey::parse("n:!!!"), Err(KeyError::BadBase64)));
+        assert!(matches!(SecretKey::parse("n:AAAA"), Err(KeyError::BadLength(3))));
+        let mut bytes = BASE64.decode(NIX_SECRET.trim().split_once(':').unwrap().1).unwrap();
         bytes[40] ^= 1;
-        assert!(matches!(
-            SecretKey::parse(&format!("n:{}", BASE64.encode(bytes))),
-            Err(KeyError::Mismatch)
-        ));
+        assert!(matches!(SecretKey::parse(&format!("n:{}", BASE64.encode(bytes))), Err(KeyError::Mismatch)));
         assert!(PublicKey::parse(NIX_SECRET).is_err());
     }
 }

@@ -20,9 +20,7 @@
 //! assert!(record.has_valid_signature(&StoreDir::default(), &[key.public().0]));
 //! ```
 
-pub use nix_narinfo::{
-    BuildError, Compression, NarInfo, NixSignature, ParseError, TrustedPublicKey,
-};
+pub use nix_narinfo::{BuildError, Compression, NarInfo, NixSignature, ParseError, TrustedPublicKey};
 
 use crate::keys::SecretKey;
 use crate::store_db::PathInfo;
@@ -39,33 +37,18 @@ pub struct FileRef {
 
 /// A narinfo for `info`, carrying the signatures the store already has plus one by `key`
 /// (replacing an older signature by a key of the same name).
-pub fn signed(
-    store_dir: &StoreDir,
-    info: &PathInfo,
-    file: FileRef,
-    key: &SecretKey,
-) -> Result<NarInfo, BuildError> {
+pub fn signed(store_dir: &StoreDir, info: &PathInfo, file: FileRef, key: &SecretKey) -> Result<NarInfo, BuildError> {
     let own = key.sign(info.fingerprint(store_dir).as_bytes());
-    let mut signatures: Vec<NixSignature> = info
-        .signatures
-        .iter()
-        .filter(|s| s.key_name != key.name())
-        .cloned()
-        .collect();
+    let mut signatures: Vec<NixSignature> =
+        info.signatures.iter().filter(|s| s.key_name != key.name()).cloned().collect();
     signatures.push(own);
-    NarInfo::builder_in(
-        store_dir.clone(),
-        info.path.clone(),
-        file.url,
-        info.nar_hash.clone(),
-        info.nar_size,
-    )
-    .compression(file.compression)
-    .file_hash(file.hash)
-    .file_size(file.size)
-    .references(info.references.iter().cloned())
-    .deriver(info.deriver.clone())
-    .content_address(info.ca.clone())
-    .signatures(signatures)
-    .build()
+    NarInfo::builder_in(store_dir.clone(), info.path.clone(), file.url, info.nar_hash.clone(), info.nar_size)
+        .compression(file.compression)
+        .file_hash(file.hash)
+        .file_size(file.size)
+        .references(info.references.iter().cloned())
+        .deriver(info.deriver.clone())
+        .content_address(info.ca.clone())
+        .signatures(signatures)
+        .build()
 }

@@ -35,11 +35,7 @@ impl PathInfo {
     /// The string a binary-cache signature covers:
     /// `1;<path>;<sha256:nix32 NarHash>;<NarSize>;<references, sorted, comma-joined>`.
     pub fn fingerprint(&self, store_dir: &StoreDir) -> String {
-        let refs: Vec<String> = self
-            .references
-            .iter()
-            .map(|r| store_dir.render_path(r))
-            .collect();
+        let refs: Vec<String> = self.references.iter().map(|r| store_dir.render_path(r)).collect();
         format!(
             "1;{};{};{};{}",
             store_dir.render_path(&self.path),
@@ -53,20 +49,13 @@ impl PathInfo {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreDbError {
     #[error("opening the Nix database {}", path.display())]
-    Open {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
+    Open { path: PathBuf, source: rusqlite::Error },
     #[error("reading the Nix database")]
     Query(#[from] rusqlite::Error),
     #[error("{0} is not a valid path in the Nix store")]
     NotValid(String),
     #[error("the Nix database holds a bad {field} for {path}: {value:?}")]
-    Corrupt {
-        path: String,
-        field: &'static str,
-        value: String,
-    },
+    Corrupt { path: String, field: &'static str, value: String },
 }
 
 /// A read-only view of a Nix store's database.
@@ -91,10 +80,7 @@ impl StoreDb {
     }
 
     pub fn open(path: &Path, store_dir: StoreDir) -> Result<Self, StoreDbError> {
-        let open_error = |source| StoreDbError::Open {
-            path: path.to_path_buf(),
-            source,
-        };
+        let open_error = |source| StoreDbError::Open { path: path.to_path_buf(), source };
         if !path.exists() {
             return Err(open_error(rusqlite::Error::SqliteFailure(
                 rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
@@ -103,21 +89,15 @@ impl StoreDb {
         }
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(open_error)?;
-        conn.busy_timeout(Duration::from_secs(30))
-            .map_err(open_error)?;
+        conn.busy_timeout(Duration::from_secs(30)).map_err(open_error)?;
         // A user who may read the database but not its directory cannot open it in WAL mode
         // read-only (SQLite wants the -shm file); immutable mode reads without locks instead.
-        let conn = match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
-            r.get::<_, i64>(0)
-        }) {
+        let conn = match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)) {
             Ok(_) => conn,
             Err(e) => {
-                tracing::debug!(
-                    "read-only open failed ({e}); retrying the Nix database as immutable"
-                );
+                tracing::debug!("read-only open failed ({e}); retrying the Nix database as immutable");
                 let uri = format!("file:{}?immutable=1", path.display());
-                Connection::open_with_flags(uri, flags | OpenFlags::SQLITE_OPEN_URI)
-                    .map_err(open_error)?
+                Connection::open_with_flags(uri, flags | OpenFlags::SQLITE_OPEN_URI).map_err(open_error)?
             }
         };
         Ok(Self { conn, store_dir })
@@ -158,20 +138,16 @@ impl StoreDb {
     /// The closure of `roots`, every path after the paths it refers to (so a cache that
     /// receives them in this order never holds a path without its references).
     pub fn closure(&self, roots: &[StorePath]) -> Result<Vec<PathInfo>, StoreDbError> {
-        let rendered: Vec<String> = roots
-            .iter()
-            .map(|p| self.store_dir.render_path(p))
-            .collect();
-        let json =
-            serde_json::to_string(&rendered).map_err(|e| StoreDbError::NotValid(e.to_string()))?;
+        let rendered: Vec<String> = roots.iter().map(|p| self.store_dir.render_path(p)).collect();
+        let json = serde_json::to_string(&rendered).map_err(|e| StoreDbError::NotValid(e.to_string()))?;
         let cte = "WITH RECURSIVE closure(id) AS ( \
                      SELECT id FROM ValidPaths WHERE path IN (SELECT value FROM json_each(?1)) \
                      UNION SELECT r.reference FROM Refs r JOIN closure c ON r.referrer = c.id)";
 
         let mut rows: HashMap<i64, Row> = HashMap::new();
-        let mut stmt = self.conn.prepare(&format!(
-            "{cte} SELECT {COLUMNS} FROM ValidPaths JOIN closure c ON ValidPaths.id = c.id"
-        ))?;
+        let mut stmt = self
+            .conn
+            .prepare(&format!("{cte} SELECT {COLUMNS} FROM ValidPaths JOIN closure c ON ValidPaths.id = c.id"))?;
         for row in stmt.query_map([&json], Row::read)? {
             let row = row?;
             rows.insert(row.id, row);
@@ -190,27 +166,23 @@ impl StoreDb {
             refs.entry(from).or_default().push(to);
         }
 
-        let path_of: HashMap<i64, String> =
-            rows.iter().map(|(id, r)| (*id, r.path.clone())).collect();
+        let path_of: HashMap<i64, String> = rows.iter().map(|(id, r)| (*id, r.path.clone())).collect();
         let mut edges: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut by_path: HashMap<String, PathInfo> = HashMap::with_capacity(rows.len());
         for (id, row) in rows {
-            let targets: Vec<String> = refs
-                .get(&id)
-                .map(|ts| ts.iter().filter_map(|t| path_of.get(t).cloned()).collect())
-                .unwrap_or_default();
+            let mut targets: Vec<String> =
+                refs.get(&id).map(|ts| ts.iter().filter_map(|t| path_of.get(t).cloned()).collect()).unwrap_or_default();
+            targets.sort_unstable();
             edges.insert(row.path.clone(), targets.clone());
             by_path.insert(row.path.clone(), row.into_info(&self.store_dir, targets)?);
         }
         let order = topological(&edges);
-        Ok(order
-            .into_iter()
-            .filter_map(|p| by_path.remove(&p))
-            .collect())
+        Ok(order.into_iter().filter_map(|p| by_path.remove(&p)).collect())
     }
 }
 
-/// References first; ties broken by path so the order is stable. Self-references are ignored.
+/// References first. Roots and references are visited in path order, depth first, which is
+/// the order `nix path-info --recursive` prints. Self-references are ignored.
 fn topological(edges: &BTreeMap<String, Vec<String>>) -> Vec<String> {
     let mut order = Vec::with_capacity(edges.len());
     let mut state: HashMap<&str, bool> = HashMap::new(); // false: in progress, true: done
@@ -238,8 +210,7 @@ fn topological(edges: &BTreeMap<String, Vec<String>>) -> Vec<String> {
     order
 }
 
-const COLUMNS: &str =
-    "ValidPaths.id, path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca";
+const COLUMNS: &str = "ValidPaths.id, path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca";
 
 struct Row {
     id: i64,
@@ -269,20 +240,10 @@ impl Row {
     }
 
     fn into_info(self, store_dir: &StoreDir, refs: Vec<String>) -> Result<PathInfo, StoreDbError> {
-        let corrupt = |field, value: &str| StoreDbError::Corrupt {
-            path: self.path.clone(),
-            field,
-            value: value.to_string(),
-        };
-        let parse = |field, p: &str| {
-            store_dir
-                .parse_path(p.as_bytes())
-                .map_err(|_| corrupt(field, p))
-        };
-        let references = refs
-            .iter()
-            .map(|r| parse("reference", r))
-            .collect::<Result<_, _>>()?;
+        let corrupt =
+            |field, value: &str| StoreDbError::Corrupt { path: self.path.clone(), field, value: value.to_string() };
+        let parse = |field, p: &str| store_dir.parse_path(p.as_bytes()).map_err(|_| corrupt(field, p));
+        let references = refs.iter().map(|r| parse("reference", r)).collect::<Result<_, _>>()?;
         let deriver = match self.deriver.as_deref() {
             None | Some("") => None,
             Some(d) => Some(parse("deriver", d)?),
@@ -308,8 +269,7 @@ impl Row {
         Ok(PathInfo {
             path: parse("path", &self.path)?,
             nar_hash: NixHash::parse(&self.hash).map_err(|_| corrupt("hash", &self.hash))?,
-            nar_size: u64::try_from(nar_size)
-                .map_err(|_| corrupt("narSize", &nar_size.to_string()))?,
+            nar_size: u64::try_from(nar_size).map_err(|_| corrupt("narSize", &nar_size.to_string()))?,
             references,
             deriver,
             registration_time: self.registration_time,
@@ -326,15 +286,11 @@ mod tests {
 
     #[test]
     fn references_come_first() {
-        let edges: BTreeMap<String, Vec<String>> = [
-            ("app", vec!["lib", "app"]),
-            ("lib", vec!["libc"]),
-            ("libc", vec![]),
-            ("tool", vec!["libc", "lib"]),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.into_iter().map(String::from).collect()))
-        .collect();
+        let edges: BTreeMap<String, Vec<String>> =
+            [("app", vec!["lib", "app"]), ("lib", vec!["libc"]), ("libc", vec![]), ("tool", vec!["libc", "lib"])]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.into_iter().map(String::from).collect()))
+                .collect();
         let order = topological(&edges);
         let pos = |p: &str| order.iter().position(|x| x == p).unwrap();
         assert_eq!(order.len(), 4);

@@ -26,27 +26,18 @@ pub use nix_derivation::{CAHash, NixHash, StoreDir, StorePath};
 
 /// The store directory Nix uses unless told otherwise (`NIX_STORE_DIR`).
 pub fn default_store_dir() -> StoreDir {
-    std::env::var("NIX_STORE_DIR")
-        .ok()
-        .and_then(|d| StoreDir::new(d).ok())
-        .unwrap_or_default()
+    std::env::var("NIX_STORE_DIR").ok().and_then(|d| StoreDir::new(d).ok()).unwrap_or_default()
 }
 
 /// Why a command-line argument does not name a store path.
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
     #[error("{}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{}: not in the Nix store {store}", path.display())]
     NotInStore { path: PathBuf, store: String },
     #[error("{}", path.display())]
-    Invalid {
-        path: PathBuf,
-        source: StorePathError,
-    },
+    Invalid { path: PathBuf, source: StorePathError },
 }
 
 /// The store path an argument names: the path itself, the store path above a path inside a
@@ -55,37 +46,21 @@ pub fn resolve(arg: &Path, store_dir: &StoreDir) -> Result<StorePath, ResolveErr
     if let Ok(p) = store_dir.parse_path(arg.as_os_str().as_bytes()) {
         return Ok(p);
     }
-    let real = std::fs::canonicalize(arg).map_err(|source| ResolveError::Io {
-        path: arg.to_path_buf(),
-        source,
-    })?;
+    let real = std::fs::canonicalize(arg).map_err(|source| ResolveError::Io { path: arg.to_path_buf(), source })?;
     let rest = real
         .strip_prefix(store_dir.as_str())
-        .map_err(|_| ResolveError::NotInStore {
-            path: arg.to_path_buf(),
-            store: store_dir.as_str().to_string(),
-        })?;
+        .map_err(|_| ResolveError::NotInStore { path: arg.to_path_buf(), store: store_dir.as_str().to_string() })?;
     let first = rest
         .components()
         .next()
-        .ok_or_else(|| ResolveError::NotInStore {
-            path: arg.to_path_buf(),
-            store: store_dir.as_str().to_string(),
-        })?;
-    StorePath::from_basename(first.as_os_str().as_bytes()).map_err(|source| ResolveError::Invalid {
-        path: arg.to_path_buf(),
-        source,
-    })
+        .ok_or_else(|| ResolveError::NotInStore { path: arg.to_path_buf(), store: store_dir.as_str().to_string() })?;
+    StorePath::from_basename(first.as_os_str().as_bytes())
+        .map_err(|source| ResolveError::Invalid { path: arg.to_path_buf(), source })
 }
 
 /// The path `nix-store --add` gives a tree whose NAR has SHA-256 `nar_sha256` (no references).
 pub fn source_path(name: &str, nar_sha256: [u8; 32]) -> Result<StorePath, StorePathError> {
-    StoreDir::default().build_ca_path(
-        name,
-        &CAHash::Nar(NixHash::Sha256(nar_sha256)),
-        &BTreeSet::new(),
-        false,
-    )
+    StoreDir::default().build_ca_path(name, &CAHash::Nar(NixHash::Sha256(nar_sha256)), &BTreeSet::new(), false)
 }
 
 /// The path `builtins.toFile` gives `content` with the given references.

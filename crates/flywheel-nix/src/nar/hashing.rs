@@ -43,21 +43,11 @@ pub struct HashingWriter<W> {
 
 impl<W: Write> HashingWriter<W> {
     pub fn new(inner: W) -> Self {
-        Self {
-            inner,
-            hasher: Sha256::new(),
-            size: 0,
-        }
+        Self { inner, hasher: Sha256::new(), size: 0 }
     }
 
     pub fn finish(self) -> (W, Digested) {
-        (
-            self.inner,
-            Digested {
-                sha256: self.hasher.finalize().into(),
-                size: self.size,
-            },
-        )
+        (self.inner, Digested { sha256: self.hasher.finalize().into(), size: self.size })
     }
 
     pub fn get_ref(&self) -> &W {
@@ -98,21 +88,11 @@ pub struct HashingReader<R> {
 
 impl<R: Read> HashingReader<R> {
     pub fn new(inner: R) -> Self {
-        Self {
-            inner,
-            hasher: Sha256::new(),
-            size: 0,
-        }
+        Self { inner, hasher: Sha256::new(), size: 0 }
     }
 
     pub fn finish(self) -> (R, Digested) {
-        (
-            self.inner,
-            Digested {
-                sha256: self.hasher.finalize().into(),
-                size: self.size,
-            },
-        )
+        (self.inner, Digested { sha256: self.hasher.finalize().into(), size: self.size })
     }
 }
 
@@ -150,9 +130,6 @@ mod tests {
         let w = HashingWriter::new(io::sink());
         let (_, d) = w.finish();
         // sha256 of "" in Nix's base32, as `nix-hash --type sha256 --to-base32` prints it.
-        assert_eq!(
-            d.to_nix32(),
-            "sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73"
-        );
+        assert_eq!(d.to_nix32(), "sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73");
     }
 }

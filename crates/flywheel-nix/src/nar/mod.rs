@@ -67,11 +67,7 @@ pub enum Malformed {
     #[error("expected {expected}, found {found}")]
     UnexpectedToken { expected: String, found: String },
     #[error("{what} of {len} bytes is longer than the limit of {max}")]
-    TooLong {
-        what: &'static str,
-        len: u64,
-        max: usize,
-    },
+    TooLong { what: &'static str, len: u64, max: usize },
     #[error("non-zero padding")]
     BadPadding,
     #[error("input ends before the NAR does (truncated)")]

@@ -32,13 +32,7 @@ pub trait Visitor {
 pub struct Validate;
 
 impl Visitor for Validate {
-    fn file(
-        &mut self,
-        _: Option<&[u8]>,
-        _: bool,
-        _: u64,
-        _: &mut dyn Read,
-    ) -> Result<(), NarError> {
+    fn file(&mut self, _: Option<&[u8]>, _: bool, _: u64, _: &mut dyn Read) -> Result<(), NarError> {
         Ok(())
     }
     fn symlink(&mut self, _: Option<&[u8]>, _: &[u8]) -> Result<(), NarError> {
@@ -60,10 +54,7 @@ pub fn read_nar<R: Read, V: Visitor + ?Sized>(input: R, visitor: &mut V) -> Resu
 }
 
 /// Parses one NAR from `input` and requires the input to end right after it.
-pub fn read_nar_to_end<R: Read, V: Visitor + ?Sized>(
-    input: R,
-    visitor: &mut V,
-) -> Result<u64, NarError> {
+pub fn read_nar_to_end<R: Read, V: Visitor + ?Sized>(input: R, visitor: &mut V) -> Result<u64, NarError> {
     let mut p = Parser { input, offset: 0 };
     p.archive(visitor)?;
     let mut byte = [0u8; 1];
@@ -134,14 +125,9 @@ impl<R: Read> Parser<R> {
                 self.expect(wire::NAME)?;
                 let entry = self.string(wire::MAX_NAME_LEN, "entry name")?;
                 if let Err(why) = wire::check_entry_name(&entry) {
-                    return Err(self.malformed(Malformed::BadName {
-                        name: show(&entry),
-                        why,
-                    }));
+                    return Err(self.malformed(Malformed::BadName { name: show(&entry), why }));
                 }
-                let frame = stack
-                    .last_mut()
-                    .expect("entries are read only inside a directory");
+                let frame = stack.last_mut().expect("entries are read only inside a directory");
                 if let Some(previous) = &frame.previous {
                     if entry.as_slice() <= previous.as_slice() {
                         let (previous, entry) = (show(previous), show(&entry));
@@ -178,11 +164,7 @@ impl<R: Read> Parser<R> {
                     return Err(self.unexpected("\"contents\"", &token));
                 }
                 let size = self.u64()?;
-                let mut contents = Contents {
-                    parser: self,
-                    remaining: size,
-                    truncated: false,
-                };
+                let mut contents = Contents { parser: self, remaining: size, truncated: false };
                 let visited = v.file(name, executable, size, &mut contents);
                 // Skip what the visitor left, so the stream stays in step.
                 let drained = match visited {
@@ -227,9 +209,7 @@ impl<R: Read> Parser<R> {
                 self.offset += buf.len() as u64;
                 Ok(())
             }
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                Err(self.malformed(Malformed::Truncated))
-            }
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(self.malformed(Malformed::Truncated)),
             Err(e) => Err(NarError::Read(e)),
         }
     }
@@ -264,16 +244,9 @@ impl<R: Read> Parser<R> {
     fn token(&mut self) -> Result<Token, NarError> {
         let len = self.u64()?;
         if len > 16 {
-            return Err(self.malformed(Malformed::TooLong {
-                what: "token",
-                len,
-                max: 16,
-            }));
+            return Err(self.malformed(Malformed::TooLong { what: "token", len, max: 16 }));
         }
-        let mut t = Token {
-            buf: [0; 16],
-            len: len as usize,
-        };
+        let mut t = Token { buf: [0; 16], len: len as usize };
         self.read_exact(&mut t.buf[..t.len])?;
         self.padding(len)?;
         Ok(t)
@@ -290,17 +263,11 @@ impl<R: Read> Parser<R> {
     }
 
     fn unexpected(&self, expected: &str, found: &[u8]) -> NarError {
-        self.malformed(Malformed::UnexpectedToken {
-            expected: expected.to_string(),
-            found: show(found),
-        })
+        self.malformed(Malformed::UnexpectedToken { expected: expected.to_string(), found: show(found) })
     }
 
     fn malformed(&self, what: Malformed) -> NarError {
-        NarError::Malformed {
-            offset: self.offset,
-            what,
-        }
+        NarError::Malformed { offset: self.offset, what }
     }
 }
 
@@ -316,16 +283,11 @@ impl<R: Read> Read for Contents<'_, R> {
         if self.remaining == 0 || buf.is_empty() {
             return Ok(0);
         }
-        let want = buf
-            .len()
-            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let want = buf.len().min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
         let n = self.parser.input.read(&mut buf[..want])?;
         if n == 0 {
             self.truncated = true;
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "NAR ends inside a file's contents",
-            ));
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "NAR ends inside a file's contents"));
         }
         self.remaining -= n as u64;
         self.parser.offset += n as u64;

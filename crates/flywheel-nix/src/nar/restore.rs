@@ -46,15 +46,8 @@ pub fn restore<R: Read>(input: R, target: &Path) -> Result<Restored, NarError> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let parent = rustix::fs::open(
-        &parent_path,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| NarError::Fs {
-        path: parent_path.clone(),
-        source: e.into(),
-    })?;
+    let parent = rustix::fs::open(&parent_path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| NarError::Fs { path: parent_path.clone(), source: e.into() })?;
     let temp = temp_name(name);
 
     let mut r = Restorer {
@@ -65,21 +58,16 @@ pub fn restore<R: Read>(input: R, target: &Path) -> Result<Restored, NarError> {
         buf: vec![0; BUFFER],
         done: Restored::default(),
     };
-    let result =
-        read_nar_to_end(BufReader::with_capacity(BUFFER, input), &mut r).and_then(|nar_size| {
-            rustix::fs::renameat_with(&parent, &temp, &parent, name, RenameFlags::NOREPLACE)
-                .map_err(|e| {
-                    if e == rustix::io::Errno::EXIST {
-                        NarError::TargetExists(target.to_path_buf())
-                    } else {
-                        NarError::Fs {
-                            path: target.to_path_buf(),
-                            source: e.into(),
-                        }
-                    }
-                })?;
-            Ok(nar_size)
-        });
+    let result = read_nar_to_end(BufReader::with_capacity(BUFFER, input), &mut r).and_then(|nar_size| {
+        rustix::fs::renameat_with(&parent, &temp, &parent, name, RenameFlags::NOREPLACE).map_err(|e| {
+            if e == rustix::io::Errno::EXIST {
+                NarError::TargetExists(target.to_path_buf())
+            } else {
+                NarError::Fs { path: target.to_path_buf(), source: e.into() }
+            }
+        })?;
+        Ok(nar_size)
+    });
     let done = r.done;
     drop(r);
     match result {
@@ -98,8 +86,7 @@ fn temp_name(name: &OsStr) -> CString {
     let suffix: String = random.iter().map(|b| format!("{b:02x}")).collect();
     let mut bytes = b".".to_vec();
     bytes.extend_from_slice(&name.as_bytes()[..name.len().min(200)]);
-    bytes
-        .extend_from_slice(format!(".flywheel-restore-{}-{suffix}", std::process::id()).as_bytes());
+    bytes.extend_from_slice(format!(".flywheel-restore-{}-{suffix}", std::process::id()).as_bytes());
     // The name came from a Path component: it holds no NUL.
     CString::new(bytes).unwrap_or_else(|_| c".flywheel-restore".to_owned())
 }
@@ -132,8 +119,7 @@ impl Restorer<'_> {
         match (name, self.stack.last()) {
             (None, _) => Ok((self.parent, self.temp.clone())),
             (Some(name), Some(dir)) => {
-                let c = CString::new(name)
-                    .map_err(|_| self.error(io::ErrorKind::InvalidInput.into()))?;
+                let c = CString::new(name).map_err(|_| self.error(io::ErrorKind::InvalidInput.into()))?;
                 Ok((dir.as_fd(), c))
             }
             (Some(_), None) => Err(self.error(io::Error::other("entry outside a directory"))),
@@ -153,28 +139,18 @@ impl Restorer<'_> {
     }
 
     fn error(&self, source: io::Error) -> NarError {
-        NarError::Fs {
-            path: self.path.clone(),
-            source,
-        }
+        NarError::Fs { path: self.path.clone(), source }
     }
 
-    fn write_file(
-        &mut self,
-        name: Option<&[u8]>,
-        executable: bool,
-        contents: &mut dyn Read,
-    ) -> Result<(), NarError> {
+    fn write_file(&mut self, name: Option<&[u8]>, executable: bool, contents: &mut dyn Read) -> Result<(), NarError> {
         let (dir, cname) = self.place(name)?;
-        let flags =
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let fd = rustix::fs::openat(dir, &cname, flags, Mode::from_raw_mode(0o666))
-            .map_err(|e| self.error(e.into()))?;
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd =
+            rustix::fs::openat(dir, &cname, flags, Mode::from_raw_mode(0o666)).map_err(|e| self.error(e.into()))?;
         if executable {
             // As nix-store --restore: the creation mode under the umask, plus every x bit.
             let st = rustix::fs::fstat(&fd).map_err(|e| self.error(e.into()))?;
-            let mode =
-                Mode::from_raw_mode(st.st_mode & 0o7777) | Mode::XUSR | Mode::XGRP | Mode::XOTH;
+            let mode = Mode::from_raw_mode(st.st_mode & 0o7777) | Mode::XUSR | Mode::XGRP | Mode::XOTH;
             rustix::fs::fchmod(&fd, mode).map_err(|e| self.error(e.into()))?;
         }
         let mut file = File::from(fd);
@@ -219,8 +195,7 @@ impl Visitor for Restorer<'_> {
     fn enter_directory(&mut self, name: Option<&[u8]>) -> Result<(), NarError> {
         self.push(name);
         let (dir, cname) = self.place(name)?;
-        rustix::fs::mkdirat(dir, &cname, Mode::from_raw_mode(0o777))
-            .map_err(|e| self.error(e.into()))?;
+        rustix::fs::mkdirat(dir, &cname, Mode::from_raw_mode(0o777)).map_err(|e| self.error(e.into()))?;
         let fd = rustix::fs::openat(
             dir,
             &cname,

@@ -46,10 +46,7 @@ fn read_back(path: &Path) -> Tree {
         }
         Tree::Dir(entries)
     } else {
-        Tree::File {
-            executable: meta.permissions().mode() & 0o100 != 0,
-            data: fs::read(path).unwrap(),
-        }
+        Tree::File { executable: meta.permissions().mode() & 0o100 != 0, data: fs::read(path).unwrap() }
     }
 }
 
@@ -100,23 +97,17 @@ fn oracle(tree: &Tree) -> Vec<u8> {
 }
 
 fn name() -> impl Strategy<Value = Vec<u8>> {
-    prop::collection::vec(
-        any::<u8>().prop_filter("no / or NUL", |b| *b != b'/' && *b != 0),
-        1..10,
-    )
-    .prop_filter("not . or ..", |n| n != b"." && n != b"..")
+    prop::collection::vec(any::<u8>().prop_filter("no / or NUL", |b| *b != b'/' && *b != 0), 1..10)
+        .prop_filter("not . or ..", |n| n != b"." && n != b"..")
 }
 
 fn tree() -> impl Strategy<Value = Tree> {
     let leaf = prop_oneof![
         (any::<bool>(), prop::collection::vec(any::<u8>(), 0..70))
             .prop_map(|(executable, data)| Tree::File { executable, data }),
-        prop::collection::vec(any::<u8>().prop_filter("no NUL", |b| *b != 0), 1..40)
-            .prop_map(Tree::Link),
+        prop::collection::vec(any::<u8>().prop_filter("no NUL", |b| *b != 0), 1..40).prop_map(Tree::Link),
     ];
-    leaf.prop_recursive(4, 48, 6, |inner| {
-        prop::collection::btree_map(name(), inner, 0..6).prop_map(Tree::Dir)
-    })
+    leaf.prop_recursive(4, 48, 6, |inner| prop::collection::btree_map(name(), inner, 0..6).prop_map(Tree::Dir))
 }
 
 proptest! {
@@ -172,26 +163,10 @@ impl Raw {
         tokens.iter().fold(self, |r, t| r.s(t))
     }
     fn file(self, name: &[u8], data: &[u8]) -> Self {
-        self.all(&[
-            b"entry",
-            b"(",
-            b"name",
-            name,
-            b"node",
-            b"(",
-            b"type",
-            b"regular",
-            b"contents",
-            data,
-            b")",
-            b")",
-        ])
+        self.all(&[b"entry", b"(", b"name", name, b"node", b"(", b"type", b"regular", b"contents", data, b")", b")"])
     }
     fn link(self, name: &[u8], target: &[u8]) -> Self {
-        self.all(&[
-            b"entry", b"(", b"name", name, b"node", b"(", b"type", b"symlink", b"target", target,
-            b")", b")",
-        ])
+        self.all(&[b"entry", b"(", b"name", name, b"node", b"(", b"type", b"symlink", b"target", target, b")", b")"])
     }
     fn dir() -> Self {
         Raw::new().all(&[b"(", b"type", b"directory"])
@@ -212,10 +187,7 @@ fn malformed(bytes: &[u8]) -> Malformed {
 fn hostile_names_are_refused() {
     for bad in [&b""[..], b".", b"..", b"a/b", b"../../etc", b"x\0y"] {
         let nar = Raw::dir().file(bad, b"pwned").end();
-        assert!(
-            matches!(malformed(&nar), Malformed::BadName { .. }),
-            "{bad:?}"
-        );
+        assert!(matches!(malformed(&nar), Malformed::BadName { .. }), "{bad:?}");
     }
 }
 
@@ -233,9 +205,7 @@ fn trailing_bytes_padding_and_tokens_are_checked() {
     nar.push(0);
     assert_eq!(malformed(&nar), Malformed::TrailingData);
 
-    let mut nar = Raw::new()
-        .all(&[b"(", b"type", b"regular", b"contents", b"abc", b")"])
-        .0;
+    let mut nar = Raw::new().all(&[b"(", b"type", b"regular", b"contents", b"abc", b")"]).0;
     // The padding after "abc" sits 8 bytes past the length field.
     let pad = nar.len() - 16 - 5;
     nar[pad] = 1;
@@ -244,10 +214,7 @@ fn trailing_bytes_padding_and_tokens_are_checked() {
     let nar = Raw::new().all(&[b"(", b"type", b"fifo", b")"]).0;
     assert!(matches!(malformed(&nar), Malformed::UnexpectedToken { .. }));
 
-    let nar = Raw(Vec::new())
-        .s(b"nix-archive-2")
-        .all(&[b"(", b"type", b"directory", b")"])
-        .0;
+    let nar = Raw(Vec::new()).s(b"nix-archive-2").all(&[b"(", b"type", b"directory", b")"]).0;
     assert!(matches!(malformed(&nar), Malformed::UnexpectedToken { .. }));
 }
 
@@ -262,16 +229,7 @@ fn huge_lengths_do_not_allocate() {
 fn deep_nesting_is_bounded() {
     let mut r = Raw::dir();
     for _ in 0..MAX_DEPTH + 1 {
-        r = r.all(&[
-            b"entry",
-            b"(",
-            b"name",
-            b"d",
-            b"node",
-            b"(",
-            b"type",
-            b"directory",
-        ]);
+        r = r.all(&[b"entry", b"(", b"name", b"d", b"node", b"(", b"type", b"directory"]);
     }
     assert_eq!(malformed(&r.0), Malformed::TooDeep);
 }
@@ -285,26 +243,14 @@ fn failed_restore_leaves_nothing_behind() {
     // A symlink out of the tree, then an entry that would write through it.
     let nar = Raw::dir()
         .link(b"a", outside.as_os_str().as_bytes())
-        .all(&[
-            b"entry",
-            b"(",
-            b"name",
-            b"a",
-            b"node",
-            b"(",
-            b"type",
-            b"directory",
-        ])
+        .all(&[b"entry", b"(", b"name", b"a", b"node", b"(", b"type", b"directory"])
         .file(b"owned", b"x")
         .all(&[b")", b")"])
         .end();
     let err = restore(&nar[..], &target).unwrap_err();
     assert!(err.is_malformed(), "{err}");
     assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
-    let left: Vec<_> = fs::read_dir(work.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let left: Vec<_> = fs::read_dir(work.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left, vec![OsStr::new("outside").to_owned()]);
 }
 
@@ -319,45 +265,23 @@ fn restore_refuses_an_existing_target() {
 #[test]
 fn restores_a_single_file_and_a_single_symlink() {
     let work = tempfile::tempdir().unwrap();
-    let nar = Raw::new()
-        .all(&[
-            b"(",
-            b"type",
-            b"regular",
-            b"executable",
-            b"",
-            b"contents",
-            b"#!/bin/sh\n",
-            b")",
-        ])
-        .0;
+    let nar = Raw::new().all(&[b"(", b"type", b"regular", b"executable", b"", b"contents", b"#!/bin/sh\n", b")"]).0;
     restore(&nar[..], &work.path().join("f")).unwrap();
     let meta = fs::metadata(work.path().join("f")).unwrap();
     assert_eq!(meta.permissions().mode() & 0o111, 0o111);
     assert_eq!(fs::read(work.path().join("f")).unwrap(), b"#!/bin/sh\n");
 
-    let nar = Raw::new()
-        .all(&[b"(", b"type", b"symlink", b"target", b"/etc/passwd", b")"])
-        .0;
+    let nar = Raw::new().all(&[b"(", b"type", b"symlink", b"target", b"/etc/passwd", b")"]).0;
     restore(&nar[..], &work.path().join("l")).unwrap();
-    assert_eq!(
-        fs::read_link(work.path().join("l")).unwrap(),
-        Path::new("/etc/passwd")
-    );
+    assert_eq!(fs::read_link(work.path().join("l")).unwrap(), Path::new("/etc/passwd"));
 }
 
 #[test]
 fn special_files_cannot_be_written() {
     let work = tempfile::tempdir().unwrap();
     let fifo = work.path().join("fifo");
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        &fifo,
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o644),
-        0,
-    )
-    .unwrap();
+    rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o644), 0)
+        .unwrap();
     let err = write_nar(work.path(), Vec::new()).unwrap_err();
     assert!(matches!(err, NarError::UnsupportedFileType { .. }), "{err}");
 }

@@ -64,12 +64,7 @@ pub fn check_entry_name(name: &[u8]) -> Result<(), &'static str> {
 
 /// Renders bytes from a NAR for an error message: printable ASCII as is, the rest escaped.
 pub(crate) fn show(bytes: &[u8]) -> String {
-    let shown: String = bytes
-        .iter()
-        .take(80)
-        .flat_map(|b| std::ascii::escape_default(*b))
-        .map(char::from)
-        .collect();
+    let shown: String = bytes.iter().take(80).flat_map(|b| std::ascii::escape_default(*b)).map(char::from).collect();
     if bytes.len() > 80 {
         format!("\"{shown}...\"")
     } else {

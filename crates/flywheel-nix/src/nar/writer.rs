@@ -31,16 +31,10 @@ const BUFFER: usize = 256 * 1024;
 /// assert_eq!(&nar[8..21], b"nix-archive-1");
 /// ```
 pub fn write_nar<W: Write>(path: &Path, out: W) -> Result<W, NarError> {
-    let mut dumper = Dumper {
-        out: BufWriter::with_capacity(BUFFER, out),
-        path: path.to_path_buf(),
-    };
+    let mut dumper = Dumper { out: BufWriter::with_capacity(BUFFER, out), path: path.to_path_buf() };
     write_tokens(&mut dumper.out, &[wire::MAGIC]).map_err(NarError::Write)?;
     dumper.root(path)?;
-    dumper
-        .out
-        .into_inner()
-        .map_err(|e| NarError::Write(e.into_error()))
+    dumper.out.into_inner().map_err(|e| NarError::Write(e.into_error()))
 }
 
 /// Writes the NAR of `path` to `out` and returns its NarHash and NarSize with `out`.
@@ -56,22 +50,14 @@ pub fn hash_path(path: &Path) -> Result<Digested, NarError> {
 
 /// NarHash and NarSize of each of `paths`, in order, hashing `jobs` paths at once (0: one per
 /// CPU). Work is handed out a path at a time, so one large path does not hold up the rest.
-pub fn hash_paths<P: AsRef<Path> + Sync>(
-    paths: &[P],
-    jobs: usize,
-) -> Vec<Result<Digested, NarError>> {
-    let jobs = if jobs == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        jobs
-    };
+pub fn hash_paths<P: AsRef<Path> + Sync>(paths: &[P], jobs: usize) -> Vec<Result<Digested, NarError>> {
+    let jobs = if jobs == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { jobs };
     let jobs = jobs.min(paths.len()).max(1);
     if jobs == 1 {
         return paths.iter().map(|p| hash_path(p.as_ref())).collect();
     }
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Result<Digested, NarError>>>> =
-        Mutex::new((0..paths.len()).map(|_| None).collect());
+    let results: Mutex<Vec<Option<Result<Digested, NarError>>>> = Mutex::new((0..paths.len()).map(|_| None).collect());
     std::thread::scope(|s| {
         for _ in 0..jobs {
             s.spawn(|| loop {
@@ -84,18 +70,13 @@ pub fn hash_paths<P: AsRef<Path> + Sync>(
             });
         }
     });
-    let results = results
-        .into_inner()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let results = results.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
     results
         .into_iter()
         .zip(paths)
         .map(|(r, p)| {
             r.unwrap_or_else(|| {
-                Err(NarError::Fs {
-                    path: p.as_ref().to_path_buf(),
-                    source: io::Error::other("hashing thread failed"),
-                })
+                Err(NarError::Fs { path: p.as_ref().to_path_buf(), source: io::Error::other("hashing thread failed") })
             })
         })
         .collect()
@@ -115,12 +96,8 @@ impl<W: Write> Dumper<W> {
             let target = std::fs::read_link(path).map_err(|e| self.fs_error(e))?;
             self.symlink(target.as_os_str().as_bytes())
         } else if ft.is_file() {
-            let fd = rustix::fs::open(
-                path,
-                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| self.fs_error(e.into()))?;
+            let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+                .map_err(|e| self.fs_error(e.into()))?;
             self.regular(fd)
         } else if ft.is_dir() {
             let fd = rustix::fs::open(
@@ -144,21 +121,12 @@ impl<W: Write> Dumper<W> {
         let size = meta.len();
         // Nix stores one executable bit: the owner's.
         let tokens: &[&[u8]] = if meta.mode() & 0o100 != 0 {
-            &[
-                wire::OPEN,
-                wire::TYPE,
-                wire::REGULAR,
-                wire::EXECUTABLE,
-                b"",
-                wire::CONTENTS,
-            ]
+            &[wire::OPEN, wire::TYPE, wire::REGULAR, wire::EXECUTABLE, b"", wire::CONTENTS]
         } else {
             &[wire::OPEN, wire::TYPE, wire::REGULAR, wire::CONTENTS]
         };
         write_tokens(&mut self.out, tokens).map_err(NarError::Write)?;
-        self.out
-            .write_all(&size.to_le_bytes())
-            .map_err(NarError::Write)?;
+        self.out.write_all(&size.to_le_bytes()).map_err(NarError::Write)?;
         // io::copy reads straight into the BufWriter's spare capacity, or lets the kernel
         // move the bytes when the output is itself a file or a pipe.
         let copied = io::copy(&mut (&file).take(size), &mut self.out).map_err(|e| {
@@ -170,31 +138,22 @@ impl<W: Write> Dumper<W> {
             }
         })?;
         if copied != size {
-            return Err(NarError::FileChanged {
-                path: self.path.clone(),
-            });
+            return Err(NarError::FileChanged { path: self.path.clone() });
         }
-        self.out
-            .write_all(&wire::ZEROS[..wire::padding(size)])
-            .map_err(NarError::Write)?;
+        self.out.write_all(&wire::ZEROS[..wire::padding(size)]).map_err(NarError::Write)?;
         write_tokens(&mut self.out, &[wire::CLOSE]).map_err(NarError::Write)
     }
 
     fn symlink(&mut self, target: &[u8]) -> Result<(), NarError> {
-        write_tokens(
-            &mut self.out,
-            &[wire::OPEN, wire::TYPE, wire::SYMLINK, wire::TARGET],
-        )
-        .and_then(|()| write_string(&mut self.out, target))
-        .and_then(|()| write_tokens(&mut self.out, &[wire::CLOSE]))
-        .map_err(NarError::Write)
+        write_tokens(&mut self.out, &[wire::OPEN, wire::TYPE, wire::SYMLINK, wire::TARGET])
+            .and_then(|()| write_string(&mut self.out, target))
+            .and_then(|()| write_tokens(&mut self.out, &[wire::CLOSE]))
+            .map_err(NarError::Write)
     }
 
     fn directory(&mut self, fd: OwnedFd, depth: usize) -> Result<(), NarError> {
         if depth >= wire::MAX_DEPTH {
-            return Err(NarError::TooDeep {
-                path: self.path.clone(),
-            });
+            return Err(NarError::TooDeep { path: self.path.clone() });
         }
         let mut dir = Dir::read_from(&fd).map_err(|e| self.fs_error(e.into()))?;
         let mut entries: Vec<(CString, FileType)> = Vec::new();
@@ -210,8 +169,7 @@ impl<W: Write> Dumper<W> {
         // NAR entries are sorted by the bytes of their names; CString orders that way.
         entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
 
-        write_tokens(&mut self.out, &[wire::OPEN, wire::TYPE, wire::DIRECTORY])
-            .map_err(NarError::Write)?;
+        write_tokens(&mut self.out, &[wire::OPEN, wire::TYPE, wire::DIRECTORY]).map_err(NarError::Write)?;
         for (name, file_type) in entries {
             self.path.push(OsStr::from_bytes(name.as_bytes()));
             write_tokens(&mut self.out, &[wire::ENTRY, wire::OPEN, wire::NAME])
@@ -225,36 +183,25 @@ impl<W: Write> Dumper<W> {
         write_tokens(&mut self.out, &[wire::CLOSE]).map_err(NarError::Write)
     }
 
-    fn child(
-        &mut self,
-        dir: BorrowedFd<'_>,
-        name: &CStr,
-        known: FileType,
-        depth: usize,
-    ) -> Result<(), NarError> {
+    fn child(&mut self, dir: BorrowedFd<'_>, name: &CStr, known: FileType, depth: usize) -> Result<(), NarError> {
         // The type from getdents saves a stat; filesystems that do not fill it in get one.
         let file_type = match known {
             FileType::Unknown => {
-                let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
-                    .map_err(|e| self.fs_error(e.into()))?;
+                let st =
+                    rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| self.fs_error(e.into()))?;
                 FileType::from_raw_mode(st.st_mode)
             }
             t => t,
         };
         match file_type {
             FileType::RegularFile => {
-                let fd = rustix::fs::openat(
-                    dir,
-                    name,
-                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(|e| self.fs_error(e.into()))?;
+                let fd =
+                    rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+                        .map_err(|e| self.fs_error(e.into()))?;
                 self.regular(fd)
             }
             FileType::Symlink => {
-                let target = rustix::fs::readlinkat(dir, name, Vec::new())
-                    .map_err(|e| self.fs_error(e.into()))?;
+                let target = rustix::fs::readlinkat(dir, name, Vec::new()).map_err(|e| self.fs_error(e.into()))?;
                 self.symlink(target.as_bytes())
             }
             FileType::Directory => {
@@ -272,15 +219,10 @@ impl<W: Write> Dumper<W> {
     }
 
     fn fs_error(&self, source: io::Error) -> NarError {
-        NarError::Fs {
-            path: self.path.clone(),
-            source,
-        }
+        NarError::Fs { path: self.path.clone(), source }
     }
 
     fn unsupported(&self) -> NarError {
-        NarError::UnsupportedFileType {
-            path: self.path.clone(),
-        }
+        NarError::UnsupportedFileType { path: self.path.clone() }
     }
 }

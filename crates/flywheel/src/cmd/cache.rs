@@ -12,18 +12,13 @@ pub fn run(command: CacheCommand) -> anyhow::Result<()> {
 }
 
 fn push(args: PushArgs) -> anyhow::Result<()> {
-    let key = SecretKey::read_file(&args.key)
-        .with_context(|| format!("reading signing key {}", args.key.display()))?;
+    let key = SecretKey::read_file(&args.key).with_context(|| format!("reading signing key {}", args.key.display()))?;
     let store = Store::open(&args.store)?;
     let roots = store.resolve(&args.paths)?;
     let Target::File(dir) = &args.to;
     let cache = FileCache::open_or_create(dir, store.db.store_dir().clone())
         .with_context(|| format!("opening cache {}", dir.display()))?;
-    let opts = PushOptions {
-        compression: args.compression,
-        jobs: args.jobs,
-        real_store: store.real_store.clone(),
-    };
+    let opts = PushOptions { compression: args.compression, jobs: args.jobs, real_store: store.real_store.clone() };
     let report = flywheel_cache::push(&store.db, &roots, &cache, &key, &opts)?;
 
     if args.json {
@@ -44,11 +39,7 @@ fn push(args: PushArgs) -> anyhow::Result<()> {
         for f in &report.failed {
             eprintln!("  not pushed: {}: {}", f.path, f.error);
         }
-        bail!(
-            "{} of {} paths could not be pushed",
-            report.failed.len(),
-            report.closure
-        );
+        bail!("{} of {} paths could not be pushed", report.failed.len(), report.closure);
     }
     Ok(())
 }

@@ -9,17 +9,12 @@ use crate::cli::KeyCommand;
 pub fn run(command: KeyCommand) -> anyhow::Result<()> {
     match command {
         KeyCommand::Generate { name, out } => {
-            let key =
-                SecretKey::generate(&name).with_context(|| format!("generating key {name:?}"))?;
+            let key = SecretKey::generate(&name).with_context(|| format!("generating key {name:?}"))?;
             match out {
                 None => print!("{}", key.to_nix_string()),
                 Some(path) => {
                     let write = || -> std::io::Result<()> {
-                        let mut f = std::fs::OpenOptions::new()
-                            .write(true)
-                            .create_new(true)
-                            .mode(0o600)
-                            .open(&path)?;
+                        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
                         f.write_all(key.to_nix_string().as_bytes())?;
                         f.sync_all()
                     };
@@ -35,8 +30,7 @@ pub fn run(command: KeyCommand) -> anyhow::Result<()> {
             Ok(())
         }
         KeyCommand::Public { file } => {
-            let key = SecretKey::read_file(&file)
-                .with_context(|| format!("reading secret key {}", file.display()))?;
+            let key = SecretKey::read_file(&file).with_context(|| format!("reading secret key {}", file.display()))?;
             println!("{}", key.public());
             Ok(())
         }

@@ -33,14 +33,8 @@ impl Store {
         Ok(Self { db, real_store })
     }
 
-    pub fn resolve(
-        &self,
-        paths: &[std::path::PathBuf],
-    ) -> anyhow::Result<Vec<flywheel_nix::StorePath>> {
-        paths
-            .iter()
-            .map(|p| Ok(store_path::resolve(p, self.db.store_dir())?))
-            .collect()
+    pub fn resolve(&self, paths: &[std::path::PathBuf]) -> anyhow::Result<Vec<flywheel_nix::StorePath>> {
+        paths.iter().map(|p| Ok(store_path::resolve(p, self.db.store_dir())?)).collect()
     }
 }
 

@@ -15,19 +15,14 @@ pub fn run(command: NarCommand) -> anyhow::Result<()> {
                 bail!("refusing to write a binary NAR to a terminal; redirect stdout to a file or a pipe");
             }
             // A plain file on fd 1 (not Stdout's line buffer) lets the kernel copy file contents.
-            let out = File::from(
-                stdout
-                    .as_fd()
-                    .try_clone_to_owned()
-                    .context("duplicating stdout")?,
-            );
+            let out = File::from(stdout.as_fd().try_clone_to_owned().context("duplicating stdout")?);
             nar::write_nar(&path, out).with_context(|| format!("dumping {}", path.display()))?;
             Ok(())
         }
         NarCommand::Hash { paths, json, jobs } => hash(&paths, json, jobs),
         NarCommand::Restore { dir } => {
-            let restored = nar::restore(io::stdin().lock(), &dir)
-                .with_context(|| format!("restoring into {}", dir.display()))?;
+            let restored =
+                nar::restore(io::stdin().lock(), &dir).with_context(|| format!("restoring into {}", dir.display()))?;
             tracing::info!(
                 "restored {} bytes of NAR: {} files ({} bytes), {} directories, {} symlinks",
                 restored.nar_size,
@@ -60,11 +55,7 @@ fn hash(paths: &[std::path::PathBuf], json: bool, jobs: usize) -> anyhow::Result
         let rows: Vec<HashJson> = paths
             .iter()
             .zip(&digests)
-            .map(|(p, d)| HashJson {
-                path: p.display().to_string(),
-                nar_hash: d.to_nix32(),
-                nar_size: d.size,
-            })
+            .map(|(p, d)| HashJson { path: p.display().to_string(), nar_hash: d.to_nix32(), nar_size: d.size })
             .collect();
         serde_json::to_writer(&mut out, &rows)?;
         writeln!(out)?;

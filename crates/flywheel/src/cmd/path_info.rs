@@ -30,21 +30,17 @@ pub fn run(args: PathInfoArgs) -> anyhow::Result<()> {
     let store = Store::open(&args.store)?;
     let dir = store.db.store_dir().clone();
     let paths = store.resolve(&args.paths)?;
-    // Sorted by path, as Nix prints them.
-    let mut infos: BTreeMap<String, PathInfo> = BTreeMap::new();
-    if args.recursive {
-        for info in store.db.closure(&paths)? {
-            infos.insert(dir.render_path(&info.path), info);
-        }
+    // In the order Nix prints them: a closure references first, given paths sorted.
+    let infos: Vec<(String, PathInfo)> = if args.recursive {
+        store.db.closure(&paths)?.into_iter().map(|i| (dir.render_path(&i.path), i)).collect()
     } else {
+        let mut sorted = BTreeMap::new();
         for p in &paths {
-            let info = store
-                .db
-                .query(p)?
-                .ok_or_else(|| anyhow!("{} is not valid", dir.render_path(p)))?;
-            infos.insert(dir.render_path(p), info);
+            let info = store.db.query(p)?.ok_or_else(|| anyhow!("{} is not valid", dir.render_path(p)))?;
+            sorted.insert(dir.render_path(p), info);
         }
-    }
+        sorted.into_iter().collect()
+    };
     let mut out = std::io::stdout().lock();
     if args.json {
         let rows: Vec<PathInfoJson> = infos
@@ -64,7 +60,7 @@ pub fn run(args: PathInfoArgs) -> anyhow::Result<()> {
         serde_json::to_writer(&mut out, &rows)?;
         writeln!(out)?;
     } else {
-        for path in infos.keys() {
+        for (path, _) in &infos {
             writeln!(out, "{path}")?;
         }
     }

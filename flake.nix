@@ -1,0 +1,160 @@
+{
+  description = "flywheel: reproducible GPU runner images, a Nix binary cache for CI, and the lane canary";
+
+  # Pinned by hand in flake.lock (the machines this was written on cannot run
+  # `nix flake lock`). The revision (2025-12-29) is the one the
+  # team's infrastructure already locks through nix2container's input, where it
+  # is recorded with this same original (github:NixOS/nixpkgs, no branch), so
+  # the URL here matches flake.lock's `original` and Nix uses the lock as is.
+  # When the pin is next moved with `nix flake update`, consider
+  # "github:NixOS/nixpkgs/nixos-unstable" (a channel Hydra has built, so
+  # cache.nixos.org has its outputs) and update flake.lock's `original` with it.
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs";
+
+  outputs =
+    { self, nixpkgs }:
+    let
+      # nixpkgs attributes used below, and the nixpkgs file that confirmed each
+      # (checked against NixOS/nixpkgs sources, not evaluated: no machine here
+      # can fetch nixpkgs):
+      #   lib, lib.genAttrs, legacyPackages.<system>  flake.nix (nixpkgs' own)
+      #   lib.fileset.toSource, lib.fileset.unions  lib/fileset/default.nix
+      #   rustPlatform.buildRustPackage (cargoLock.lockFile, cargoBuildFlags, doCheck)
+      #       pkgs/development/compilers/rust/make-rust-platform.nix,
+      #       pkgs/build-support/rust/build-rust-package/default.nix,
+      #       pkgs/build-support/rust/hooks/cargo-build-hook.sh (cargoBuildFlags),
+      #       pkgs/by-name/bb/bbox/package.nix (cargoLock.lockFile + cargoBuildFlags list)
+      #   lib.licenses.asl20                pkgs/by-name/sk/skopeo/package.nix (meta)
+      #   mkShell (packages)                pkgs/build-support/mkshell/default.nix,
+      #                                     doc/build-helpers/special/mkshell.section.md
+      #   cargo, rustc, clippy              pkgs/by-name/ru/rustlings/package.nix (callPackage args)
+      #   rustfmt                           pkgs/development/tools/rust/bindgen/unwrapped.nix (callPackage arg)
+      #   rust-analyzer                     pkgs/by-name/ru/rust-analyzer/package.nix
+      #   skopeo, umoci, hyperfine          pkgs/by-name/{sk/skopeo,um/umoci,hy/hyperfine}/package.nix
+      #   zstd, sqlite                      pkgs/by-name/bb/bbox/package.nix (callPackage args);
+      #                                     sqlite: pkgs/development/libraries/sqlite/default.nix
+      #                                     (first output "bin" holds sqlite3)
+      #   openssl                           doc/languages-frameworks/rust.section.md
+      #                                     (`with import <nixpkgs> {}; ... buildInputs = [ openssl ]`)
+      #   nixfmt                            pkgs/by-name/ni/nixfmt/package.nix and
+      #                                     doc/release-notes/rl-2511.section.md ("nixfmt is now stable
+      #                                     and available as pkgs.nixfmt, deprecating pkgs.nixfmt-rfc-style")
+      systems = [
+        "x86_64-linux"
+        "aarch64-linux"
+      ];
+      forAllSystems = f: nixpkgs.lib.genAttrs systems (system: f system nixpkgs.legacyPackages.${system});
+
+      workspace = builtins.fromTOML (builtins.readFile ./Cargo.toml);
+      crate = builtins.fromTOML (builtins.readFile ./crates/flywheel/Cargo.toml);
+
+      mkFlywheel =
+        pkgs:
+        let
+          inherit (pkgs) lib;
+        in
+        pkgs.rustPlatform.buildRustPackage {
+          pname = crate.package.name;
+          # crates/flywheel takes its version from [workspace.package].
+          version = workspace.workspace.package.version;
+
+          # Only what cargo needs: docs/, nix/, images/, .ci/, bench/, fuzz/ (excluded
+          # from the workspace), target/ and result links stay out, so changing them
+          # does not rebuild. tests/ is in because tests/fixture is a workspace member
+          # and crates/flywheel's [[test]] targets live in tests/e2e.
+          src = lib.fileset.toSource {
+            root = ./.;
+            fileset = lib.fileset.unions [
+              ./Cargo.toml
+              ./Cargo.lock
+              ./crates
+              ./tests
+            ];
+          };
+
+          # Every dependency is a crates.io crate pinned with a checksum in
+          # Cargo.lock, so they are fetched as fixed-output derivations and the
+          # build itself needs no network. (No git sources, so no outputHashes.)
+          cargoLock.lockFile = ./Cargo.lock;
+
+          cargoBuildFlags = [
+            "-p"
+            crate.package.name
+          ];
+
+          # The test suite needs Nix itself and a writable Nix store (it builds
+          # fixture closures with nix and pushes them to a cache), which the build
+          # sandbox does not provide. Tests run outside Nix: cargo test.
+          doCheck = false;
+
+          # No nativeBuildInputs or buildInputs: rusqlite's "bundled" feature builds
+          # SQLite and zstd-sys builds zstd from source with the C compiler stdenv
+          # already provides; neither uses pkg-config here.
+
+          meta = {
+            description = crate.package.description;
+            homepage = workspace.workspace.package.repository;
+            license = lib.licenses.asl20;
+            mainProgram = "flywheel";
+          };
+        };
+    in
+    {
+      packages = forAllSystems (
+        _system: pkgs:
+        let
+          flywheel = mkFlywheel pkgs;
+        in
+        {
+          inherit flywheel;
+          default = flywheel;
+        }
+      );
+
+      apps = forAllSystems (
+        system: _pkgs:
+        let
+          flywheel = {
+            type = "app";
+            program = "${self.packages.${system}.flywheel}/bin/flywheel";
+          };
+        in
+        {
+          inherit flywheel;
+          default = flywheel;
+        }
+      );
+
+      devShells = forAllSystems (
+        _system: pkgs: {
+          default = pkgs.mkShell {
+            packages = with pkgs; [
+              cargo
+              rustc
+              clippy
+              rustfmt
+              rust-analyzer
+              skopeo
+              umoci
+              zstd
+              sqlite # first output is "bin": the sqlite3 CLI
+              openssl
+              hyperfine
+            ];
+          };
+        }
+      );
+
+      formatter = forAllSystems (_system: pkgs: pkgs.nixfmt);
+
+      # `nix flake check` builds the package.
+      checks = forAllSystems (
+        system: _pkgs: {
+          inherit (self.packages.${system}) flywheel;
+        }
+      );
+
+      # The image pipeline library: Nix builtins only, no nixpkgs (nix/lib/README.md).
+      lib = import ./nix/lib;
+    };
+}

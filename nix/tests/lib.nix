@@ -1,0 +1,197 @@
+# Tests for nix/lib, builtins only (Debian's Nix 2.8 runs them offline):
+#
+#   nix-instantiate --eval --strict nix/tests/lib.nix
+#
+# Prints a summary on success; throws (non-zero exit) listing the failed cases.
+let
+  flywheel = import ../lib;
+  inherit (flywheel) mkImageSpec ociArchitecture;
+
+  # A fixture derivation: never built, only its output path is computed.
+  fixture = builtins.derivation {
+    name = "flywheel-test-fixture";
+    system = "x86_64-linux";
+    builder = "/bin/sh";
+    args = [
+      "-c"
+      "echo fixture > $out"
+    ];
+  };
+  fixturePath = "${builtins.storeDir}/00000000000000000000000000000000-plain-path";
+
+  minimal = mkImageSpec { name = "flywheel/gpu-runner"; };
+
+  full = mkImageSpec {
+    name = "flywheel/gpu-runner";
+    closureRoots = [
+      fixture
+      fixturePath
+    ];
+    layers = [
+      {
+        name = "base";
+        paths = [ fixturePath ];
+      }
+      { name = "empty"; }
+    ];
+    config = {
+      Env = [ "PATH=/bin" ];
+      Cmd = [ "/bin/run.sh" ];
+      User = "1001";
+    };
+    architecture = ociArchitecture "aarch64-linux";
+    created = "2025-12-29T17:14:27Z";
+  };
+
+  # Does evaluating `x` deeply fail (throw or assert)?
+  throws = x: !(builtins.tryEval (builtins.deepSeq x x)).success;
+
+  cases = {
+    minimalDefaults =
+      minimal == {
+        flywheelImageSpec = 1;
+        name = "flywheel/gpu-runner";
+        architecture = "amd64";
+        os = "linux";
+        created = "1970-01-01T00:00:00Z";
+        config = { };
+        closureRoots = [ ];
+        layers = [ ];
+      };
+
+    derivationRootBecomesOutPath = builtins.elemAt full.closureRoots 0 == fixture.outPath;
+    storePathRootKept = builtins.elemAt full.closureRoots 1 == fixturePath;
+    layerPathsNormalised = full.layers == [
+      {
+        name = "base";
+        paths = [ fixturePath ];
+      }
+      {
+        name = "empty";
+        paths = [ ];
+      }
+    ];
+    architectureFromSystem = full.architecture == "arm64";
+    amd64FromSystem = ociArchitecture "x86_64-linux" == "amd64";
+
+    # The JSON the Rust side reads round-trips to the same data (store paths as strings).
+    # fromJSON refuses strings with context, hence the discard (test only).
+    jsonRoundTrip =
+      builtins.fromJSON (builtins.unsafeDiscardStringContext (builtins.toJSON full)) == {
+        flywheelImageSpec = 1;
+        name = "flywheel/gpu-runner";
+        architecture = "arm64";
+        os = "linux";
+        created = "2025-12-29T17:14:27Z";
+        config = {
+          Env = [ "PATH=/bin" ];
+          Cmd = [ "/bin/run.sh" ];
+          User = "1001";
+        };
+        closureRoots = [
+          (builtins.unsafeDiscardStringContext fixture.outPath)
+          fixturePath
+        ];
+        layers = [
+          {
+            name = "base";
+            paths = [ fixturePath ];
+          }
+          {
+            name = "empty";
+            paths = [ ];
+          }
+        ];
+      };
+
+    # The spec's JSON keeps the string context, so a derivation writing it depends on the roots.
+    jsonKeepsRootContext = builtins.hasContext (builtins.toJSON full);
+
+    rejectsUnknownArchitecture = throws (mkImageSpec {
+      name = "x";
+      architecture = "x86_64";
+    });
+    rejectsUnknownSystem = throws (ociArchitecture "riscv64-linux");
+    rejectsOtherOs = throws (mkImageSpec {
+      name = "x";
+      os = "windows";
+    });
+    rejectsLayersNotAList = throws (mkImageSpec {
+      name = "x";
+      layers = {
+        name = "base";
+      };
+    });
+    rejectsLayerNotASet = throws (mkImageSpec {
+      name = "x";
+      layers = [ "base" ];
+    });
+    rejectsLayerWithoutName = throws (mkImageSpec {
+      name = "x";
+      layers = [ { paths = [ ]; } ];
+    });
+    rejectsLayerUnknownAttribute = throws (mkImageSpec {
+      name = "x";
+      layers = [
+        {
+          name = "base";
+          contents = [ ];
+        }
+      ];
+    });
+    rejectsDuplicateLayerNames = throws (mkImageSpec {
+      name = "x";
+      layers = [
+        { name = "a"; }
+        { name = "a"; }
+      ];
+    });
+    rejectsClosureRootsNotAList = throws (mkImageSpec {
+      name = "x";
+      closureRoots = fixture;
+    });
+    rejectsNonStorePathRoot = throws (mkImageSpec {
+      name = "x";
+      closureRoots = [ "/usr/bin" ];
+    });
+    rejectsLocalPathRoot = throws (mkImageSpec {
+      name = "x";
+      closureRoots = [ ./lib.nix ];
+    });
+    rejectsNonStoreLayerPath = throws (mkImageSpec {
+      name = "x";
+      layers = [
+        {
+          name = "a";
+          paths = [ "relative/path" ];
+        }
+      ];
+    });
+    rejectsUnknownConfigKey = throws (mkImageSpec {
+      name = "x";
+      config.env = [ "A=1" ];
+    });
+    rejectsConfigNotASet = throws (mkImageSpec {
+      name = "x";
+      config = [ ];
+    });
+    rejectsMissingName = throws (mkImageSpec { closureRoots = [ ]; });
+    rejectsUppercaseName = throws (mkImageSpec { name = "Flywheel"; });
+    rejectsEmptyName = throws (mkImageSpec { name = ""; });
+    rejectsNonUtcCreated = throws (mkImageSpec {
+      name = "x";
+      created = "2025-12-29T17:14:27+01:00";
+    });
+    rejectsUnexpectedArgument = throws (mkImageSpec {
+      name = "x";
+      tag = "latest";
+    });
+  };
+
+  names = builtins.attrNames cases;
+  failures = builtins.filter (n: cases.${n} != true) names;
+in
+if failures != [ ] then
+  throw "nix/tests/lib.nix: ${toString (builtins.length failures)} of ${toString (builtins.length names)} failed: ${builtins.concatStringsSep ", " failures}"
+else
+  "nix/tests/lib.nix: all ${toString (builtins.length names)} cases passed"
