@@ -1,6 +1,8 @@
 //! `flywheel cache push --to file:///DIR`: real Nix copies the closure back out of the cache
 //! into a fresh store, trusting only flywheel's key.
 
+#![allow(clippy::unwrap_used)] // a test that cannot read its own fixture should panic
+
 mod support;
 
 use std::fs;
@@ -160,7 +162,8 @@ fn a_modified_store_path_is_never_advertised() {
     let dir = victim.parent().unwrap();
     fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     fs::set_permissions(&victim, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    fs::write(&victim, b"yyyyyyyyyyyyyyyyy").unwrap();
+    // A different size too: the check must not depend on the compressor noticing.
+    fs::write(&victim, b"yyyyyyyyyyyyyyyyyyyy").unwrap();
 
     let key = work.path().join("k");
     ok(flywheel().args(["key", "generate", "k-1", "--out"]).arg(&key));
@@ -220,4 +223,23 @@ fn bad_targets_and_keys_are_refused_cleanly() {
     assert_eq!(out.status.code(), Some(1));
     assert!(one_line_error(&out).contains("not in the Nix store"));
     assert!(!cache.exists() || narinfos(&cache).is_empty(), "a failed push left narinfos");
+}
+
+#[test]
+fn uncompressed_caches_work_too() {
+    let work = tempdir();
+    let key = work.path().join("k");
+    ok(flywheel().args(["key", "generate", "plain-1", "--out"]).arg(&key));
+    let public = ok_str(flywheel().args(["key", "public"]).arg(&key)).trim().to_string();
+    let cache = work.path().join("cache");
+    let url = format!("file://{}", cache.display());
+    ok(flywheel().args(["cache", "push", "--compression", "none", "--to", &url, "--key"]).arg(&key).arg(edge_cases()));
+    let infos = narinfos(&cache);
+    assert_eq!(infos.len(), 1);
+    assert!(infos[0].url().ends_with(".nar") && infos[0].file_size() == Some(infos[0].nar_size()));
+    ok(nix()
+        .args(["copy", "--option", "require-sigs", "true", "--option", "trusted-public-keys", &public])
+        .args(["--from", &url, "--to"])
+        .arg(work.path().join("store"))
+        .arg(edge_cases()));
 }

@@ -1,5 +1,7 @@
 //! The command line's contract: help everywhere, exit codes 0/1/2, one-line errors.
 
+#![allow(clippy::unwrap_used)] // a test that cannot read its own fixture should panic
+
 mod support;
 
 use support::*;

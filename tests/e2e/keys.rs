@@ -1,5 +1,7 @@
 //! Signing keys: flywheel's and Nix's are interchangeable.
 
+#![allow(clippy::unwrap_used)] // a test that cannot read its own fixture should panic
+
 mod support;
 
 use std::fs;

@@ -1,5 +1,7 @@
 //! NAR dump, hash and restore against real Nix (Debian's nix-bin) over the fixture closure.
 
+#![allow(clippy::unwrap_used)] // a test that cannot read its own fixture should panic
+
 mod support;
 
 use std::fs;

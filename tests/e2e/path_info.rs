@@ -1,5 +1,7 @@
 //! `flywheel path-info` reads the Nix database and agrees with `nix path-info --json`.
 
+#![allow(clippy::unwrap_used)] // a test that cannot read its own fixture should panic
+
 mod support;
 
 use serde_json::Value;

@@ -1,6 +1,8 @@
 //! nix32, store path rules, and text, source, fixed-output and derivation output paths,
 //! computed by flywheel-nix and compared with what real Nix makes.
 
+#![allow(clippy::unwrap_used)] // a test that cannot read its own fixture should panic
+
 mod support;
 
 use std::collections::BTreeSet;

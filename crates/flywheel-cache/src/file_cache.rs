@@ -65,27 +65,25 @@ impl FileCache {
         self.narinfo_path(path).is_file()
     }
 
-    /// Streams a NAR through `write` (which gets the compressor's input) into the cache and
-    /// returns its URL and FileHash/FileSize together with what `write` returned.
-    pub fn put_nar<T>(
+    /// Streams a NAR into the cache: `write` gets the compressor's input and may refuse the NAR
+    /// (an error) before it is renamed into place. Returns the URL and FileHash/FileSize.
+    pub fn put_nar(
         &self,
         compression: Compression,
-        nar_size_hint: Option<u64>,
-        write: impl FnOnce(&mut dyn Write) -> Result<T, CacheError>,
-    ) -> Result<(String, Digested, T), CacheError> {
+        write: impl FnOnce(&mut dyn Write) -> Result<(), CacheError>,
+    ) -> Result<(String, Digested), CacheError> {
         let temp = temp_path(&self.root.join("nar"), "nar");
         let result = (|| {
             let file = File::create_new(&temp).map_err(|source| CacheError::Io { path: temp.clone(), source })?;
             let io_err = |source| CacheError::Io { path: temp.clone(), source };
-            let mut enc = compression.encoder(HashingWriter::new(file), nar_size_hint).map_err(io_err)?;
-            let out = write(&mut enc)?;
-            let hashing = enc.finish().map_err(io_err)?;
-            let (file, digest) = hashing.finish();
+            let mut enc = compression.encoder(HashingWriter::new(file)).map_err(io_err)?;
+            write(&mut enc)?;
+            let (file, digest) = enc.finish().map_err(io_err)?.finish();
             file.sync_data().map_err(io_err)?;
             let url = format!("nar/{}.nar{}", digest.nix32_digest(), compression.extension());
             let dest = self.root.join(&url);
             fs::rename(&temp, &dest).map_err(|source| CacheError::Io { path: dest, source })?;
-            Ok((url, digest, out))
+            Ok((url, digest))
         })();
         if result.is_err() {
             let _ = fs::remove_file(&temp);

@@ -5,13 +5,13 @@
 //! in dependency order, and only for paths whose NAR and references are all in the cache, so
 //! the cache never advertises a path it cannot serve whole, even after a failure or a crash.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use flywheel_nix::keys::SecretKey;
-use flywheel_nix::nar::{write_nar_digested, Digested};
+use flywheel_nix::nar::write_nar_digested;
 use flywheel_nix::narinfo::{self, FileRef};
 use flywheel_nix::store_db::{PathInfo, StoreDb};
 use flywheel_nix::{NixHash, StorePath};
@@ -85,14 +85,14 @@ pub fn push(
     // Largest first, so one big path does not run alone at the end.
     let mut order: Vec<&PathInfo> = missing.clone();
     order.sort_by_key(|i| std::cmp::Reverse(i.nar_size));
-    let uploads: Vec<(StorePath, Result<(FileRef, Digested), CacheError>)> = pool.install(|| {
+    let mut uploads: HashMap<StorePath, Result<FileRef, CacheError>> = pool.install(|| {
         order
             .par_iter()
             .map(|info| {
                 let result = upload_nar(info, cache, opts);
                 let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 match &result {
-                    Ok((file, _)) => tracing::info!(
+                    Ok(file) => tracing::info!(
                         "[{n}/{total}] {} ({} -> {} bytes)",
                         store_dir.render_path(&info.path),
                         info.nar_size,
@@ -106,13 +106,11 @@ pub fn push(
             })
             .collect()
     });
-    let mut files: std::collections::HashMap<StorePath, Result<(FileRef, Digested), CacheError>> =
-        uploads.into_iter().collect();
 
     let mut in_cache: HashSet<&StorePath> = present.iter().map(|i| &i.path).collect();
     for info in &missing {
         let shown = store_dir.render_path(&info.path);
-        let file = match files.remove(&info.path) {
+        let file_ref = match uploads.remove(&info.path) {
             Some(Ok(f)) => f,
             Some(Err(e)) => {
                 report.failed.push(PushFailure { path: shown, error: e.to_string() });
@@ -125,7 +123,6 @@ pub fn push(
             report.failed.push(PushFailure { path: shown, error });
             continue;
         }
-        let (file_ref, _) = file;
         report.file_bytes += file_ref.size.unwrap_or(0);
         let record = narinfo::signed(&store_dir, info, file_ref, key)
             .map_err(|e| CacheError::Other(format!("{shown}: building its narinfo: {e}")))?;
@@ -139,9 +136,9 @@ pub fn push(
 }
 
 /// Dumps, checks and compresses one path into the cache.
-fn upload_nar(info: &PathInfo, cache: &FileCache, opts: &PushOptions) -> Result<(FileRef, Digested), CacheError> {
+fn upload_nar(info: &PathInfo, cache: &FileCache, opts: &PushOptions) -> Result<FileRef, CacheError> {
     let real = opts.real_store.join(info.path.to_basename());
-    let (url, file, nar) = cache.put_nar(opts.compression, Some(info.nar_size), |out: &mut dyn Write| {
+    let (url, file) = cache.put_nar(opts.compression, |out: &mut dyn Write| {
         let (_, nar) = write_nar_digested(&real, out)?;
         // Checked before the narinfo exists: a modified store path is never advertised.
         if NixHash::Sha256(nar.sha256) != info.nar_hash || nar.size != info.nar_size {
@@ -151,9 +148,7 @@ fn upload_nar(info: &PathInfo, cache: &FileCache, opts: &PushOptions) -> Result<
                 actual: format!("{} ({} bytes)", nar.to_nix32(), nar.size),
             });
         }
-        Ok(nar)
+        Ok(())
     })?;
-    let file_ref =
-        FileRef { url, compression: opts.compression.narinfo(), hash: Some(file.hash()), size: Some(file.size) };
-    Ok((file_ref, nar))
+    Ok(FileRef { url, compression: opts.compression.narinfo(), hash: Some(file.hash()), size: Some(file.size) })
 }
