@@ -71,3 +71,55 @@ pub fn text_path<'a>(
 ) -> Result<StorePath, StorePathError> {
     StoreDir::default().build_text_path(name, content, references)
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const ALPHABET: &str = "0123456789abcdfghijklmnpqrsvwxyz";
+
+    proptest! {
+        #[test]
+        fn nix32_round_trips(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+            let encoded = nixbase32::encode(&bytes);
+            prop_assert_eq!(encoded.len(), (bytes.len() * 8).div_ceil(5));
+            prop_assert!(encoded.chars().all(|c| ALPHABET.contains(c)));
+            prop_assert_eq!(nixbase32::decode(encoded.as_bytes()).unwrap(), bytes);
+        }
+
+        #[test]
+        fn nix32_refuses_letters_outside_its_alphabet(pos in 0usize..52, bad in "[eotuA-Z!-]") {
+            let mut s: Vec<u8> = nixbase32::encode(&[0x5a; 32]).into_bytes();
+            s[pos] = bad.as_bytes()[0];
+            prop_assert!(nixbase32::decode(&s).is_err());
+        }
+
+        #[test]
+        fn store_paths_render_and_parse_back(digest in any::<[u8; 20]>(), name in "[a-zA-Z0-9+_?=-][a-zA-Z0-9+._?=-]{0,40}") {
+            let path = StorePath::from_parts(digest, &name).unwrap();
+            let rendered = path.to_string();
+            prop_assert_eq!(rendered.len(), "/nix/store/".len() + 32 + 1 + name.len());
+            prop_assert_eq!(rendered.parse::<StorePath>().unwrap(), path.clone());
+            let dir = tempfile::tempdir().unwrap();
+            prop_assert!(resolve(dir.path(), &StoreDir::default()).is_err());
+            prop_assert_eq!(resolve(Path::new(&rendered), &StoreDir::default()).unwrap(), path);
+        }
+    }
+
+    #[test]
+    fn resolve_takes_the_store_path_above_a_subpath_and_follows_links() {
+        let store = tempfile::tempdir().unwrap();
+        let dir = StoreDir::new(store.path().to_str().unwrap()).unwrap();
+        let object = store.path().join("00bgd045z0d4icpbc2yyz4gx48ak44la-tool");
+        std::fs::create_dir_all(object.join("bin")).unwrap();
+        std::fs::write(object.join("bin/tool"), "").unwrap();
+        let expected = dir.parse_path(object.as_os_str().as_bytes()).unwrap();
+        assert_eq!(resolve(&object.join("bin/tool"), &dir).unwrap(), expected);
+        let link = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(&object, link.path().join("result")).unwrap();
+        assert_eq!(resolve(&link.path().join("result"), &dir).unwrap(), expected);
+        assert!(matches!(resolve(link.path(), &dir), Err(ResolveError::NotInStore { .. })));
+    }
+}

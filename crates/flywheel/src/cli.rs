@@ -38,6 +38,13 @@ pub enum Command {
     PathInfo(PathInfoArgs),
 }
 
+impl Command {
+    /// Whether the command can take minutes (and so shows progress on a terminal).
+    pub fn is_long_running(&self) -> bool {
+        matches!(self, Command::Cache(CacheCommand::Push(_)))
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum NarCommand {
     /// Write the NAR of PATH to stdout, byte-identical to `nix-store --dump PATH`.

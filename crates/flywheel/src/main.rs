@@ -18,7 +18,7 @@ fn main() -> ExitCode {
             return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
         }
     };
-    init_logging(cli.verbose);
+    init_logging(cli.verbose, cli.command.is_long_running());
     match cmd::run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -29,8 +29,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(verbose: u8) {
+/// `progress`: a command that can run for minutes shows its progress lines on a terminal even
+/// without `-v`, so a person is not left looking at nothing.
+fn init_logging(verbose: u8, progress: bool) {
+    let stderr_is_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let default = match verbose {
+        0 if progress && stderr_is_terminal => "warn,flywheel_cache=info",
         0 => "warn",
         1 => "info",
         2 => "debug",
@@ -41,7 +45,7 @@ fn init_logging(verbose: u8) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(verbose >= 2)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(stderr_is_terminal)
         .without_time()
         .init();
 }
