@@ -50,6 +50,8 @@ impl PathInfo {
 pub enum StoreDbError {
     #[error("opening the Nix database {}", path.display())]
     Open { path: PathBuf, source: rusqlite::Error },
+    #[error("no Nix database at {} (is Nix installed, and is this the right store?)", .0.display())]
+    Missing(PathBuf),
     #[error("reading the Nix database")]
     Query(#[from] rusqlite::Error),
     #[error("{0} is not a valid path in the Nix store")]
@@ -82,10 +84,7 @@ impl StoreDb {
     pub fn open(path: &Path, store_dir: StoreDir) -> Result<Self, StoreDbError> {
         let open_error = |source| StoreDbError::Open { path: path.to_path_buf(), source };
         if !path.exists() {
-            return Err(open_error(rusqlite::Error::SqliteFailure(
-                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
-                Some("no such file".into()),
-            )));
+            return Err(StoreDbError::Missing(path.to_path_buf()));
         }
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(open_error)?;
