@@ -6,6 +6,7 @@
 mod support;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use flywheel_nix::keys::PublicKey;
@@ -134,6 +135,8 @@ fn the_cache_is_complete_signed_and_idempotent() {
         );
         let nar = cache.dir.join(info.url());
         assert_eq!(fs::metadata(&nar).unwrap().len(), info.file_size().unwrap());
+        // Readable by others: a web server or another user may serve the directory.
+        assert_eq!(fs::metadata(&nar).unwrap().permissions().mode() & 0o044, 0o044);
         assert!(info.url().ends_with(".nar.zst"));
     }
     // No temporary files left behind.

@@ -4,8 +4,9 @@
 //! Every file is written under a temporary name, synced, and renamed into place, so a reader
 //! (or a crash) never sees half a file; a narinfo is written only after its NAR.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use flywheel_nix::nar::{Digested, HashingWriter};
@@ -72,23 +73,18 @@ impl FileCache {
         compression: Compression,
         write: impl FnOnce(&mut dyn Write) -> Result<(), CacheError>,
     ) -> Result<(String, Digested), CacheError> {
-        let temp = temp_path(&self.root.join("nar"), "nar");
-        let result = (|| {
-            let file = File::create_new(&temp).map_err(|source| CacheError::Io { path: temp.clone(), source })?;
-            let io_err = |source| CacheError::Io { path: temp.clone(), source };
-            let mut enc = compression.encoder(HashingWriter::new(file)).map_err(io_err)?;
-            write(&mut enc)?;
-            let (file, digest) = enc.finish().map_err(io_err)?.finish();
-            file.sync_data().map_err(io_err)?;
-            let url = format!("nar/{}.nar{}", digest.nix32_digest(), compression.extension());
-            let dest = self.root.join(&url);
-            fs::rename(&temp, &dest).map_err(|source| CacheError::Io { path: dest, source })?;
-            Ok((url, digest))
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&temp);
-        }
-        result
+        let nar_dir = self.root.join("nar");
+        let io_err = |source| CacheError::Io { path: nar_dir.clone(), source };
+        // Removed on drop: an error or a panic below leaves no partial NAR.
+        let temp = temp_file(&nar_dir).map_err(io_err)?;
+        let mut enc = compression.encoder(HashingWriter::new(temp)).map_err(io_err)?;
+        write(&mut enc)?;
+        let (temp, digest) = enc.finish().map_err(io_err)?.finish();
+        temp.as_file().sync_data().map_err(io_err)?;
+        let url = format!("nar/{}.nar{}", digest.nix32_digest(), compression.extension());
+        let dest = self.root.join(&url);
+        temp.persist(&dest).map_err(|e| CacheError::Io { path: dest, source: e.error })?;
+        Ok((url, digest))
     }
 
     pub fn put_narinfo(&self, info: &NarInfo) -> Result<(), CacheError> {
@@ -101,25 +97,20 @@ impl FileCache {
     }
 }
 
-fn temp_path(dir: &Path, what: &str) -> PathBuf {
-    let mut r = [0u8; 8];
-    let _ = getrandom::fill(&mut r);
-    let suffix: String = r.iter().map(|b| format!("{b:02x}")).collect();
-    dir.join(format!(".{what}.{}.{suffix}.tmp", std::process::id()))
+/// A temporary file beside where it will be renamed to (so the rename stays on one filesystem),
+/// readable by all like any cache file (a web server or another user serves the directory).
+fn temp_file(dir: &Path) -> io::Result<tempfile::NamedTempFile> {
+    tempfile::Builder::new()
+        .prefix(".flywheel-")
+        .suffix(".tmp")
+        .permissions(fs::Permissions::from_mode(0o644))
+        .tempfile_in(dir)
 }
 
 /// Writes `bytes` to `path` so that readers see the old file or the whole new one.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let temp = temp_path(dir, "write");
-    let result = (|| {
-        let mut f = File::create_new(&temp)?;
-        f.write_all(bytes)?;
-        f.sync_data()?;
-        fs::rename(&temp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    result
+    let mut temp = temp_file(path.parent().unwrap_or(Path::new(".")))?;
+    temp.write_all(bytes)?;
+    temp.as_file().sync_data()?;
+    temp.persist(path).map(drop).map_err(|e| e.error)
 }

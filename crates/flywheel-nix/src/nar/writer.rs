@@ -9,9 +9,8 @@ use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 
+use rayon::prelude::*;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags};
 
@@ -49,37 +48,14 @@ pub fn hash_path(path: &Path) -> Result<Digested, NarError> {
 }
 
 /// NarHash and NarSize of each of `paths`, in order, hashing `jobs` paths at once (0: one per
-/// CPU). Work is handed out a path at a time, so one large path does not hold up the rest.
+/// CPU). Paths are handed out one at a time, so one large path does not hold up the rest.
 pub fn hash_paths<P: AsRef<Path> + Sync>(paths: &[P], jobs: usize) -> Vec<Result<Digested, NarError>> {
-    let jobs = if jobs == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { jobs };
-    let jobs = jobs.min(paths.len()).max(1);
-    if jobs == 1 {
-        return paths.iter().map(|p| hash_path(p.as_ref())).collect();
+    let hash_all = || paths.par_iter().with_max_len(1).map(|p| hash_path(p.as_ref())).collect();
+    match rayon::ThreadPoolBuilder::new().num_threads(jobs).build() {
+        Ok(pool) => pool.install(hash_all),
+        // No threads to be had: hash on this one.
+        Err(_) => paths.iter().map(|p| hash_path(p.as_ref())).collect(),
     }
-    let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Result<Digested, NarError>>>> = Mutex::new((0..paths.len()).map(|_| None).collect());
-    std::thread::scope(|s| {
-        for _ in 0..jobs {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(path) = paths.get(i) else { break };
-                let r = hash_path(path.as_ref());
-                if let Ok(mut results) = results.lock() {
-                    results[i] = Some(r);
-                }
-            });
-        }
-    });
-    let results = results.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
-    results
-        .into_iter()
-        .zip(paths)
-        .map(|(r, p)| {
-            r.unwrap_or_else(|| {
-                Err(NarError::Fs { path: p.as_ref().to_path_buf(), source: io::Error::other("hashing thread failed") })
-            })
-        })
-        .collect()
 }
 
 struct Dumper<W: Write> {
