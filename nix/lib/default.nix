@@ -54,6 +54,9 @@ let
   # OCI `created`: RFC 3339, restricted here to UTC ("Z") so specs compare byte for byte.
   createdRegex = "[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]+)?Z";
 
+  # Tags as in the OCI distribution spec.
+  tagRegex = "[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}";
+
   # Image names: lowercase repository path as in the OCI distribution spec (no tag, no registry port).
   nameRegex = "[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*";
 
@@ -91,29 +94,49 @@ let
 
   /*
     Describe an OCI image as plain data. `builtins.toJSON (mkImageSpec { ... })`
-    is the document `flywheel image` reads; every argument is validated here so
-    that mistakes fail at evaluation time with a message naming the argument.
+    is the document `flywheel image build --spec` reads (docs/image-spec.md);
+    every argument is validated here so that mistakes fail at evaluation time
+    with a message naming the argument.
 
     Arguments:
-      name          image repository name, e.g. "flywheel/gpu-runner"
-      closureRoots  derivations or store paths whose closures the image contains
-      layers        list of { name; paths ? [ ]; } (paths: derivations or store paths);
-                    paths not placed in a layer go into layers the tool computes
-      config        OCI image config fields (Env, Cmd, Entrypoint, User, ...)
-      architecture  OCI architecture: "amd64" or "arm64" (see ociArchitecture)
-      os            "linux" only
-      created       RFC 3339 UTC timestamp; the epoch by default, for reproducibility
+      name            image repository name, e.g. "flywheel/gpu-runner"
+      tag             tag written into the layout's index.json ("latest")
+      closureRoots    derivations or store paths whose closures the image contains
+      layers          pinned layers, each either
+                        { name; paths; }   exactly these store paths (derivations or
+                                           store paths), in a layer of their own
+                        { name; source; prefix ? "/"; overrides ? [ ]; }
+                                           a directory tree (a derivation, store path
+                                           or path inside one) placed at prefix;
+                                           overrides: [ { path; mode ? "1777";
+                                           uid ? 0; gid ? 0; recursive ? false; } ]
+                      paths not pinned go into layers the tool computes
+      config          OCI image config fields (Env, Cmd, Entrypoint, User, ...)
+      annotations     annotations of the image manifest
+      architecture    OCI architecture: "amd64" or "arm64" (see ociArchitecture)
+      os              "linux" only
+      created         RFC 3339 UTC timestamp; by default the source date epoch
+      sourceDateEpoch mtime of every file in the layers (default 1)
+      maxLayers       most layers, pinned ones included (default 100)
+      layering        "cost" (default), "auto" or "popularity"
+      compression     "zstd" (default), "zstd:N", "gzip", "gzip:N" or "none"
   */
   mkImageSpec =
     {
       # Defaulted to null only so that a missing name throws a catchable, clear error.
       name ? null,
+      tag ? "latest",
       closureRoots ? [ ],
       layers ? [ ],
       config ? { },
+      annotations ? { },
       architecture ? "amd64",
       os ? "linux",
-      created ? "1970-01-01T00:00:00Z",
+      created ? null,
+      sourceDateEpoch ? null,
+      maxLayers ? null,
+      layering ? null,
+      compression ? null,
       # Unknown arguments are reported by the check below (with `throw`, which
       # builtins.tryEval can catch) rather than by Nix's own argument error.
       ...
@@ -123,12 +146,18 @@ let
 
       knownArgs = [
         "name"
+        "tag"
         "closureRoots"
         "layers"
         "config"
+        "annotations"
         "architecture"
         "os"
         "created"
+        "sourceDateEpoch"
+        "maxLayers"
+        "layering"
+        "compression"
       ];
       unknownArgs = filter (k: !(builtins.elem k knownArgs)) (attrNames args);
 
@@ -136,17 +165,57 @@ let
       duplicateLayerNames = unique (filter (n: length (filter (m: m == n) layerNames) > 1) layerNames);
       unknownConfigKeys = filter (k: !(builtins.elem k ociConfigKeys)) (attrNames config);
 
+      layerKeys = [
+        "name"
+        "paths"
+        "source"
+        "prefix"
+        "overrides"
+      ];
+      overrideKeys = [
+        "path"
+        "mode"
+        "uid"
+        "gid"
+        "recursive"
+      ];
+
+      checkOverride =
+        what: o:
+        check (isAttrs o && all (k: builtins.elem k overrideKeys) (attrNames o)) fn
+          "${what} must be an attribute set with ${showList overrideKeys}"
+        && check (o ? path && isString o.path && hasPrefix "/" o.path) fn "${what}.path must be an absolute path"
+        && check (!(o ? mode) || (isString o.mode && match "[0-7]{3,4}" o.mode != null)) fn
+          "${what}.mode must be an octal string such as \"1777\""
+        && check (all (k: !(o ? ${k}) || builtins.isInt o.${k}) [
+          "uid"
+          "gid"
+        ]) fn "${what}.uid and .gid must be integers";
+
       checkLayer =
         i: layer:
         let
           what = "layers[${toString i}]";
+          hasPaths = (layer.paths or [ ]) != [ ];
+          hasSource = layer ? source;
         in
-        check (isAttrs layer) fn "${what} must be an attribute set { name; paths ? [ ]; }, got a ${typeOf layer}"
-        && check (all (k: k == "name" || k == "paths") (attrNames layer)) fn
-          "${what} has unknown attributes; allowed: \"name\", \"paths\""
+        check (isAttrs layer) fn "${what} must be an attribute set { name; paths; } or { name; source; prefix ? \"/\"; }, got a ${typeOf layer}"
+        && check (all (k: builtins.elem k layerKeys) (attrNames layer)) fn
+          "${what} has unknown attributes; allowed: ${showList layerKeys}"
         && check (layer ? name && isString layer.name && layer.name != "") fn
           "${what}.name must be a non-empty string"
-        && check (isList (layer.paths or [ ])) fn "${what}.paths must be a list, got a ${typeOf layer.paths}";
+        && check (isList (layer.paths or [ ])) fn "${what}.paths must be a list, got a ${typeOf layer.paths}"
+        && check (hasPaths != hasSource) fn "${what} needs either paths (store paths) or source (a directory), not both"
+        && check (hasSource || !(layer ? prefix || layer ? overrides)) fn
+          "${what}: prefix and overrides apply to a source directory only"
+        && check (!(layer ? prefix) || (isString layer.prefix && hasPrefix "/" layer.prefix)) fn
+          "${what}.prefix must be an absolute path such as \"/\""
+        && check (isList (layer.overrides or [ ])) fn "${what}.overrides must be a list"
+        && all (x: x) (
+          genList (j: checkOverride "${what}.overrides[${toString j}]" (builtins.elemAt layer.overrides j)) (
+            length (layer.overrides or [ ])
+          )
+        );
 
       valid =
         check (unknownArgs == [ ]) fn "unknown arguments ${showList unknownArgs}; allowed: ${showList knownArgs}"
@@ -165,20 +234,37 @@ let
         && check (builtins.elem architecture supportedArchitectures) fn
           "unknown architecture \"${toString architecture}\"; supported: ${showList supportedArchitectures}"
         && check (os == "linux") fn "unsupported os \"${toString os}\"; only \"linux\" is supported"
-        && check (isString created && match createdRegex created != null) fn
+        && check (created == null || (isString created && match createdRegex created != null)) fn
           "created must be an RFC 3339 UTC timestamp such as \"1970-01-01T00:00:00Z\", got ${
             if isString created then "\"${created}\"" else "a ${typeOf created}"
-          }";
+          }"
+        && check (isString tag && match tagRegex tag != null) fn "tag must match ${tagRegex}, got ${toString tag}"
+        && check (isAttrs annotations && all (k: isString annotations.${k}) (attrNames annotations)) fn
+          "annotations must be an attribute set of strings"
+        && check (sourceDateEpoch == null || (builtins.isInt sourceDateEpoch && sourceDateEpoch >= 0)) fn
+          "sourceDateEpoch must be a non-negative integer"
+        && check (maxLayers == null || (builtins.isInt maxLayers && maxLayers >= 1 && maxLayers <= 125)) fn
+          "maxLayers must be an integer in 1..125"
+        && check (layering == null || builtins.elem layering [
+          "cost"
+          "auto"
+          "popularity"
+        ]) fn "layering must be \"cost\", \"auto\" or \"popularity\""
+        && check (compression == null || (isString compression && match "(zstd|gzip)(:[0-9]+)?|none" compression != null)) fn
+          "compression must be \"zstd\", \"zstd:N\", \"gzip\", \"gzip:N\" or \"none\"";
+
+      optional = n: v: if v == null then { } else { ${n} = v; };
 
       spec = {
         # Version of this document's layout, so the Rust reader can refuse ones it does not know.
         flywheelImageSpec = 1;
         inherit
           name
+          tag
           architecture
           os
-          created
           config
+          annotations
           ;
         closureRoots = genList (
           i: storePathOf fn "closureRoots[${toString i}]" (builtins.elemAt closureRoots i)
@@ -189,20 +275,101 @@ let
             layer = builtins.elemAt layers i;
             paths = layer.paths or [ ];
           in
-          {
-            inherit (layer) name;
-            paths = genList (
-              j: storePathOf fn "layers[${toString i}].paths[${toString j}]" (builtins.elemAt paths j)
-            ) (length paths);
-          }
+          if layer ? source then
+            {
+              inherit (layer) name;
+              source = storePathOf fn "layers[${toString i}].source" layer.source;
+              prefix = layer.prefix or "/";
+              overrides = layer.overrides or [ ];
+            }
+          else
+            {
+              inherit (layer) name;
+              paths = genList (
+                j: storePathOf fn "layers[${toString i}].paths[${toString j}]" (builtins.elemAt paths j)
+              ) (length paths);
+            }
         ) (length layers);
-      };
+      }
+      // optional "created" created
+      // optional "sourceDateEpoch" sourceDateEpoch
+      // optional "maxLayers" maxLayers
+      // optional "layering" layering
+      // optional "compression" compression;
     in
     # Force every store-path conversion too, so a bad root throws here, not later
     # when the Rust side happens to read that field. (Only the path lists: config
     # values may hold large attribute sets that need not be walked.)
     if valid then builtins.deepSeq [ spec.closureRoots spec.layers ] spec else throw "unreachable";
+
+  /*
+    Build an OCI image layout (a directory in the store) with flywheel as the
+    builder. Takes every mkImageSpec argument, plus:
+
+      flywheel  the flywheel executable: a derivation with bin/flywheel (the
+                flake's packages.flywheel), or a path or string naming the
+                binary (the tests pass a cargo-built one)
+      system    the Nix system to build on (default builtins.currentSystem,
+                which pure flake evaluation must pass explicitly)
+      format    "oci" (default), "oci-archive" or "docker-archive"
+
+    The closure is read at build time from exportReferencesGraph with
+    __structuredAttrs (NarHash, NarSize and references of every path), so the
+    builder needs no access to the Nix database, and the image is exactly the
+    one `flywheel image build --spec` writes for the same spec.
+  */
+  mkImage =
+    {
+      flywheel ? null,
+      system ? builtins.currentSystem,
+      format ? "oci",
+      ...
+    }@args:
+    let
+      fn = "mkImage";
+      specArgs = removeAttrs args [
+        "flywheel"
+        "system"
+        "format"
+      ];
+      spec = mkImageSpec specArgs;
+      builder =
+        if isAttrs flywheel && (flywheel.type or null) == "derivation" then
+          "${flywheel}/bin/flywheel"
+        else if isString flywheel || isPath flywheel then
+          flywheel
+        else
+          fail fn "flywheel must be the flywheel package or the path of its executable";
+      valid = check (builtins.elem format [
+        "oci"
+        "oci-archive"
+        "docker-archive"
+      ]) fn "format must be \"oci\", \"oci-archive\" or \"docker-archive\"";
+      exported =
+        spec.closureRoots
+        ++ builtins.concatLists (map (l: l.paths or [ ]) spec.layers)
+        ++ builtins.concatMap (l: if l ? source then [ l.source ] else [ ]) spec.layers;
+      drvName = builtins.replaceStrings [ "/" ] [ "-" ] spec.name + "-image";
+    in
+    assert valid;
+    derivation {
+      name = drvName;
+      inherit system builder;
+      args = [
+        "image"
+        "build"
+        "--nix-attrs"
+        "--format"
+        format
+      ];
+      __structuredAttrs = true;
+      exportReferencesGraph.closureGraph = exported;
+      flywheelSpec = spec;
+    }
+    // {
+      imageSpec = spec;
+    };
 in
 {
-  inherit mkImageSpec ociArchitecture;
+  inherit mkImageSpec mkImage ociArchitecture;
 }

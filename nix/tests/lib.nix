@@ -5,7 +5,7 @@
 # Prints a summary on success; throws (non-zero exit) listing the failed cases.
 let
   flywheel = import ../lib;
-  inherit (flywheel) mkImageSpec ociArchitecture;
+  inherit (flywheel) mkImageSpec mkImage ociArchitecture;
 
   # A fixture derivation: never built, only its output path is computed.
   fixture = builtins.derivation {
@@ -32,7 +32,16 @@ let
         name = "base";
         paths = [ fixturePath ];
       }
-      { name = "empty"; }
+      {
+        name = "custom";
+        source = fixture;
+        overrides = [
+          {
+            path = "/tmp";
+            mode = "1777";
+          }
+        ];
+      }
     ];
     config = {
       Env = [ "PATH=/bin" ];
@@ -41,6 +50,27 @@ let
     };
     architecture = ociArchitecture "aarch64-linux";
     created = "2025-12-29T17:14:27Z";
+    maxLayers = 50;
+    compression = "gzip:6";
+  };
+
+  image = mkImage {
+    flywheel = "/opt/flywheel";
+    system = "x86_64-linux";
+    name = "flywheel/test";
+    closureRoots = [ fixture ];
+    layers = [
+      {
+        name = "pinned";
+        paths = [ fixturePath ];
+      }
+      {
+        name = "custom";
+        source = "${fixture}/etc";
+        prefix = "/etc";
+      }
+    ];
+    config.Entrypoint = [ "/bin/sh" ];
   };
 
   # Does evaluating `x` deeply fail (throw or assert)?
@@ -51,10 +81,11 @@ let
       minimal == {
         flywheelImageSpec = 1;
         name = "flywheel/gpu-runner";
+        tag = "latest";
         architecture = "amd64";
         os = "linux";
-        created = "1970-01-01T00:00:00Z";
         config = { };
+        annotations = { };
         closureRoots = [ ];
         layers = [ ];
       };
@@ -67,8 +98,15 @@ let
         paths = [ fixturePath ];
       }
       {
-        name = "empty";
-        paths = [ ];
+        name = "custom";
+        source = fixture.outPath;
+        prefix = "/";
+        overrides = [
+          {
+            path = "/tmp";
+            mode = "1777";
+          }
+        ];
       }
     ];
     architectureFromSystem = full.architecture == "arm64";
@@ -80,9 +118,13 @@ let
       builtins.fromJSON (builtins.unsafeDiscardStringContext (builtins.toJSON full)) == {
         flywheelImageSpec = 1;
         name = "flywheel/gpu-runner";
+        tag = "latest";
         architecture = "arm64";
         os = "linux";
         created = "2025-12-29T17:14:27Z";
+        maxLayers = 50;
+        compression = "gzip:6";
+        annotations = { };
         config = {
           Env = [ "PATH=/bin" ];
           Cmd = [ "/bin/run.sh" ];
@@ -98,8 +140,15 @@ let
             paths = [ fixturePath ];
           }
           {
-            name = "empty";
-            paths = [ ];
+            name = "custom";
+            source = builtins.unsafeDiscardStringContext fixture.outPath;
+            prefix = "/";
+            overrides = [
+              {
+                path = "/tmp";
+                mode = "1777";
+              }
+            ];
           }
         ];
       };
@@ -184,7 +233,105 @@ let
     });
     rejectsUnexpectedArgument = throws (mkImageSpec {
       name = "x";
-      tag = "latest";
+      label = "latest";
+    });
+    rejectsBadTag = throws (mkImageSpec {
+      name = "x";
+      tag = "-bad";
+    });
+    rejectsLayerWithPathsAndSource = throws (mkImageSpec {
+      name = "x";
+      layers = [
+        {
+          name = "a";
+          paths = [ fixturePath ];
+          source = fixture;
+        }
+      ];
+    });
+    rejectsLayerWithNeither = throws (mkImageSpec {
+      name = "x";
+      layers = [ { name = "a"; } ];
+    });
+    rejectsPrefixOnPathsLayer = throws (mkImageSpec {
+      name = "x";
+      layers = [
+        {
+          name = "a";
+          paths = [ fixturePath ];
+          prefix = "/";
+        }
+      ];
+    });
+    rejectsRelativePrefix = throws (mkImageSpec {
+      name = "x";
+      layers = [
+        {
+          name = "a";
+          source = fixture;
+          prefix = "etc";
+        }
+      ];
+    });
+    rejectsBadOverrideMode = throws (mkImageSpec {
+      name = "x";
+      layers = [
+        {
+          name = "a";
+          source = fixture;
+          overrides = [
+            {
+              path = "/tmp";
+              mode = "rwx";
+            }
+          ];
+        }
+      ];
+    });
+    rejectsMaxLayersOutOfRange = throws (mkImageSpec {
+      name = "x";
+      maxLayers = 500;
+    });
+    rejectsUnknownLayering = throws (mkImageSpec {
+      name = "x";
+      layering = "random";
+    });
+    rejectsUnknownCompression = throws (mkImageSpec {
+      name = "x";
+      compression = "xz";
+    });
+
+    # mkImage: a derivation whose builder is flywheel, reading the closure through
+    # exportReferencesGraph with structured attributes.
+    imageIsADerivation = image.type == "derivation" && image.drvPath != "";
+    imageBuilder = image.builder == "/opt/flywheel";
+    imageArgs = image.args == [
+      "image"
+      "build"
+      "--nix-attrs"
+      "--format"
+      "oci"
+    ];
+    imageStructuredAttrs = image.__structuredAttrs;
+    imageExportsEveryInput =
+      map builtins.unsafeDiscardStringContext image.exportReferencesGraph.closureGraph == [
+        (builtins.unsafeDiscardStringContext fixture.outPath)
+        fixturePath
+        (builtins.unsafeDiscardStringContext "${fixture}/etc")
+      ];
+    imageCarriesTheSpec = image.flywheelSpec == image.imageSpec && image.imageSpec.name == "flywheel/test";
+    imageNameFromSpec = image.name == "flywheel-test-image";
+    imageTakesAPackage =
+      (mkImage {
+        flywheel = fixture;
+        system = "x86_64-linux";
+        name = "x";
+      }).builder == "${fixture}/bin/flywheel";
+    rejectsImageWithoutFlywheel = throws (mkImage { name = "x"; });
+    rejectsImageFormat = throws (mkImage {
+      flywheel = "/opt/flywheel";
+      name = "x";
+      format = "tarball";
     });
   };
 

@@ -18,6 +18,10 @@ const COMMANDS: &[&[&str]] = &[
     &["cache"],
     &["cache", "push"],
     &["path-info"],
+    &["image"],
+    &["image", "build"],
+    &["image", "push"],
+    &["image", "diff"],
 ];
 
 #[test]

@@ -180,6 +180,22 @@ impl StoreDb {
     }
 }
 
+/// `infos` in the order `nix path-info` prints given paths: references first, as far as they
+/// are among `infos` (Nix sorts the paths it is given topologically, recursive or not).
+pub fn references_first(infos: Vec<PathInfo>, store_dir: &StoreDir) -> Vec<PathInfo> {
+    let mut by_path: HashMap<String, PathInfo> =
+        infos.into_iter().map(|i| (store_dir.render_path(&i.path), i)).collect();
+    let edges: BTreeMap<String, Vec<String>> = by_path
+        .iter()
+        .map(|(p, i)| {
+            let refs =
+                i.references.iter().map(|r| store_dir.render_path(r)).filter(|r| by_path.contains_key(r)).collect();
+            (p.clone(), refs)
+        })
+        .collect();
+    topological(&edges).into_iter().filter_map(|p| by_path.remove(&p)).collect()
+}
+
 /// References first. Roots and references are visited in path order, depth first, which is
 /// the order `nix path-info --recursive` prints. Self-references are ignored.
 fn topological(edges: &BTreeMap<String, Vec<String>>) -> Vec<String> {
@@ -294,5 +310,28 @@ mod tests {
         let pos = |p: &str| order.iter().position(|x| x == p).unwrap();
         assert_eq!(order.len(), 4);
         assert!(pos("libc") < pos("lib") && pos("lib") < pos("app") && pos("lib") < pos("tool"));
+    }
+
+    #[test]
+    fn given_paths_come_references_first_whatever_their_names() {
+        let dir = StoreDir::default();
+        let info = |base: &str, refs: &[&str]| PathInfo {
+            path: dir.parse_path(format!("/nix/store/{base}").as_bytes()).unwrap(),
+            nar_hash: NixHash::Sha256([0; 32]),
+            nar_size: 1,
+            references: refs.iter().map(|r| dir.parse_path(format!("/nix/store/{r}").as_bytes()).unwrap()).collect(),
+            deriver: None,
+            registration_time: 0,
+            ultimate: false,
+            signatures: vec![],
+            ca: None,
+        };
+        let root = "00000000000000000000000000000000-root";
+        let leaf = "zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz-leaf";
+        let mid = "11111111111111111111111111111111-mid";
+        // root refers to leaf directly; mid is not given, so nothing links through it.
+        let sorted = references_first(vec![info(root, &[leaf, mid]), info(leaf, &[])], &dir);
+        let names: Vec<&str> = sorted.iter().map(|i| i.path.name()).collect();
+        assert_eq!(names, vec!["leaf", "root"]);
     }
 }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use flywheel_cache::{Compression, Target};
+use flywheel_oci::{Format, Strategy};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -36,12 +37,18 @@ pub enum Command {
     Cache(CacheCommand),
     /// Show store path info (NarHash, NarSize, references...) from the Nix database.
     PathInfo(PathInfoArgs),
+    /// OCI images from Nix closures: build, push, diff.
+    #[command(subcommand)]
+    Image(ImageCommand),
 }
 
 impl Command {
     /// Whether the command can take minutes (and so shows progress on a terminal).
     pub fn is_long_running(&self) -> bool {
-        matches!(self, Command::Cache(CacheCommand::Push(_)))
+        matches!(
+            self,
+            Command::Cache(CacheCommand::Push(_)) | Command::Image(ImageCommand::Build(_) | ImageCommand::Push(_))
+        )
     }
 }
 
@@ -148,4 +155,145 @@ fn parse_target(s: &str) -> Result<Target, String> {
 
 fn parse_compression(s: &str) -> Result<Compression, String> {
     Compression::parse(s)
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    /// Build a reproducible, layered OCI image from Nix closures and directory layers.
+    #[command(
+        after_help = "The image spec's schema is in docs/image-spec.md. Prints the image manifest's digest on stdout \
+(the report with --json).\nExamples:\n  flywheel image build --closure ./result --entrypoint /bin/sh --out image\n  \
+flywheel image build --spec image.json --format docker-archive --out image.tar"
+    )]
+    Build(Box<ImageBuildArgs>),
+    /// Push an OCI layout to a registry (OCI distribution API); prints the manifest digest last.
+    Push(ImagePushArgs),
+    /// Which layers and bytes two images share: what a node holding A downloads for B.
+    Diff(ImageDiffArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ImageBuildArgs {
+    /// Image spec (JSON, written by nix/lib's mkImageSpec); the options below add to it or override it.
+    #[arg(long, value_name = "FILE")]
+    pub spec: Option<PathBuf>,
+    /// Read the spec, closure graph and output path from a Nix build's structured attributes
+    /// (`__structuredAttrs`: $NIX_ATTRS_JSON_FILE, or ./.attrs.json). nix/lib's mkImage builds so.
+    #[arg(long, conflicts_with = "spec")]
+    pub nix_attrs: bool,
+    /// Store paths (or symlinks to them, such as ./result) whose closures the image holds.
+    #[arg(long, value_name = "PATH", num_args = 1..)]
+    pub closure: Vec<PathBuf>,
+    /// A directory layer: the tree at DIR, placed at PREFIX (default /). Always a layer of its own.
+    #[arg(long, value_name = "DIR[:PREFIX]")]
+    pub layer: Vec<String>,
+    /// Entrypoint, one argument per use: --entrypoint /bin/sh --entrypoint -c.
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    pub entrypoint: Vec<String>,
+    /// Cmd, one argument per use.
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    pub cmd: Vec<String>,
+    /// Environment variable (NAME=VALUE); replaces one of the same name.
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// User (and group) the container runs as: NAME, UID or UID:GID.
+    #[arg(long)]
+    pub user: Option<String>,
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub label: Vec<String>,
+    /// Annotation of the image manifest.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub annotation: Vec<String>,
+    /// Port the image exposes: 8080 or 8080/tcp.
+    #[arg(long, value_name = "PORT[/PROTO]")]
+    pub expose: Vec<String>,
+    #[arg(long, value_name = "DIR")]
+    pub volume: Vec<String>,
+    #[arg(long, value_name = "SIGNAL")]
+    pub stop_signal: Option<String>,
+    /// Repository name, e.g. flywheel/gpu-runner (docker-archive RepoTags, SBOM name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Tag written in index.json (default latest).
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// amd64 or arm64.
+    #[arg(long)]
+    pub architecture: Option<String>,
+    /// Creation time, RFC 3339 UTC (default: the source date epoch).
+    #[arg(long, value_name = "TIME")]
+    pub created: Option<String>,
+    /// mtime of every file in the layers (default 1), unless the spec sets one.
+    #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "SECONDS")]
+    pub source_date_epoch: Option<u64>,
+    /// Layer compression: zstd (default), zstd:LEVEL, gzip, gzip:LEVEL or none (gzip for docker-archive unless given).
+    #[arg(long, value_parser = parse_oci_compression)]
+    pub compression: Option<flywheel_oci::Compression>,
+    /// Threads for tar, hashing and compression (0: one per CPU). The image does not depend on it.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Most layers in the image, pinned and directory layers included (default 100).
+    #[arg(long, value_name = "N")]
+    pub max_layers: Option<usize>,
+    /// How store paths are grouped into layers: cost (default), auto (nixpkgs' auto-layer) or popularity.
+    #[arg(long, value_parser = Strategy::parse)]
+    pub layering: Option<Strategy>,
+    #[arg(long, default_value = "oci", value_parser = Format::parse)]
+    pub format: Format,
+    /// Layer cache directory (default: ~/.cache/flywheel/layers).
+    #[arg(long, value_name = "DIR")]
+    pub layer_cache: Option<PathBuf>,
+    /// Build every layer; use and fill no layer cache.
+    #[arg(long, conflicts_with = "layer_cache")]
+    pub no_layer_cache: bool,
+    /// Also write the SPDX SBOM to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub sbom: Option<PathBuf>,
+    /// Print the build report (layers with their paths, sizes and digests) as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Plan the layers and print them; build nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Where to write the image: a directory (oci) or a file (archives). Replaced atomically.
+    #[arg(long, value_name = "OUT", required_unless_present_any = ["dry_run", "nix_attrs"])]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ImagePushArgs {
+    /// The OCI layout: DIR, or DIR:TAG when it holds several images.
+    pub layout: String,
+    /// Where to: HOST[:PORT]/REPOSITORY[:TAG] (the tag defaults to the layout's).
+    pub reference: String,
+    /// Plain HTTP, or HTTPS without verifying the certificate.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Blobs uploaded at once.
+    #[arg(short, long, default_value_t = 4)]
+    pub jobs: usize,
+    /// Docker config with registry credentials (default: $DOCKER_CONFIG/config.json or ~/.docker/config.json).
+    #[arg(long, value_name = "FILE")]
+    pub docker_config: Option<PathBuf>,
+    /// Print the push report as JSON on stdout (the digest is in it).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ImageDiffArgs {
+    /// The image a node has: an OCI layout DIR or DIR:TAG.
+    pub a: String,
+    /// The image it is updated to.
+    pub b: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_oci_compression(s: &str) -> Result<flywheel_oci::Compression, String> {
+    flywheel_oci::Compression::parse(s)
 }

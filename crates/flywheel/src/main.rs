@@ -34,7 +34,7 @@ fn main() -> ExitCode {
 fn init_logging(verbose: u8, progress: bool) {
     let stderr_is_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let default = match verbose {
-        0 if progress && stderr_is_terminal => "warn,flywheel_cache=info",
+        0 if progress && stderr_is_terminal => "warn,flywheel_cache=info,flywheel_oci=info",
         0 => "warn",
         1 => "info",
         2 => "debug",

@@ -1,6 +1,7 @@
 //! One module per command group: each turns parsed arguments into library calls and output.
 
 mod cache;
+mod image;
 mod key;
 mod nar;
 mod path_info;
@@ -16,6 +17,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Key(c) => key::run(c),
         Command::Cache(c) => cache::run(c),
         Command::PathInfo(a) => path_info::run(a),
+        Command::Image(c) => image::run(c),
     }
 }
 

@@ -30,17 +30,18 @@ pub fn run(args: PathInfoArgs) -> anyhow::Result<()> {
     let store = Store::open(&args.store)?;
     let dir = store.db.store_dir().clone();
     let paths = store.resolve(&args.paths)?;
-    // In the order Nix prints them: a closure references first, given paths sorted.
-    let infos: Vec<(String, PathInfo)> = if args.recursive {
-        store.db.closure(&paths)?.into_iter().map(|i| (dir.render_path(&i.path), i)).collect()
+    // In the order Nix prints them: references first, whether or not the closure is asked for.
+    let infos: Vec<PathInfo> = if args.recursive {
+        store.db.closure(&paths)?
     } else {
-        let mut sorted = BTreeMap::new();
+        let mut given = BTreeMap::new();
         for p in &paths {
             let info = store.db.query(p)?.ok_or_else(|| anyhow!("{} is not valid", dir.render_path(p)))?;
-            sorted.insert(dir.render_path(p), info);
+            given.insert(dir.render_path(p), info);
         }
-        sorted.into_iter().collect()
+        flywheel_nix::store_db::references_first(given.into_values().collect(), &dir)
     };
+    let infos: Vec<(String, PathInfo)> = infos.into_iter().map(|i| (dir.render_path(&i.path), i)).collect();
     let mut out = std::io::stdout().lock();
     if args.json {
         let rows: Vec<PathInfoJson> = infos

@@ -1,0 +1,490 @@
+//! Building an image: plan the layers, write them (in parallel, largest first, reusing the
+//! layer cache), then the SBOM, config, manifest, SBOM artifact and index, and commit the
+//! layout or archive to the output in one step.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::closure::Closure;
+use crate::compress::Compression;
+use crate::digest::Digest;
+use crate::layer::{self, LayerBlob};
+use crate::layer_cache::LayerCache;
+use crate::layout::{Format, LayoutWriter};
+use crate::oci::{self, annotation, media_type, Descriptor, History, ImageConfig, Index, Manifest, Platform, RootFs};
+use crate::plan::{LayerKind, LayerSource, PlannedLayer};
+use crate::spec::{format_created, ImageSpec};
+use crate::tar::{self, entries, Entry, Modes};
+use crate::ImageError;
+
+/// Labels flywheel sets on every image (they win over the spec's labels of the same name).
+pub const LABEL_COMPRESSION: &str = "dev.flywheel.image.compression";
+pub const LABEL_SBOM: &str = "dev.flywheel.image.sbom.digest";
+pub const LABEL_TAR_POLICY: &str = "dev.flywheel.image.tar-policy";
+
+/// How to build (what to build is the spec).
+#[derive(Clone, Debug, Default)]
+pub struct BuildOptions {
+    /// Threads for tar, hashing and compression (0: one per CPU).
+    pub threads: usize,
+    pub format: Format,
+    pub layer_cache: Option<PathBuf>,
+    /// Also write the SBOM here.
+    pub sbom_out: Option<PathBuf>,
+    /// Where the store's files are on disk (the store directory itself, or inside a chroot store).
+    pub real_store: PathBuf,
+    /// SOURCE_DATE_EPOCH from the environment, used when the spec sets none.
+    pub source_date_epoch: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LayerReport {
+    pub name: String,
+    pub kind: LayerKind,
+    /// Store paths (store layers) or the source directory and prefix (directory layers).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// NAR bytes of the store paths, or file bytes of a directory layer.
+    pub content_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<Digest>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff_id: Option<Digest>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uncompressed_size: Option<u64>,
+    /// Taken from the layer cache rather than written.
+    pub cached: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildReport {
+    pub out: String,
+    pub format: String,
+    pub tag: String,
+    pub compression: String,
+    pub layering: String,
+    pub store_paths: usize,
+    pub nar_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<Descriptor>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config: Option<Descriptor>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sbom: Option<Descriptor>,
+    pub layers: Vec<LayerReport>,
+    pub layers_written: usize,
+    pub layers_cached: usize,
+    pub seconds: f64,
+}
+
+/// The layers and totals of a plan, without building anything (`--dry-run`).
+pub fn plan_report(
+    spec: &ImageSpec,
+    closure: &Closure,
+    layers: &[PlannedLayer],
+    out: &Path,
+    format: Format,
+) -> Result<BuildReport, ImageError> {
+    Ok(BuildReport {
+        out: out.display().to_string(),
+        format: format.to_string(),
+        tag: spec.tag.clone(),
+        compression: spec.compression()?.to_string(),
+        layering: spec.layering.unwrap_or_default().to_string(),
+        store_paths: closure.len(),
+        nar_bytes: closure.objects.iter().map(|o| o.nar_size).sum(),
+        manifest: None,
+        config: None,
+        sbom: None,
+        layers: layers.iter().map(|l| layer_report(closure, l, None)).collect(),
+        layers_written: 0,
+        layers_cached: 0,
+        seconds: 0.0,
+    })
+}
+
+fn layer_report(closure: &Closure, l: &PlannedLayer, built: Option<(LayerBlob, bool)>) -> LayerReport {
+    let (paths, source, prefix) = match &l.source {
+        LayerSource::Store(members) => (members.iter().map(|&i| closure.render(i)).collect(), None, None),
+        LayerSource::Directory { source, prefix, .. } => {
+            (Vec::new(), Some(source.display().to_string()), Some(prefix.clone()))
+        }
+    };
+    LayerReport {
+        name: l.name.clone(),
+        kind: l.kind,
+        paths,
+        source,
+        prefix,
+        content_bytes: l.bytes,
+        digest: built.map(|b| b.0.digest),
+        size: built.map(|b| b.0.size),
+        diff_id: built.map(|b| b.0.diff_id),
+        uncompressed_size: built.map(|b| b.0.uncompressed_size),
+        cached: built.is_some_and(|b| b.1),
+    }
+}
+
+pub fn build(
+    spec: &ImageSpec,
+    closure: &Closure,
+    roots: &[usize],
+    layers: &[PlannedLayer],
+    opts: &BuildOptions,
+    out: &Path,
+) -> Result<BuildReport, ImageError> {
+    let started = Instant::now();
+    let compression = spec.compression()?;
+    let mtime = spec.source_date_epoch.or(opts.source_date_epoch).unwrap_or(1);
+    let created = spec.created.clone().unwrap_or_else(|| format_created(mtime));
+    let threads = match opts.threads {
+        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        n => n,
+    };
+    let cache = match &opts.layer_cache {
+        Some(dir) => match LayerCache::open(dir) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!("layer cache {} unusable ({e}); building every layer", dir.display());
+                None
+            }
+        },
+        None => None,
+    };
+
+    let writer = LayoutWriter::new(out)?;
+    let default_store = PathBuf::from(closure.store_dir.as_str());
+    let real_store = if opts.real_store.as_os_str().is_empty() { &default_store } else { &opts.real_store };
+    let ctx = LayerContext {
+        closure,
+        compression,
+        mtime,
+        zstd_workers: 1,
+        cache: cache.as_ref(),
+        blobs: writer.blobs(),
+        real_store,
+    };
+    let built = write_layers(layers, threads, ctx)?;
+
+    // SBOM first: its digest goes into the config's labels.
+    let image_name = spec.name.clone().unwrap_or_else(|| "image".to_string());
+    let sbom = crate::sbom::spdx(closure, roots, &image_name, &created);
+    let (sbom_desc, sbom_bytes) = writer.put_json(media_type::SPDX, &sbom)?;
+
+    let mut runtime = spec.config.clone();
+    runtime.labels.insert(LABEL_COMPRESSION.to_string(), compression.describe());
+    runtime.labels.insert(LABEL_SBOM.to_string(), sbom_desc.digest.to_string());
+    runtime.labels.insert(LABEL_TAR_POLICY.to_string(), tar::POLICY_VERSION.to_string());
+    let config = ImageConfig {
+        created: Some(created.clone()),
+        architecture: spec.architecture.clone(),
+        os: spec.os.clone(),
+        config: runtime,
+        rootfs: RootFs { kind: "layers".to_string(), diff_ids: built.iter().map(|(b, _)| b.diff_id).collect() },
+        history: layers
+            .iter()
+            .map(|l| History {
+                created: Some(created.clone()),
+                created_by: Some(format!("flywheel image build: {} layer {}", kind_name(l.kind), l.name)),
+                comment: match &l.source {
+                    LayerSource::Store(m) => Some(format!("{} store paths", m.len())),
+                    LayerSource::Directory { prefix, .. } => Some(format!("directory at {prefix}")),
+                },
+            })
+            .collect(),
+    };
+    let (config_desc, _) = writer.put_json(media_type::CONFIG, &config)?;
+    let mut annotations = spec.annotations.clone();
+    annotations.entry(annotation::CREATED.to_string()).or_insert_with(|| created.clone());
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(media_type::MANIFEST.to_string()),
+        artifact_type: None,
+        config: config_desc.clone(),
+        layers: built.iter().map(|(b, _)| Descriptor::new(compression.media_type(), b.digest, b.size)).collect(),
+        subject: None,
+        annotations,
+    };
+    let (manifest_desc, _) = writer.put_json(media_type::MANIFEST, &manifest)?;
+
+    // The SBOM as an OCI 1.1 artifact whose subject is the image.
+    let empty = writer.put_bytes(media_type::EMPTY, b"{}")?;
+    let mut sbom_layer = sbom_desc.clone();
+    sbom_layer.annotations.insert(annotation::TITLE.to_string(), "sbom.spdx.json".to_string());
+    let artifact = Manifest {
+        schema_version: 2,
+        media_type: Some(media_type::MANIFEST.to_string()),
+        artifact_type: Some(media_type::SPDX.to_string()),
+        config: empty,
+        layers: vec![sbom_layer],
+        subject: Some(manifest_desc.clone()),
+        annotations: BTreeMap::from([(annotation::CREATED.to_string(), created.clone())]),
+    };
+    let (artifact_desc, _) = writer.put_json(media_type::MANIFEST, &artifact)?;
+
+    let mut entry = manifest_desc.clone();
+    entry.annotations.insert(annotation::REF_NAME.to_string(), spec.tag.clone());
+    entry.annotations.insert(oci::SBOM_ANNOTATION.to_string(), artifact_desc.digest.to_string());
+    entry.platform = Some(Platform { architecture: spec.architecture.clone(), os: spec.os.clone() });
+    writer.write_index(&Index {
+        schema_version: 2,
+        media_type: Some(media_type::INDEX.to_string()),
+        manifests: vec![entry],
+        annotations: BTreeMap::new(),
+    })?;
+
+    match opts.format {
+        Format::Oci => writer.commit_dir(out)?,
+        Format::OciArchive => writer.commit_archive(out, mtime)?,
+        Format::DockerArchive => {
+            let blob = |d: &Digest| format!("blobs/sha256/{}", d.hex());
+            let docker = json!([{
+                "Config": blob(&config_desc.digest),
+                "RepoTags": [format!("{image_name}:{}", spec.tag)],
+                "Layers": built.iter().map(|(b, _)| blob(&b.digest)).collect::<Vec<_>>(),
+            }]);
+            let bytes = crate::json::canonical(&docker).map_err(|e| ImageError::Internal(e.to_string()))?;
+            writer.write_file("manifest.json", &bytes)?;
+            writer.commit_archive(out, mtime)?
+        }
+    }
+    if let Some(path) = &opts.sbom_out {
+        write_atomically(path, &sbom_bytes)?;
+    }
+
+    let reports: Vec<LayerReport> =
+        layers.iter().zip(&built).map(|(l, b)| layer_report(closure, l, Some(*b))).collect();
+    let cached = built.iter().filter(|b| b.1).count();
+    Ok(BuildReport {
+        out: out.display().to_string(),
+        format: opts.format.to_string(),
+        tag: spec.tag.clone(),
+        compression: compression.to_string(),
+        layering: spec.layering.unwrap_or_default().to_string(),
+        store_paths: closure.len(),
+        nar_bytes: closure.objects.iter().map(|o| o.nar_size).sum(),
+        manifest: Some(manifest_desc),
+        config: Some(config_desc),
+        sbom: Some(artifact_desc),
+        layers_written: built.len() - cached,
+        layers_cached: cached,
+        layers: reports,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn kind_name(k: LayerKind) -> &'static str {
+    match k {
+        LayerKind::Closure => "closure",
+        LayerKind::Pinned => "pinned",
+        LayerKind::Directory => "directory",
+    }
+}
+
+/// A written layer, and whether it came from the cache.
+type LayerResult = Result<(LayerBlob, bool), ImageError>;
+
+/// Writes every layer into `blobs`: largest first, `threads` at a time; each either linked
+/// from the cache or written and then stored in it. Returns them in plan order, each with
+/// whether it came from the cache.
+fn write_layers(
+    layers: &[PlannedLayer],
+    threads: usize,
+    mut ctx: LayerContext<'_>,
+) -> Result<Vec<(LayerBlob, bool)>, ImageError> {
+    let mut order: Vec<usize> = (0..layers.len()).collect();
+    order.sort_by(|&a, &b| layers[b].bytes.cmp(&layers[a].bytes).then(a.cmp(&b)));
+    let workers = threads.min(layers.len()).max(1);
+    // zstd workers per layer: all threads for one layer, one each when layers run side by side.
+    ctx.zstd_workers = u32::try_from((threads / workers).max(1)).unwrap_or(1);
+    let ctx = &ctx;
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let results: Mutex<Vec<Option<LayerResult>>> = Mutex::new((0..layers.len()).map(|_| None).collect());
+    let total = layers.len();
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                if failed.load(Ordering::Relaxed) {
+                    break;
+                }
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&i) = order.get(k) else { break };
+                let started = Instant::now();
+                let r = write_one(ctx, &layers[i]);
+                let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                match &r {
+                    Ok((b, true)) => tracing::info!(
+                        "layer {n}/{total} {}: reused {} from the layer cache",
+                        layers[i].name,
+                        human(b.size)
+                    ),
+                    Ok((b, false)) => tracing::info!(
+                        "layer {n}/{total} {}: {} -> {} in {:.2} s",
+                        layers[i].name,
+                        human(b.uncompressed_size),
+                        human(b.size),
+                        started.elapsed().as_secs_f64()
+                    ),
+                    Err(_) => failed.store(true, Ordering::Relaxed),
+                }
+                if let Ok(mut all) = results.lock() {
+                    all[i] = Some(r);
+                }
+            });
+        }
+    });
+    let results = results.into_inner().map_err(|_| ImageError::Internal("a layer thread panicked".into()))?;
+    let mut out = Vec::with_capacity(results.len());
+    let mut first_error = None;
+    for r in results {
+        match r {
+            Some(Ok(b)) => out.push(b),
+            Some(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            None => {}
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None if out.len() == layers.len() => Ok(out),
+        None => Err(ImageError::Internal("a layer was not written".into())),
+    }
+}
+
+/// What every layer of one build shares.
+struct LayerContext<'a> {
+    closure: &'a Closure,
+    compression: Compression,
+    mtime: u64,
+    zstd_workers: u32,
+    cache: Option<&'a LayerCache>,
+    blobs: &'a Path,
+    real_store: &'a Path,
+}
+
+fn write_one(ctx: &LayerContext<'_>, l: &PlannedLayer) -> Result<(LayerBlob, bool), ImageError> {
+    let LayerContext { closure, compression, mtime, zstd_workers, cache, blobs, .. } = *ctx;
+    let key = match cache {
+        Some(_) => Some(cache_key(closure, l, compression, mtime)?),
+        None => None,
+    };
+    if let (Some(cache), Some(key)) = (cache, &key) {
+        if let Some(blob) = cache.get(key, blobs) {
+            return Ok((blob, true));
+        }
+    }
+    let entries = layer_entries(closure, l, ctx.real_store)?;
+    let blob = layer::write_blob(&entries, mtime, compression, zstd_workers, blobs)?;
+    if let (Some(cache), Some(key)) = (cache, &key) {
+        cache.put(key, &blob, blobs);
+    }
+    Ok((blob, false))
+}
+
+/// The sorted entries of a layer. Store layers start with the store directory's own entries.
+fn layer_entries(closure: &Closure, l: &PlannedLayer, real_store: &Path) -> Result<Vec<Entry>, ImageError> {
+    match &l.source {
+        LayerSource::Directory { entries, .. } => Ok(entries.clone()),
+        LayerSource::Store(members) => {
+            let store = closure.store_dir.as_str();
+            let store_rel = store.trim_matches('/').as_bytes();
+            let mut list = entries::parents(store_rel, tar::DIR_MODE);
+            for &i in members {
+                let base = closure.objects[i].path.to_basename();
+                let on_disk = real_store.join(&base);
+                entries::gather(&on_disk, &entries::store_entry_path(store, &base), Modes::Nar, &mut list)?;
+            }
+            entries::sort_entries(&mut list, &l.name)?;
+            Ok(list)
+        }
+    }
+}
+
+fn cache_key(closure: &Closure, l: &PlannedLayer, compression: Compression, mtime: u64) -> Result<String, ImageError> {
+    let hex = |h: &[u8; 32]| Digest(*h).hex();
+    let content = match &l.source {
+        LayerSource::Store(members) => json!({
+            "kind": "store",
+            "storeDir": closure.store_dir.as_str(),
+            "paths": members.iter().map(|&i| {
+                let o = &closure.objects[i];
+                json!([o.path.to_basename(), hex(&o.nar_hash)])
+            }).collect::<Vec<_>>(),
+        }),
+        LayerSource::Directory { source, prefix, entries } => {
+            // Modes and owners are not in a NAR: the entry list covers them, the NAR hash the bytes.
+            let tree = flywheel_nix::nar::hash_path(source)
+                .map_err(|e| ImageError::Internal(format!("hashing {}: {e}", source.display())))?;
+            let meta: Vec<serde_json::Value> = entries
+                .iter()
+                .map(|e| {
+                    json!([
+                        String::from_utf8_lossy(&e.path),
+                        e.mode,
+                        e.uid,
+                        e.gid,
+                        match &e.kind {
+                            entries::EntryKind::Dir => "d".to_string(),
+                            entries::EntryKind::File { size, .. } => format!("f{size}"),
+                            entries::EntryKind::Symlink { target } => format!("l{}", String::from_utf8_lossy(target)),
+                        }
+                    ])
+                })
+                .collect();
+            json!({ "kind": "directory", "prefix": prefix, "tree": hex(&tree.sha256), "entries": Digest::of(&crate::json::canonical(&meta).unwrap_or_default()).hex() })
+        }
+    };
+    Ok(LayerCache::key(&json!({
+        "policy": tar::POLICY_VERSION,
+        "compression": compression.describe(),
+        "mtime": mtime,
+        "content": content,
+    })))
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
+    use std::io::Write;
+    let io =
+        |e: std::io::Error| ImageError::Output(crate::layout::OutputError::Io { path: path.to_path_buf(), source: e });
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut f = tempfile::Builder::new().prefix(".sbom-").tempfile_in(&parent).map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    std::fs::set_permissions(f.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644)).map_err(io)?;
+    f.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
+}
+
+fn human(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
