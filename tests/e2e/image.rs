@@ -491,25 +491,21 @@ fn bad_input_gets_one_clear_line_and_writes_nothing() {
     refused(build().args(["--closure", "/nix/store/00000000000000000000000000000000-missing"]), &out, "missing");
     refused(build().args(["--closure", "/etc"]), &out, "not in the Nix store");
 
-    let missing_ref = spec_file(
-        "open.json",
-        serde_json::json!({
-            "flywheelImageSpec": 1,
-            "closureRoots": [edge],
-            "closureGraph": [{ "path": edge, "narHash": "sha256:1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s", "narSize": 8,
-                               "references": ["/nix/store/00000000000000000000000000000000-elsewhere"] }],
-        }),
-    );
+    // A closure graph whose one path refers to `reference`.
+    let graph_spec = |name: &str, reference: &str| {
+        spec_file(
+            name,
+            serde_json::json!({
+                "flywheelImageSpec": 1,
+                "closureRoots": [edge],
+                "closureGraph": [{ "path": edge, "narSize": 8, "references": [reference],
+                                   "narHash": "sha256:1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s" }],
+            }),
+        )
+    };
+    let missing_ref = graph_spec("open.json", "/nix/store/00000000000000000000000000000000-elsewhere");
     refused(build().arg("--spec").arg(&missing_ref), &out, "not in the closure");
-    let malformed_ref = spec_file(
-        "malformed.json",
-        serde_json::json!({
-            "flywheelImageSpec": 1,
-            "closureRoots": [edge],
-            "closureGraph": [{ "path": edge, "narHash": "sha256:1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s", "narSize": 8,
-                               "references": ["/nix/store/not-a-hash"] }],
-        }),
-    );
+    let malformed_ref = graph_spec("malformed.json", "/nix/store/not-a-hash");
     refused(build().arg("--spec").arg(&malformed_ref), &out, "not-a-hash");
     let twice = spec_file(
         "twice.json",
@@ -547,6 +543,7 @@ fn bad_input_gets_one_clear_line_and_writes_nothing() {
         "env",
     );
     refused(build().arg("--layer").arg(work.path().join("nowhere")), &out, "nowhere");
+    refused(&mut build(), &out, "nothing to put in the image");
 
     // An unreadable file: as an unprivileged user, since root reads anything.
     if tool_available("setpriv") && unsafe_uid_is_root() {

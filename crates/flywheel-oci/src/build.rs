@@ -22,6 +22,7 @@ use crate::plan::{LayerKind, LayerSource, PlannedLayer};
 use crate::spec::{format_created, ImageSpec};
 use crate::tar::{self, entries, Entry, Modes};
 use crate::ImageError;
+use flywheel_nix::human_bytes;
 
 /// Labels flywheel sets on every image (they win over the spec's labels of the same name).
 pub const LABEL_COMPRESSION: &str = "dev.flywheel.image.compression";
@@ -332,13 +333,13 @@ fn write_layers(
                     Ok((b, true)) => tracing::info!(
                         "layer {n}/{total} {}: reused {} from the layer cache",
                         layers[i].name,
-                        human(b.size)
+                        human_bytes(b.size)
                     ),
                     Ok((b, false)) => tracing::info!(
                         "layer {n}/{total} {}: {} -> {} in {:.2} s",
                         layers[i].name,
-                        human(b.uncompressed_size),
-                        human(b.size),
+                        human_bytes(b.uncompressed_size),
+                        human_bytes(b.size),
                         started.elapsed().as_secs_f64()
                     ),
                     Err(_) => failed.store(true, Ordering::Relaxed),
@@ -472,19 +473,4 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
     std::fs::set_permissions(f.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644)).map_err(io)?;
     f.persist(path).map_err(|e| io(e.error))?;
     Ok(())
-}
-
-fn human(n: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }

@@ -151,6 +151,19 @@ async fn range_reader(path: &Path, offset: u64, len: u64) -> io::Result<tokio::i
     Ok(file.take(len))
 }
 
+/// Says why `req` is tried again and waits `delay`.
+async fn wait_to_retry(req: &Req, why: &str, attempt: u32, max: u32, delay: Duration) {
+    tracing::warn!(
+        "{}: {} {}: {why}; attempt {} of {max} in {:.1} s",
+        req.what,
+        req.method,
+        req.url,
+        attempt + 1,
+        delay.as_secs_f64()
+    );
+    tokio::time::sleep(delay).await;
+}
+
 /// One request to the registry.
 pub struct Req {
     /// What is being done, for errors: `pushing blob sha256:...`.
@@ -268,16 +281,7 @@ impl Client {
                         why.push_str(" (the registry may speak plain HTTP: push insecurely to use it)");
                     }
                     if attempt < max && !tls {
-                        let delay = backoff(attempt);
-                        tracing::warn!(
-                            "{}: {} {}: {why}; attempt {} of {max} in {:.1} s",
-                            req.what,
-                            req.method,
-                            req.url,
-                            attempt + 1,
-                            delay.as_secs_f64()
-                        );
-                        tokio::time::sleep(delay).await;
+                        wait_to_retry(req, &why, attempt, max, backoff(attempt)).await;
                         attempt += 1;
                         continue;
                     }
@@ -306,15 +310,7 @@ impl Client {
             }
             if is_retryable(status) && attempt < max {
                 let delay = retry_after(&resp).unwrap_or_else(|| backoff(attempt));
-                tracing::warn!(
-                    "{}: {} {}: registry answered {status}; attempt {} of {max} in {:.1} s",
-                    req.what,
-                    req.method,
-                    req.url,
-                    attempt + 1,
-                    delay.as_secs_f64()
-                );
-                tokio::time::sleep(delay).await;
+                wait_to_retry(req, &format!("registry answered {status}"), attempt, max, delay).await;
                 attempt += 1;
                 continue;
             }

@@ -29,6 +29,7 @@ use crate::digest::Digest;
 use crate::oci::Manifest;
 use crate::read::{LayoutImage, ReadError};
 use client::{Client, Req};
+use flywheel_nix::human_bytes;
 use reference::Reference;
 use state::BlobState;
 use upload::{Blob, Ctx};
@@ -157,22 +158,6 @@ impl RegistryError {
             RegistryError::Status { status, .. } => Some(*status),
             _ => None,
         }
-    }
-}
-
-/// `1.5 MiB`
-pub(crate) fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
     }
 }
 
@@ -380,14 +365,6 @@ async fn push_sbom(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(human_bytes(0), "0 B");
-        assert_eq!(human_bytes(1023), "1023 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(5 << 30), "5.0 GiB");
-    }
 
     #[test]
     fn error_messages() {

@@ -8,12 +8,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use flywheel_nix::human_bytes;
 use reqwest::header::{CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE};
 use reqwest::{Method, Response, StatusCode, Url};
 
 use super::client::{backoff, resolve_location, with_query, Body, Client, Req};
 use super::state::BlobState;
-use super::{human_bytes, BlobAction, RegistryError};
+use super::{BlobAction, RegistryError};
 use crate::digest::Digest;
 
 const OCTET_STREAM: &str = "application/octet-stream";

@@ -37,6 +37,9 @@ fn build(a: ImageBuildArgs) -> anyhow::Result<()> {
         spec.compression = Some(Compression::GZIP_DEFAULT.to_string());
     }
     spec.validate()?;
+    if spec.closure_roots.is_empty() && spec.layers.is_empty() {
+        bail!("nothing to put in the image: give --closure, --layer or a --spec that names some");
+    }
     let out = match a.out.clone().or(nix_out) {
         Some(out) => out,
         None if a.dry_run => PathBuf::new(),
