@@ -85,7 +85,7 @@ umoci_cold() {
     umoci insert --image "$work/umoci:bench" "$d/nix" /nix > /dev/null
   done
 }
-time_ns() { local t0; t0=$(now); "$@"; echo $(( $(now) - t0 )); }
+time_ns() { local t0; t0=$(now); "$@" > /dev/null; echo $(( $(now) - t0 )); }
 
 declare -a t_fw t_um t_um2 t_fwgz
 for _ in $(seq "$runs"); do

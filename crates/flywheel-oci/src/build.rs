@@ -170,15 +170,7 @@ pub fn build(
     let writer = LayoutWriter::new(out)?;
     let default_store = PathBuf::from(closure.store_dir.as_str());
     let real_store = if opts.real_store.as_os_str().is_empty() { &default_store } else { &opts.real_store };
-    let ctx = LayerContext {
-        closure,
-        compression,
-        mtime,
-        zstd_workers: 1,
-        cache: cache.as_ref(),
-        blobs: writer.blobs(),
-        real_store,
-    };
+    let ctx = LayerContext { closure, compression, mtime, cache: cache.as_ref(), blobs: writer.blobs(), real_store };
     let built = write_layers(layers, threads, ctx)?;
 
     // SBOM first: its digest goes into the config's labels.
@@ -296,66 +288,101 @@ fn kind_name(k: LayerKind) -> &'static str {
     }
 }
 
-/// A written layer, and whether it came from the cache.
-type LayerResult = Result<(LayerBlob, bool), ImageError>;
-
-/// Writes every layer into `blobs`: largest first, `threads` at a time; each either linked
-/// from the cache or written and then stored in it. Returns them in plan order, each with
-/// whether it came from the cache.
+/// Writes every layer into `blobs` and returns them in plan order, each with whether it came
+/// from the cache. First every layer is looked up in the cache (linked when found); then the
+/// rest are written, largest first, `threads` at a time, and stored in the cache.
 fn write_layers(
     layers: &[PlannedLayer],
     threads: usize,
-    mut ctx: LayerContext<'_>,
+    ctx: LayerContext<'_>,
 ) -> Result<Vec<(LayerBlob, bool)>, ImageError> {
-    let mut order: Vec<usize> = (0..layers.len()).collect();
-    order.sort_by(|&a, &b| layers[b].bytes.cmp(&layers[a].bytes).then(a.cmp(&b)));
-    let workers = threads.min(layers.len()).max(1);
-    // zstd workers per layer: all threads for one layer, one each when layers run side by side.
-    ctx.zstd_workers = u32::try_from((threads / workers).max(1)).unwrap_or(1);
     let ctx = &ctx;
-    let next = AtomicUsize::new(0);
-    let done = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let results: Mutex<Vec<Option<LayerResult>>> = Mutex::new((0..layers.len()).map(|_| None).collect());
     let total = layers.len();
+    let done = AtomicUsize::new(0);
+    let all: Vec<usize> = (0..total).collect();
+    // Phase 1: the cache. A miss yields its key (None without a cache) for phase 2.
+    let looked_up = in_parallel(&all, threads, |i| lookup(ctx, &layers[i]))?;
+    let mut results: Vec<Option<(LayerBlob, bool)>> = vec![None; total];
+    let mut misses: Vec<(usize, Option<String>)> = Vec::new();
+    for (i, found) in all.iter().zip(looked_up) {
+        match found {
+            Lookup::Hit(blob) => {
+                let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::info!(
+                    "layer {n}/{total} {}: reused {} from the layer cache",
+                    layers[*i].name,
+                    human_bytes(blob.size)
+                );
+                results[*i] = Some((blob, true));
+            }
+            Lookup::Miss(key) => misses.push((*i, key)),
+        }
+    }
+    // Phase 2: the misses, largest first. zstd's frames do not depend on its worker count, so
+    // each layer takes its share of the threads as it starts: a layer written alone (a rebuild
+    // after one change) takes all of them, layers written side by side share them.
+    misses.sort_by(|a, b| layers[b.0].bytes.cmp(&layers[a.0].bytes).then(a.0.cmp(&b.0)));
+    let writing = AtomicUsize::new(0);
+    let order: Vec<usize> = (0..misses.len()).collect();
+    let written = in_parallel(&order, threads, |k| {
+        let (i, key) = &misses[k];
+        let l = &layers[*i];
+        let now = writing.fetch_add(1, Ordering::Relaxed) + 1;
+        let zstd_workers = u32::try_from((threads / now).max(1)).unwrap_or(1);
+        let started = Instant::now();
+        let blob = write_new(ctx, l, key.as_deref(), zstd_workers);
+        writing.fetch_sub(1, Ordering::Relaxed);
+        let blob = blob?;
+        let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::info!(
+            "layer {n}/{total} {}: {} -> {} in {:.2} s",
+            l.name,
+            human_bytes(blob.uncompressed_size),
+            human_bytes(blob.size),
+            started.elapsed().as_secs_f64()
+        );
+        Ok(blob)
+    })?;
+    for ((i, _), blob) in misses.iter().zip(written) {
+        results[*i] = Some((blob, false));
+    }
+    results.into_iter().map(|r| r.ok_or_else(|| ImageError::Internal("a layer was not written".into()))).collect()
+}
+
+/// Runs `f` on each of `items` with up to `threads` threads, taking them in order; returns the
+/// results in the order of `items`, or the first error (the others stop taking new items).
+fn in_parallel<T: Send>(
+    items: &[usize],
+    threads: usize,
+    f: impl Fn(usize) -> Result<T, ImageError> + Sync,
+) -> Result<Vec<T>, ImageError> {
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let results: Mutex<Vec<Option<Result<T, ImageError>>>> = Mutex::new((0..items.len()).map(|_| None).collect());
     std::thread::scope(|scope| {
-        for _ in 0..workers {
+        for _ in 0..threads.min(items.len()).max(1) {
             scope.spawn(|| loop {
                 if failed.load(Ordering::Relaxed) {
                     break;
                 }
                 let k = next.fetch_add(1, Ordering::Relaxed);
-                let Some(&i) = order.get(k) else { break };
-                let started = Instant::now();
-                let r = write_one(ctx, &layers[i]);
-                let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                match &r {
-                    Ok((b, true)) => tracing::info!(
-                        "layer {n}/{total} {}: reused {} from the layer cache",
-                        layers[i].name,
-                        human_bytes(b.size)
-                    ),
-                    Ok((b, false)) => tracing::info!(
-                        "layer {n}/{total} {}: {} -> {} in {:.2} s",
-                        layers[i].name,
-                        human_bytes(b.uncompressed_size),
-                        human_bytes(b.size),
-                        started.elapsed().as_secs_f64()
-                    ),
-                    Err(_) => failed.store(true, Ordering::Relaxed),
+                let Some(&item) = items.get(k) else { break };
+                let r = f(item);
+                if r.is_err() {
+                    failed.store(true, Ordering::Relaxed);
                 }
                 if let Ok(mut all) = results.lock() {
-                    all[i] = Some(r);
+                    all[k] = Some(r);
                 }
             });
         }
     });
     let results = results.into_inner().map_err(|_| ImageError::Internal("a layer thread panicked".into()))?;
-    let mut out = Vec::with_capacity(results.len());
+    let mut out = Vec::with_capacity(items.len());
     let mut first_error = None;
     for r in results {
         match r {
-            Some(Ok(b)) => out.push(b),
+            Some(Ok(v)) => out.push(v),
             Some(Err(e)) => {
                 first_error.get_or_insert(e);
             }
@@ -364,7 +391,7 @@ fn write_layers(
     }
     match first_error {
         Some(e) => Err(e),
-        None if out.len() == layers.len() => Ok(out),
+        None if out.len() == items.len() => Ok(out),
         None => Err(ImageError::Internal("a layer was not written".into())),
     }
 }
@@ -374,29 +401,38 @@ struct LayerContext<'a> {
     closure: &'a Closure,
     compression: Compression,
     mtime: u64,
-    zstd_workers: u32,
     cache: Option<&'a LayerCache>,
     blobs: &'a Path,
     real_store: &'a Path,
 }
 
-fn write_one(ctx: &LayerContext<'_>, l: &PlannedLayer) -> Result<(LayerBlob, bool), ImageError> {
-    let LayerContext { closure, compression, mtime, zstd_workers, cache, blobs, .. } = *ctx;
-    let key = match cache {
-        Some(_) => Some(cache_key(closure, l, compression, mtime)?),
-        None => None,
-    };
-    if let (Some(cache), Some(key)) = (cache, &key) {
-        if let Some(blob) = cache.get(key, blobs) {
-            return Ok((blob, true));
-        }
+enum Lookup {
+    Hit(LayerBlob),
+    /// Not in the cache; the key to store it under (None: no cache).
+    Miss(Option<String>),
+}
+
+fn lookup(ctx: &LayerContext<'_>, l: &PlannedLayer) -> Result<Lookup, ImageError> {
+    let Some(cache) = ctx.cache else { return Ok(Lookup::Miss(None)) };
+    let key = cache_key(ctx.closure, l, ctx.compression, ctx.mtime)?;
+    Ok(match cache.get(&key, ctx.blobs) {
+        Some(blob) => Lookup::Hit(blob),
+        None => Lookup::Miss(Some(key)),
+    })
+}
+
+fn write_new(
+    ctx: &LayerContext<'_>,
+    l: &PlannedLayer,
+    key: Option<&str>,
+    zstd_workers: u32,
+) -> Result<LayerBlob, ImageError> {
+    let entries = layer_entries(ctx.closure, l, ctx.real_store)?;
+    let blob = layer::write_blob(&entries, ctx.mtime, ctx.compression, zstd_workers, ctx.blobs)?;
+    if let (Some(cache), Some(key)) = (ctx.cache, key) {
+        cache.put(key, &blob, ctx.blobs);
     }
-    let entries = layer_entries(closure, l, ctx.real_store)?;
-    let blob = layer::write_blob(&entries, mtime, compression, zstd_workers, blobs)?;
-    if let (Some(cache), Some(key)) = (cache, &key) {
-        cache.put(key, &blob, blobs);
-    }
-    Ok((blob, false))
+    Ok(blob)
 }
 
 /// The sorted entries of a layer. Store layers start with the store directory's own entries.
