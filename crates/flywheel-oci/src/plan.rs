@@ -11,10 +11,11 @@ use flywheel_nix::{StoreDir, StorePath};
 use crate::closure::{Closure, ClosureError};
 use crate::layering::{self, Strategy};
 use crate::spec::{normalize_prefix, ImageSpec};
-use crate::tar::{entries, Entry, LayerError, Modes};
+use crate::tar::{entries, Entry, Modes};
 use crate::ImageError;
 
-/// The closure the image holds, and which of its objects are the spec's closure roots.
+/// The closure the image holds, and which of its objects the image is of (its closure roots
+/// and pinned paths).
 pub struct ResolvedClosure {
     pub closure: Closure,
     pub roots: Vec<usize>,
@@ -69,9 +70,8 @@ pub fn resolve_closure(
     db: Option<&StoreDb>,
     store_dir: &StoreDir,
 ) -> Result<ResolvedClosure, ImageError> {
-    let roots: Vec<StorePath> =
+    let mut wanted: Vec<StorePath> =
         spec.closure_roots.iter().map(|p| parse_store_path(p, store_dir)).collect::<Result<_, _>>()?;
-    let mut wanted = roots.clone();
     for l in &spec.layers {
         for p in &l.paths {
             wanted.push(parse_store_path(p, store_dir)?);
@@ -104,7 +104,8 @@ pub fn resolve_closure(
         start.extend(full.objects[full.index_of(s)?].references.iter().copied());
     }
     let closure = full.restrict(&full.reachable(&start));
-    let mut root_idx: Vec<usize> = roots.iter().map(|p| closure.index_of(p)).collect::<Result<_, _>>()?;
+    // What the image is of: its closure roots and pinned paths (the SBOM describes them).
+    let mut root_idx: Vec<usize> = wanted.iter().map(|p| closure.index_of(p)).collect::<Result<_, _>>()?;
     root_idx.sort_unstable();
     root_idx.dedup();
     Ok(ResolvedClosure { closure, roots: root_idx })
@@ -213,7 +214,7 @@ fn directory_layer(
     }
     let prefix_str = spec.prefix.clone().unwrap_or_else(|| "/".to_string());
     let prefix = normalize_prefix(&prefix_str)
-        .map_err(|e| ImageError::Layer(LayerError::BadOverride { layer: name.into(), why: e }))?;
+        .map_err(|e| ImageError::Spec(crate::spec::SpecError(format!("layer {name:?}: {e}"))))?;
     let mut list = entries::parents(&prefix, crate::tar::DIR_MODE);
     list.pop(); // the prefix directory itself comes from the tree
     entries::gather(&real, &prefix, Modes::OnDisk, &mut list)?;

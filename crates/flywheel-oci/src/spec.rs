@@ -144,6 +144,15 @@ impl ImageSpec {
         }
     }
 
+    /// Whether the closure must be read from a Nix database: there is no `closureGraph` and the
+    /// spec names store paths (roots, pinned paths, or a directory layer inside the store).
+    pub fn needs_store_db(&self, store_dir: &str) -> bool {
+        let in_store = |s: &str| s.strip_prefix(store_dir).is_some_and(|r| r.starts_with('/'));
+        self.closure_graph.is_none()
+            && (!self.closure_roots.is_empty()
+                || self.layers.iter().any(|l| !l.paths.is_empty() || l.source.as_deref().is_some_and(in_store)))
+    }
+
     pub fn max_layers(&self) -> usize {
         self.max_layers.unwrap_or(DEFAULT_MAX_LAYERS)
     }

@@ -196,11 +196,13 @@ pub struct ImageBuildArgs {
     /// Environment variable (NAME=VALUE); replaces one of the same name.
     #[arg(long, value_name = "NAME=VALUE")]
     pub env: Vec<String>,
+    /// Working directory of the container (absolute).
     #[arg(long, value_name = "DIR")]
     pub workdir: Option<String>,
     /// User (and group) the container runs as: NAME, UID or UID:GID.
     #[arg(long)]
     pub user: Option<String>,
+    /// Label of the image config.
     #[arg(long, value_name = "KEY=VALUE")]
     pub label: Vec<String>,
     /// Annotation of the image manifest.
@@ -209,8 +211,10 @@ pub struct ImageBuildArgs {
     /// Port the image exposes: 8080 or 8080/tcp.
     #[arg(long, value_name = "PORT[/PROTO]")]
     pub expose: Vec<String>,
+    /// A volume the container expects mounted at DIR.
     #[arg(long, value_name = "DIR")]
     pub volume: Vec<String>,
+    /// Signal that stops the container, e.g. SIGTERM.
     #[arg(long, value_name = "SIGNAL")]
     pub stop_signal: Option<String>,
     /// Repository name, e.g. flywheel/gpu-runner (docker-archive RepoTags, SBOM name).
@@ -240,6 +244,7 @@ pub struct ImageBuildArgs {
     /// How store paths are grouped into layers: cost (default), auto (nixpkgs' auto-layer) or popularity.
     #[arg(long, value_parser = Strategy::parse)]
     pub layering: Option<Strategy>,
+    /// oci (a layout directory), oci-archive (a tar of it) or docker-archive (for docker load).
     #[arg(long, default_value = "oci", value_parser = Format::parse)]
     pub format: Format,
     /// Layer cache directory (default: ~/.cache/flywheel/layers).

@@ -46,11 +46,7 @@ fn build(a: ImageBuildArgs) -> anyhow::Result<()> {
         None => bail!("--out is required"),
     };
 
-    let in_store = |s: &str| s.strip_prefix(store_dir.as_str()).is_some_and(|r| r.starts_with('/'));
-    let needs_store = spec.closure_graph.is_none()
-        && (!spec.closure_roots.is_empty()
-            || spec.layers.iter().any(|l| !l.paths.is_empty() || l.source.as_deref().is_some_and(in_store)));
-    let store = if needs_store { Some(Store::open(&a.store)?) } else { None };
+    let store = if spec.needs_store_db(store_dir.as_str()) { Some(Store::open(&a.store)?) } else { None };
     let resolved =
         plan::resolve_closure(&spec, store.as_ref().map(|s| &s.db), &store_dir).context("reading the closure")?;
     let real_store = a.store.store.join(store_dir.as_str().trim_start_matches('/'));
