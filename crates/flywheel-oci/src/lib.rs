@@ -1,12 +1,19 @@
 //! OCI images from Nix closures: closure-aware layering, deterministic tar, compressed layers
 //! written in one pass, OCI layouts and archives, a layer cache for fast rebuilds, registry
 //! push, image diff and an SPDX SBOM.
+//!
+//! Data flows one way: [`spec`] (what the image holds) → [`closure`] (store objects with their
+//! NarHash, NarSize and references) → [`plan`] (the layers, grouped by [`layering`]) → [`tar`]
+//! and [`layer`] (one pass per layer, compressed by [`compress`], reused through
+//! [`layer_cache`]) → [`build`] (config, manifest, [`sbom`], index) → [`layout`] (committed
+//! atomically). [`read`] opens a layout again for [`diff`] and [`registry`] (push).
 
 #![forbid(unsafe_code)]
 
 pub mod build;
 pub mod closure;
 pub mod compress;
+pub mod diff;
 pub mod digest;
 pub mod json;
 pub mod layer;
@@ -16,6 +23,8 @@ pub mod layout;
 pub mod oci;
 mod pipeline;
 pub mod plan;
+pub mod read;
+pub mod registry;
 pub mod sbom;
 pub mod spec;
 pub mod tar;
@@ -50,6 +59,3 @@ pub enum ImageError {
     #[error("{0}")]
     Internal(String),
 }
-pub mod diff;
-pub mod read;
-pub mod registry;
