@@ -190,12 +190,7 @@ fn umoci_unpacks_every_store_path_byte_for_byte_and_oci_image_tool_validates() {
     let out = work.path().join("image");
     ok(build().args(["--compression", "gzip", "--closure"]).arg(&fixture().root).arg("--out").arg(&out));
     ok(Command::new("oci-image-tool").args(["validate", "--type", "image"]).arg(&out));
-    let bundle = work.path().join("bundle");
-    ok(Command::new("umoci")
-        .args(["unpack", "--rootless", "--image"])
-        .arg(format!("{}:latest", out.display()))
-        .arg(&bundle));
-    let rootfs = bundle.join("rootfs");
+    let rootfs = umoci_unpack(&out, &work.path().join("bundle"));
     let store = rootfs.join("nix/store");
     let mut names: Vec<String> =
         fs::read_dir(&store).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
@@ -301,17 +296,21 @@ fn directory_layers_carry_the_customisation_tree_with_owners_and_modes() {
     assert_eq!(find("etc/passwd").2, 0);
     assert!(entries.iter().all(|e| e.3 == 1), "mtime 1 everywhere");
 
-    let bundle = work.path().join("bundle");
-    ok(Command::new("umoci")
-        .args(["unpack", "--rootless", "--image"])
-        .arg(format!("{}:latest", out.display()))
-        .arg(&bundle));
-    let rootfs = bundle.join("rootfs");
+    let rootfs = umoci_unpack(&out, &work.path().join("bundle"));
     assert_eq!(
         fs::read_link(rootfs.join("usr/lib/x86_64-linux-gnu/libcuda.so.1")).unwrap(),
         Path::new("libcuda.so.580.1")
     );
     assert_eq!(fs::read_to_string(rootfs.join("etc/passwd")).unwrap(), "runner:x:1001:1001::/home/runner:/bin/sh\n");
+}
+
+/// `umoci unpack --rootless` of the layout's `latest` image into `bundle`; returns its rootfs.
+fn umoci_unpack(layout: &Path, bundle: &Path) -> PathBuf {
+    ok(Command::new("umoci")
+        .args(["unpack", "--rootless", "--image"])
+        .arg(format!("{}:latest", layout.display()))
+        .arg(bundle));
+    bundle.join("rootfs")
 }
 
 fn tar_gz(path: &Path) -> tar::Archive<flate2::read::GzDecoder<fs::File>> {
