@@ -192,7 +192,7 @@ pub fn build(
             .iter()
             .map(|l| History {
                 created: Some(created.clone()),
-                created_by: Some(format!("flywheel image build: {} layer {}", kind_name(l.kind), l.name)),
+                created_by: Some(format!("flywheel image build: {} layer {}", l.kind, l.name)),
                 comment: match &l.source {
                     LayerSource::Store(m) => Some(format!("{} store paths", m.len())),
                     LayerSource::Directory { prefix, .. } => Some(format!("directory at {prefix}")),
@@ -256,7 +256,8 @@ pub fn build(
         }
     }
     if let Some(path) = &opts.sbom_out {
-        write_atomically(path, &sbom_bytes)?;
+        crate::layout::write_atomic(path, &sbom_bytes)
+            .map_err(|e| crate::layout::OutputError::Io { path: path.clone(), source: e })?;
     }
 
     let reports: Vec<LayerReport> =
@@ -278,14 +279,6 @@ pub fn build(
         layers: reports,
         seconds: started.elapsed().as_secs_f64(),
     })
-}
-
-fn kind_name(k: LayerKind) -> &'static str {
-    match k {
-        LayerKind::Closure => "closure",
-        LayerKind::Pinned => "pinned",
-        LayerKind::Directory => "directory",
-    }
 }
 
 /// Writes every layer into `blobs` and returns them in plan order, each with whether it came
@@ -494,19 +487,4 @@ fn cache_key(closure: &Closure, l: &PlannedLayer, compression: Compression, mtim
         "mtime": mtime,
         "content": content,
     })))
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
-    use std::io::Write;
-    let io =
-        |e: std::io::Error| ImageError::Output(crate::layout::OutputError::Io { path: path.to_path_buf(), source: e });
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut f = tempfile::Builder::new().prefix(".sbom-").tempfile_in(&parent).map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    std::fs::set_permissions(f.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644)).map_err(io)?;
-    f.persist(path).map_err(|e| io(e.error))?;
-    Ok(())
 }

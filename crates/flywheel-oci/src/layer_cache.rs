@@ -6,7 +6,7 @@
 //! output (copied across filesystems). Deleting the cache directory is always safe.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::digest::Digest;
@@ -75,10 +75,8 @@ impl LayerCache {
             link_or_copy(&blobs.join(blob.digest.hex()), &tmp)?;
             fs::rename(&tmp, &cached)?;
         }
-        let mut f = tempfile::Builder::new().prefix(".entry-").tempfile_in(self.dir.join("entries"))?;
-        f.write_all(&serde_json::to_vec(blob).map_err(io::Error::other)?)?;
-        f.persist(self.dir.join("entries").join(format!("{key}.json"))).map_err(|e| e.error)?;
-        Ok(())
+        let entry = serde_json::to_vec(blob).map_err(io::Error::other)?;
+        crate::layout::write_atomic(&self.dir.join("entries").join(format!("{key}.json")), &entry)
     }
 
     fn blob_path(&self, digest: &Digest) -> PathBuf {

@@ -165,6 +165,17 @@ impl LayoutWriter {
     }
 }
 
+/// Writes a small file whole or not at all: a temporary file beside `path`, readable by others,
+/// synced and renamed over it.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = tempfile::Builder::new().prefix(".tmp-").tempfile_in(parent_of(path))?;
+    f.write_all(bytes)?;
+    f.as_file().set_permissions(fs::Permissions::from_mode(0o644))?;
+    f.as_file().sync_all()?;
+    f.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
 fn parent_of(out: &Path) -> PathBuf {
     match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),

@@ -39,6 +39,16 @@ pub enum LayerKind {
     Directory,
 }
 
+impl std::fmt::Display for LayerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LayerKind::Closure => "closure",
+            LayerKind::Pinned => "pinned",
+            LayerKind::Directory => "directory",
+        })
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct PlannedLayer {
     pub name: String,

@@ -5,7 +5,6 @@
 //! whole (temporary file + rename), merged with what other pushes wrote meanwhile.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -57,13 +56,10 @@ impl BlobState {
         std::fs::create_dir_all(dir)?;
         let mut state = BlobState::load(dir);
         state.record(registry, repo, digests.iter().copied());
-        let bytes = serde_json::to_vec_pretty(&state).map_err(std::io::Error::other)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-        tmp.write_all(&bytes)?;
-        tmp.write_all(b"\n")?;
-        tmp.as_file().sync_all()?;
+        let mut bytes = serde_json::to_vec_pretty(&state).map_err(std::io::Error::other)?;
+        bytes.push(b'\n');
         let path = dir.join(FILE);
-        tmp.persist(&path).map_err(|e| e.error)?;
+        crate::layout::write_atomic(&path, &bytes)?;
         Ok(path)
     }
 }

@@ -71,7 +71,7 @@ fn build(a: ImageBuildArgs) -> anyhow::Result<()> {
                     stdout,
                     "{:>10}  {:<9}  {}  ({what})",
                     human_bytes(l.content_bytes),
-                    format!("{:?}", l.kind).to_lowercase(),
+                    l.kind.to_string(),
                     l.name
                 )?;
             }
