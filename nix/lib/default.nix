@@ -110,6 +110,9 @@ let
                                            or path inside one) placed at prefix;
                                            overrides: [ { path; mode ? "1777";
                                            uid ? 0; gid ? 0; recursive ? false; } ]
+                        { name; driver; }  an NVIDIA driver tree from mkDriverLayer,
+                                           placed at / and recorded in the image's
+                                           labels (at most one per image)
                       paths not pinned go into layers the tool computes
       config          OCI image config fields (Env, Cmd, Entrypoint, User, ...)
       annotations     annotations of the image manifest
@@ -171,6 +174,7 @@ let
         "source"
         "prefix"
         "overrides"
+        "driver"
       ];
       overrideKeys = [
         "path"
@@ -198,6 +202,7 @@ let
           what = "layers[${toString i}]";
           hasPaths = (layer.paths or [ ]) != [ ];
           hasSource = layer ? source;
+          hasDriver = layer ? driver;
         in
         check (isAttrs layer) fn "${what} must be an attribute set { name; paths; } or { name; source; prefix ? \"/\"; }, got a ${typeOf layer}"
         && check (all (k: builtins.elem k layerKeys) (attrNames layer)) fn
@@ -205,7 +210,10 @@ let
         && check (layer ? name && isString layer.name && layer.name != "") fn
           "${what}.name must be a non-empty string"
         && check (isList (layer.paths or [ ])) fn "${what}.paths must be a list, got a ${typeOf layer.paths}"
-        && check (hasPaths != hasSource) fn "${what} needs either paths (store paths) or source (a directory), not both"
+        && check (!hasDriver || !(hasPaths || hasSource || layer ? prefix || layer ? overrides)) fn
+          "${what}: a driver layer takes only name and driver"
+        && check (hasDriver || hasPaths != hasSource) fn
+          "${what} needs either paths (store paths) or source (a directory), not both"
         && check (hasSource || !(layer ? prefix || layer ? overrides)) fn
           "${what}: prefix and overrides apply to a source directory only"
         && check (!(layer ? prefix) || (isString layer.prefix && hasPrefix "/" layer.prefix)) fn
@@ -228,6 +236,7 @@ let
         && check (isList layers) fn "layers must be a list, got a ${typeOf layers}"
         && all (x: x) (genList (i: checkLayer i (builtins.elemAt layers i)) (length layers))
         && check (duplicateLayerNames == [ ]) fn "layer names must be unique; repeated: ${showList duplicateLayerNames}"
+        && check (length (filter (l: isAttrs l && l ? driver) layers) <= 1) fn "at most one driver layer per image"
         && check (isAttrs config) fn "config must be an attribute set, got a ${typeOf config}"
         && check (unknownConfigKeys == [ ]) fn
           "config has unknown OCI config fields ${showList unknownConfigKeys}; allowed: ${showList ociConfigKeys}"
@@ -281,6 +290,11 @@ let
               source = storePathOf fn "layers[${toString i}].source" layer.source;
               prefix = layer.prefix or "/";
               overrides = layer.overrides or [ ];
+            }
+          else if layer ? driver then
+            {
+              inherit (layer) name;
+              driver = storePathOf fn "layers[${toString i}].driver" layer.driver;
             }
           else
             {
@@ -348,7 +362,8 @@ let
       exported =
         spec.closureRoots
         ++ builtins.concatLists (map (l: l.paths or [ ]) spec.layers)
-        ++ builtins.concatMap (l: if l ? source then [ l.source ] else [ ]) spec.layers;
+        ++ builtins.concatMap (l: if l ? source then [ l.source ] else [ ]) spec.layers
+        ++ builtins.concatMap (l: if l ? driver then [ l.driver ] else [ ]) spec.layers;
       drvName = builtins.replaceStrings [ "/" ] [ "-" ] spec.name + "-image";
     in
     assert valid;
@@ -369,7 +384,119 @@ let
     // {
       imageSpec = spec;
     };
+
+  driverCapabilities = [
+    "utility"
+    "compute"
+    "video"
+    "graphics"
+    "display"
+    "ngx"
+  ];
+
+  /*
+    The NVIDIA driver userspace as an image layer tree: `flywheel driver collect`
+    run as a Nix build (docs/driver.md). Use the result as a `{ name; driver; }`
+    layer of mkImage.
+
+      flywheel      as for mkImage
+      system        as for mkImage
+      driver        nixpkgs' NVIDIA driver package (e.g.
+                    linuxPackages.nvidiaPackages.production, or one pinned with
+                    mkDriver to the version the nodes run): every output but
+                    lib32 is a driver root (out: libraries and ICD files, bin:
+                    nvidia-smi, firmware: GSP firmware); or a list of store
+                    paths / derivations, such as a host tree added to the store
+      version       the driver version the nodes run, e.g. "580.159.04": the
+                    build fails if the driver holds another (default: any)
+      capabilities  list of utility, compute, video, graphics, display, ngx, or
+                    [ "all" ] (default [ "utility" "compute" ])
+      arch          "amd64" or "arm64" (default from system)
+  */
+  mkDriverLayer =
+    {
+      flywheel ? null,
+      system ? builtins.currentSystem,
+      driver ? null,
+      version ? null,
+      capabilities ? [
+        "utility"
+        "compute"
+      ],
+      arch ? ociArchitecture system,
+      ...
+    }@args:
+    let
+      fn = "mkDriverLayer";
+      knownArgs = [
+        "flywheel"
+        "system"
+        "driver"
+        "version"
+        "capabilities"
+        "arch"
+      ];
+      unknownArgs = filter (k: !(builtins.elem k knownArgs)) (attrNames args);
+      builder =
+        if isAttrs flywheel && (flywheel.type or null) == "derivation" then
+          "${flywheel}/bin/flywheel"
+        else if isString flywheel || isPath flywheel then
+          flywheel
+        else
+          fail fn "flywheel must be the flywheel package or the path of its executable";
+      isDrv = d: isAttrs d && (d.type or null) == "derivation";
+      roots =
+        if isDrv driver then
+          map (o: driver.${o}) (filter (o: o != "lib32") (driver.outputs or [ "out" ]))
+        else if isList driver then
+          driver
+        else
+          [ driver ];
+      rootPaths = genList (i: storePathOf fn "driver[${toString i}]" (builtins.elemAt roots i)) (length roots);
+      valid =
+        check (unknownArgs == [ ]) fn "unknown arguments ${showList unknownArgs}; allowed: ${showList knownArgs}"
+        && check (driver != null && roots != [ ]) fn "driver is required: nixpkgs' NVIDIA driver package or store paths"
+        && check (isList capabilities && capabilities != [ ]) fn "capabilities must be a non-empty list"
+        && check (all (c: builtins.elem c (driverCapabilities ++ [ "all" ])) capabilities) fn
+          "unknown capabilities ${
+            showList (filter (c: !(builtins.elem c (driverCapabilities ++ [ "all" ]))) capabilities)
+          }; known: ${showList driverCapabilities} or \"all\""
+        && check (version == null || (isString version && match "[0-9]+\\.[0-9]+(\\.[0-9]+)?" version != null)) fn
+          "version must be a driver version such as \"580.159.04\""
+        && check (builtins.elem arch supportedArchitectures) fn
+          "unknown arch \"${toString arch}\"; supported: ${showList supportedArchitectures}";
+      rootArgs = builtins.concatMap (r: [
+        "--driver-root"
+        r
+      ]) rootPaths;
+      layer = derivation {
+      name = "nvidia-driver-layer" + (if version == null then "" else "-${version}");
+      inherit system builder;
+      args = [
+        "driver"
+        "collect"
+        # The build machine's GPU (if any) has nothing to say about the driver packaged here.
+        "--no-nvml"
+        "--arch"
+        arch
+        "--capabilities"
+        (concatStringsSep "," capabilities)
+        "--out"
+        (builtins.placeholder "out")
+      ]
+      ++ (if version == null then [ ] else [ "--expect-version" version ])
+      ++ rootArgs;
+      };
+    in
+    assert valid;
+    # A bad driver root throws here, at evaluation, not in the build.
+    builtins.deepSeq rootPaths (layer // { driverVersion = version; });
 in
 {
-  inherit mkImageSpec mkImage ociArchitecture;
+  inherit
+    mkImageSpec
+    mkImage
+    mkDriverLayer
+    ociArchitecture
+    ;
 }

@@ -5,7 +5,7 @@
 # Prints a summary on success; throws (non-zero exit) listing the failed cases.
 let
   flywheel = import ../lib;
-  inherit (flywheel) mkImageSpec mkImage ociArchitecture;
+  inherit (flywheel) mkImageSpec mkImage mkDriverLayer ociArchitecture;
 
   # A fixture derivation: never built, only its output path is computed.
   fixture = builtins.derivation {
@@ -71,6 +71,38 @@ let
       }
     ];
     config.Entrypoint = [ "/bin/sh" ];
+  };
+
+  # A stand-in for nixpkgs' NVIDIA driver package: several outputs, lib32 among them.
+  fakeDriver = builtins.derivation {
+    name = "nvidia-x11-580.159.04";
+    system = "x86_64-linux";
+    builder = "/bin/sh";
+    outputs = [
+      "out"
+      "lib32"
+      "bin"
+      "firmware"
+    ];
+  };
+
+  driverLayer = mkDriverLayer {
+    flywheel = "/opt/flywheel";
+    system = "x86_64-linux";
+    driver = fakeDriver;
+    version = "580.159.04";
+  };
+
+  gpuImage = mkImage {
+    flywheel = "/opt/flywheel";
+    system = "x86_64-linux";
+    name = "flywheel/gpu";
+    layers = [
+      {
+        name = "nvidia";
+        driver = driverLayer;
+      }
+    ];
   };
 
   # Does evaluating `x` deeply fail (throw or assert)?
@@ -328,6 +360,99 @@ let
         name = "x";
       }).builder == "${fixture}/bin/flywheel";
     rejectsImageWithoutFlywheel = throws (mkImage { name = "x"; });
+
+    # mkDriverLayer: `flywheel driver collect` over every driver output but lib32.
+    driverLayerIsADerivation = driverLayer.type == "derivation" && driverLayer.builder == "/opt/flywheel";
+    driverLayerArgs =
+      map builtins.unsafeDiscardStringContext driverLayer.args == [
+        "driver"
+        "collect"
+        "--no-nvml"
+        "--arch"
+        "amd64"
+        "--capabilities"
+        "utility,compute"
+        "--out"
+        (builtins.unsafeDiscardStringContext (builtins.placeholder "out"))
+        "--expect-version"
+        "580.159.04"
+        "--driver-root"
+        (builtins.unsafeDiscardStringContext fakeDriver.out.outPath)
+        "--driver-root"
+        (builtins.unsafeDiscardStringContext fakeDriver.bin.outPath)
+        "--driver-root"
+        (builtins.unsafeDiscardStringContext fakeDriver.firmware.outPath)
+      ];
+    driverLayerNamedForItsVersion = driverLayer.name == "nvidia-driver-layer-580.159.04";
+    driverLayerTakesStorePaths =
+      builtins.elem fixturePath
+        (mkDriverLayer {
+          flywheel = "/opt/flywheel";
+          system = "aarch64-linux";
+          driver = [ fixturePath ];
+          capabilities = [ "all" ];
+        }).args;
+    driverLayerArchFromSystem = builtins.elem "arm64" (mkDriverLayer {
+      flywheel = "/opt/flywheel";
+      system = "aarch64-linux";
+      driver = fixturePath;
+    }).args;
+    rejectsDriverLayerUnknownCapability = throws (mkDriverLayer {
+      flywheel = "/opt/flywheel";
+      driver = fakeDriver;
+      capabilities = [ "gaming" ];
+    });
+    rejectsDriverLayerBadVersion = throws (mkDriverLayer {
+      flywheel = "/opt/flywheel";
+      driver = fakeDriver;
+      version = "latest";
+    });
+    rejectsDriverLayerWithoutDriver = throws (mkDriverLayer { flywheel = "/opt/flywheel"; });
+    rejectsDriverLayerNonStoreRoot = throws (mkDriverLayer {
+      flywheel = "/opt/flywheel";
+      driver = "/usr/local/nvidia";
+    });
+    rejectsDriverLayerUnknownArgument = throws (mkDriverLayer {
+      flywheel = "/opt/flywheel";
+      driver = fakeDriver;
+      capability = [ "utility" ];
+    });
+
+    # A driver layer in an image: in the spec as `driver`, exported for its references.
+    imageSpecDriverLayer =
+      map (l: builtins.mapAttrs (_: builtins.unsafeDiscardStringContext) l) gpuImage.imageSpec.layers == [
+        {
+          name = "nvidia";
+          driver = builtins.unsafeDiscardStringContext driverLayer.outPath;
+        }
+      ];
+    imageExportsTheDriverLayer =
+      map builtins.unsafeDiscardStringContext gpuImage.exportReferencesGraph.closureGraph == [
+        (builtins.unsafeDiscardStringContext driverLayer.outPath)
+      ];
+    rejectsDriverLayerWithSource = throws (mkImageSpec {
+      name = "x";
+      layers = [
+        {
+          name = "a";
+          driver = fixturePath;
+          source = fixturePath;
+        }
+      ];
+    });
+    rejectsTwoDriverLayers = throws (mkImageSpec {
+      name = "x";
+      layers = [
+        {
+          name = "a";
+          driver = fixturePath;
+        }
+        {
+          name = "b";
+          driver = fixturePath;
+        }
+      ];
+    });
     rejectsImageFormat = throws (mkImage {
       flywheel = "/opt/flywheel";
       name = "x";

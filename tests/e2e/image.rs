@@ -753,6 +753,7 @@ impl ImageFlake {
             "flywheel": env!("CARGO_BIN_EXE_flywheel"),
             "system": "x86_64-linux",
             "tag": format!("e2e-{}", std::process::id()),
+            "templateLibrary": support::driver_root::template_library(),
         });
         fs::write(dir.join("settings.json"), settings.to_string()).unwrap();
         ImageFlake { _work: work, dir }
@@ -772,6 +773,51 @@ impl ImageFlake {
     fn eval_raw(&self, attr: &str) -> String {
         ok_str(nix().args(["eval", "--raw", &self.attr(attr)]))
     }
+}
+
+#[test]
+fn nix_builds_mk_driver_layer_and_an_image_with_it_as_the_cli_does() {
+    let flake = ImageFlake::new();
+    let layer = flake.build("packages.x86_64-linux.driverLayer");
+    let out = flake.eval_raw("packages.x86_64-linux.fakeDriver.out.outPath");
+    let bin = flake.eval_raw("packages.x86_64-linux.fakeDriver.bin.outPath");
+    // The tree Nix built is the one `flywheel driver collect` writes from the same outputs.
+    let cli_tree = flake.dir.join("cli-driver");
+    ok(flywheel()
+        .args(["driver", "collect", "--no-nvml", "--driver-root", &out, "--driver-root", &bin, "--out"])
+        .arg(&cli_tree));
+    assert_eq!(fs::read(layer.join("manifest.json")).unwrap(), fs::read(cli_tree.join("manifest.json")).unwrap());
+    assert!(layer.join("usr/bin/nvidia-smi").is_file(), "the bin output is a driver root too");
+    assert_eq!(
+        fs::read_link(layer.join("usr/lib/x86_64-linux-gnu/libcuda.so.1")).unwrap(),
+        PathBuf::from("libcuda.so.580.159.04")
+    );
+
+    let image = flake.build("packages.x86_64-linux.gpuImage");
+    let app = flake.eval_raw("packages.x86_64-linux.app.outPath");
+    let cli_image = flake.dir.join("cli-gpu-image");
+    let digest = ok_str(
+        build()
+            .args([
+                "--name",
+                "flywheel/e2e-gpu",
+                "--closure",
+                &app,
+                "--entrypoint",
+                &format!("{app}/bin/app"),
+                "--driver",
+            ])
+            .arg(&layer)
+            .arg("--out")
+            .arg(&cli_image),
+    );
+    assert_eq!(digest.trim(), manifest_digest(&image));
+    assert_eq!(config(&image)["config"]["Labels"]["dev.flywheel.driver.version"], "580.159.04");
+    let kernel = flake.dir.join("kernel-version");
+    fs::write(&kernel, support::driver_root::kernel_version_text("580.159.04")).unwrap();
+    let check =
+        ok_str(flywheel().args(["driver", "check", "--image"]).arg(&image).arg("--kernel-version-file").arg(&kernel));
+    assert!(check.starts_with("ok:"), "{check}");
 }
 
 #[test]

@@ -182,6 +182,7 @@ pub fn build(
     runtime.labels.insert(LABEL_COMPRESSION.to_string(), compression.describe());
     runtime.labels.insert(LABEL_SBOM.to_string(), sbom_desc.digest.to_string());
     runtime.labels.insert(LABEL_TAR_POLICY.to_string(), tar::POLICY_VERSION.to_string());
+    runtime.labels.extend(driver_labels(layers)?);
     let config = ImageConfig {
         created: Some(created.clone()),
         architecture: spec.architecture.clone(),
@@ -426,6 +427,31 @@ fn write_new(
         cache.put(key, &blob, ctx.blobs);
     }
     Ok(blob)
+}
+
+/// The labels that record the driver a driver layer holds (checked by `flywheel driver check`).
+fn driver_labels(layers: &[PlannedLayer]) -> Result<Vec<(String, String)>, ImageError> {
+    use flywheel_driver::manifest::{Manifest, IN_IMAGE_MANIFEST};
+    let mut labels = Vec::new();
+    for l in layers.iter().filter(|l| l.kind == LayerKind::Driver) {
+        let LayerSource::Directory { entries, .. } = &l.source else { continue };
+        let source = entries.iter().find_map(|e| match &e.kind {
+            entries::EntryKind::File { source, .. } if e.path == IN_IMAGE_MANIFEST.as_bytes() => Some(source),
+            _ => None,
+        });
+        let Some(source) = source else { continue };
+        let bytes = std::fs::read(source).map_err(|e| ImageError::Source {
+            layer: l.name.clone(),
+            path: source.clone(),
+            source: e,
+        })?;
+        let manifest = Manifest::from_bytes(&bytes, &source.display().to_string())
+            .map_err(|e| ImageError::Driver { layer: l.name.clone(), source: Box::new(e) })?;
+        labels.push((flywheel_driver::LABEL_VERSION.to_string(), manifest.version.to_string()));
+        labels.push((flywheel_driver::LABEL_CAPABILITIES.to_string(), manifest.capabilities.join(",")));
+        labels.push((flywheel_driver::LABEL_MANIFEST.to_string(), Digest::of(&bytes).to_string()));
+    }
+    Ok(labels)
 }
 
 /// The sorted entries of a layer. Store layers start with the store directory's own entries.

@@ -15,6 +15,7 @@ pub mod closure;
 pub mod compress;
 pub mod diff;
 pub mod digest;
+pub mod driver;
 pub mod json;
 pub mod layer;
 pub mod layer_cache;
@@ -56,6 +57,8 @@ pub enum ImageError {
     Source { layer: String, path: PathBuf, source: std::io::Error },
     #[error("the spec has no closureGraph and no Nix database was given to read the closure from")]
     NoStore,
+    #[error("layer {layer}: {source}")]
+    Driver { layer: String, source: Box<flywheel_driver::DriverError> },
     #[error("{0}")]
     Internal(String),
 }

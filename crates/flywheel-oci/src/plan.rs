@@ -37,6 +37,8 @@ pub enum LayerKind {
     /// Store paths pinned by the spec.
     Pinned,
     Directory,
+    /// A collected NVIDIA driver tree (a directory layer that labels the image).
+    Driver,
 }
 
 impl std::fmt::Display for LayerKind {
@@ -45,6 +47,7 @@ impl std::fmt::Display for LayerKind {
             LayerKind::Closure => "closure",
             LayerKind::Pinned => "pinned",
             LayerKind::Directory => "directory",
+            LayerKind::Driver => "driver",
         })
     }
 }
@@ -88,7 +91,7 @@ pub fn resolve_closure(
         }
     }
     let sources: Vec<StorePath> =
-        spec.layers.iter().filter_map(|l| l.source.as_deref()).filter_map(|s| store_path_above(s, store_dir)).collect();
+        spec.layers.iter().filter_map(|l| l.tree()).filter_map(|s| store_path_above(s, store_dir)).collect();
 
     if wanted.is_empty() && sources.is_empty() {
         // Directory layers only: nothing to read from a store.
@@ -137,6 +140,10 @@ pub fn plan_layers(
     for l in &spec.layers {
         if let Some(source) = &l.source {
             directories.push(directory_layer(l.name.as_str(), source, l, store_dir, real_store)?);
+            continue;
+        }
+        if let Some(tree) = &l.driver {
+            directories.push(driver_layer(l.name.as_str(), tree, l, store_dir, real_store)?);
             continue;
         }
         let mut members = Vec::new();
@@ -201,6 +208,35 @@ pub fn plan_layers(
         _ => true,
     }));
     Ok(layers)
+}
+
+/// A collected driver tree: checked against its manifest, placed at `/`, and its manifest moved
+/// to where a running container finds it.
+fn driver_layer(
+    name: &str,
+    tree: &str,
+    spec: &crate::spec::LayerSpec,
+    store_dir: &StoreDir,
+    real_store: &Path,
+) -> Result<PlannedLayer, ImageError> {
+    use flywheel_driver::manifest::{Manifest, IN_IMAGE_MANIFEST, MANIFEST_NAME};
+    let mut layer = directory_layer(name, tree, spec, store_dir, real_store)?;
+    let driver_error =
+        |e: flywheel_driver::DriverError| ImageError::Driver { layer: name.to_string(), source: Box::new(e) };
+    let LayerSource::Directory { source, entries: list, .. } = &mut layer.source else {
+        return Err(ImageError::Internal("a driver layer is a directory layer".into()));
+    };
+    let manifest = Manifest::read(&source.join(MANIFEST_NAME)).map_err(driver_error)?;
+    manifest.verify_tree(source).map_err(driver_error)?;
+    let Some(entry) = list.iter_mut().find(|e| e.path == MANIFEST_NAME.as_bytes()) else {
+        return Err(ImageError::Internal("the manifest vanished from the driver tree".into()));
+    };
+    entry.path = IN_IMAGE_MANIFEST.as_bytes().to_vec();
+    let parent = IN_IMAGE_MANIFEST.rsplit_once('/').map_or("", |(p, _)| p);
+    list.extend(entries::parents(parent.as_bytes(), crate::tar::DIR_MODE));
+    entries::sort_entries(list, name)?;
+    layer.kind = LayerKind::Driver;
+    Ok(layer)
 }
 
 fn directory_layer(

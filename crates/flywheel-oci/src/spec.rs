@@ -74,11 +74,22 @@ pub struct LayerSpec {
     pub paths: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// A driver tree written by `flywheel driver collect`: placed at `/`, its manifest at
+    /// /usr/share/flywheel/driver/manifest.json, and the image labelled with its version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
     /// Where `source` goes in the image (default `/`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub overrides: Vec<Override>,
+}
+
+impl LayerSpec {
+    /// The directory tree the layer copies: its `source` or its `driver` tree.
+    pub fn tree(&self) -> Option<&str> {
+        self.source.as_deref().or(self.driver.as_deref())
+    }
 }
 
 fn default_tag() -> String {
@@ -150,7 +161,7 @@ impl ImageSpec {
         let in_store = |s: &str| s.strip_prefix(store_dir).is_some_and(|r| r.starts_with('/'));
         self.closure_graph.is_none()
             && (!self.closure_roots.is_empty()
-                || self.layers.iter().any(|l| !l.paths.is_empty() || l.source.as_deref().is_some_and(in_store)))
+                || self.layers.iter().any(|l| !l.paths.is_empty() || l.tree().is_some_and(in_store)))
     }
 
     pub fn max_layers(&self) -> usize {
@@ -211,6 +222,18 @@ impl ImageSpec {
             }
             if !names.insert(l.name.as_str()) {
                 return err(format!("layer name {:?} is used twice", l.name));
+            }
+            if l.driver.is_some() {
+                if l.source.is_some() || !l.paths.is_empty() || l.prefix.is_some() || !l.overrides.is_empty() {
+                    return err(format!(
+                        "layer {:?}: a driver layer takes no paths, source, prefix or overrides",
+                        l.name
+                    ));
+                }
+                if self.layers[..i].iter().any(|o| o.driver.is_some()) {
+                    return err(format!("layer {:?}: only one driver layer per image", l.name));
+                }
+                continue;
             }
             match (&l.source, l.paths.is_empty()) {
                 (Some(_), false) => return err(format!("layer {:?} has both paths and a source: give one", l.name)),
@@ -343,6 +366,14 @@ mod tests {
             (
                 serde_json::json!({ "flywheelImageSpec": 1, "layers": [{ "name": "a", "paths": ["/nix/store/x"], "prefix": "/" }] }),
                 "prefix",
+            ),
+            (
+                serde_json::json!({ "flywheelImageSpec": 1, "layers": [{ "name": "a", "driver": "/x", "source": "/x" }] }),
+                "driver layer takes no",
+            ),
+            (
+                serde_json::json!({ "flywheelImageSpec": 1, "layers": [{ "name": "a", "driver": "/x" }, { "name": "b", "driver": "/y" }] }),
+                "one driver layer",
             ),
         ];
         for (json, needle) in cases {

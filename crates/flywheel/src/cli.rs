@@ -40,6 +40,10 @@ pub enum Command {
     /// OCI images from Nix closures: build, push, diff.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// NVIDIA driver userspace: collect it as an image layer, describe it as CDI, check it
+    /// against the kernel module.
+    #[command(subcommand)]
+    Driver(DriverCommand),
 }
 
 impl Command {
@@ -47,7 +51,9 @@ impl Command {
     pub fn is_long_running(&self) -> bool {
         matches!(
             self,
-            Command::Cache(CacheCommand::Push(_)) | Command::Image(ImageCommand::Build(_) | ImageCommand::Push(_))
+            Command::Cache(CacheCommand::Push(_))
+                | Command::Image(ImageCommand::Build(_) | ImageCommand::Push(_))
+                | Command::Driver(DriverCommand::Collect(_))
         )
     }
 }
@@ -187,6 +193,9 @@ pub struct ImageBuildArgs {
     /// A directory layer: the tree at DIR, placed at PREFIX (default /). Always a layer of its own.
     #[arg(long, value_name = "DIR[:PREFIX]")]
     pub layer: Vec<String>,
+    /// A driver layer: a tree written by `flywheel driver collect`; labels the image with its version.
+    #[arg(long, value_name = "DIR")]
+    pub driver: Option<PathBuf>,
     /// Entrypoint, one argument per use: --entrypoint /bin/sh --entrypoint -c.
     #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
     pub entrypoint: Vec<String>,
@@ -301,4 +310,92 @@ pub struct ImageDiffArgs {
 
 fn parse_oci_compression(s: &str) -> Result<flywheel_oci::Compression, String> {
     flywheel_oci::Compression::parse(s)
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DriverCommand {
+    /// Collect a driver's userspace into a deterministic tree, ready to be an image layer
+    /// (a `driver` layer of the image spec), with manifest.json listing every file.
+    #[command(after_help = "Layout and rationale: docs/driver.md.\nExample:\n  \
+flywheel driver collect --driver-root /usr/local/nvidia --capabilities utility,compute --out driver-580")]
+    Collect(DriverCollectArgs),
+    /// Print a CDI spec (cdiVersion 0.5.0) that injects the driver at run time, as
+    /// `nvidia-ctk cdi generate` does.
+    Cdi(DriverCdiArgs),
+    /// Compare the NVIDIA userspace of an image or tree with the running kernel module: exit 0
+    /// when they match, 1 naming both versions otherwise. Works as a runner's pre-job hook.
+    Check(DriverCheckArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DriverRootArgs {
+    /// Where the driver is: a host tree (/, /usr/local/nvidia), NixOS's /run/opengl-driver, or
+    /// an output of nixpkgs' NVIDIA driver package. Repeat for several (e.g. the package's out,
+    /// bin and firmware outputs); earlier roots win.
+    #[arg(long = "driver-root", value_name = "DIR", required = true)]
+    pub roots: Vec<PathBuf>,
+    /// amd64 or arm64 (default: this machine's); libraries of other architectures are skipped.
+    #[arg(long, value_parser = parse_arch)]
+    pub arch: Option<flywheel_driver::Arch>,
+    /// Do not ask NVML (loaded from the driver root) for the driver version.
+    #[arg(long)]
+    pub no_nvml: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DriverCollectArgs {
+    #[command(flatten)]
+    pub root: DriverRootArgs,
+    /// Comma-separated: utility, compute, video, graphics, display, ngx; a named capability
+    /// whose main library is missing is an error. `all`: every capability the driver has.
+    #[arg(long, default_value = "utility,compute", value_parser = parse_capabilities)]
+    pub capabilities: flywheel_driver::Capabilities,
+    /// Fail unless the driver is this version (e.g. the one the nodes run).
+    #[arg(long, value_name = "VERSION")]
+    pub expect_version: Option<String>,
+    /// The tree to write: a new path, an empty folder, or an earlier tree (replaced atomically).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Print the manifest on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DriverCdiArgs {
+    #[command(flatten)]
+    pub root: DriverRootArgs,
+    /// Capabilities whose files are mounted (default: every one the driver root has).
+    #[arg(long, value_parser = parse_capabilities)]
+    pub capabilities: Option<flywheel_driver::Capabilities>,
+    /// Where dev/nvidia* and proc/driver/nvidia/gpus are read.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub dev_root: PathBuf,
+    /// The OCI hook program on the host that makes links and the ld cache (the NVIDIA container toolkit's).
+    #[arg(long, value_name = "PATH", default_value = "/usr/bin/nvidia-cdi-hook")]
+    pub hook_path: String,
+    #[arg(long, default_value = "yaml", value_parser = ["yaml", "json"])]
+    pub format: String,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("what").args(["tree", "image"])))]
+pub struct DriverCheckArgs {
+    /// A collected tree or a root filesystem (default: /, the running container).
+    #[arg(long, value_name = "DIR")]
+    pub tree: Option<PathBuf>,
+    /// An OCI layout (DIR or DIR:TAG) built with a driver layer.
+    #[arg(long, value_name = "OCI-DIR")]
+    pub image: Option<String>,
+    /// The kernel module's version file.
+    #[arg(long, value_name = "FILE", default_value = "/proc/driver/nvidia/version")]
+    pub kernel_version_file: PathBuf,
+}
+
+fn parse_capabilities(s: &str) -> Result<flywheel_driver::Capabilities, String> {
+    s.parse()
+}
+
+fn parse_arch(s: &str) -> Result<flywheel_driver::Arch, String> {
+    s.parse()
 }

@@ -186,3 +186,4 @@ impl RawNar {
         self.tokens(&[b")", b")"])
     }
 }
+pub mod driver_root;

@@ -173,6 +173,15 @@ fn apply_options(spec: &mut ImageSpec, a: &ImageBuildArgs, store_dir: &StoreDir)
         let source = real.to_str().ok_or_else(|| anyhow!("--layer {l}: the path is not UTF-8"))?.to_string();
         spec.layers.push(LayerSpec { name, source: Some(source), prefix: Some(prefix), ..LayerSpec::default() });
     }
+    if let Some(dir) = &a.driver {
+        let real = std::fs::canonicalize(dir).with_context(|| format!("--driver {}", dir.display()))?;
+        let source = real.to_str().ok_or_else(|| anyhow!("--driver {}: the path is not UTF-8", dir.display()))?;
+        spec.layers.push(LayerSpec {
+            name: "nvidia-driver".into(),
+            driver: Some(source.to_string()),
+            ..LayerSpec::default()
+        });
+    }
     let c = &mut spec.config;
     if !a.entrypoint.is_empty() {
         c.entrypoint = a.entrypoint.clone();

@@ -1,6 +1,7 @@
 //! One module per command group: each turns parsed arguments into library calls and output.
 
 mod cache;
+mod driver;
 mod image;
 mod key;
 mod nar;
@@ -18,6 +19,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Cache(c) => cache::run(c),
         Command::PathInfo(a) => path_info::run(a),
         Command::Image(c) => image::run(c),
+        Command::Driver(c) => driver::run(c),
     }
 }
 
