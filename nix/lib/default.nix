@@ -86,6 +86,18 @@ let
   # Returns true or throws: used in `all` so every check is forced eagerly.
   check = cond: fn: msg: if cond then true else fail fn msg;
 
+  isDerivation = x: isAttrs x && (x.type or null) == "derivation";
+
+  # The builder: the flake's flywheel package, or the path of a flywheel executable.
+  flywheelExecutable =
+    fn: flywheel:
+    if isDerivation flywheel then
+      "${flywheel}/bin/flywheel"
+    else if isString flywheel || isPath flywheel then
+      flywheel
+    else
+      fail fn "flywheel must be the flywheel package or the path of its executable";
+
   # Map a Nix system ("x86_64-linux") to the OCI architecture ("amd64").
   ociArchitecture =
     system:
@@ -347,13 +359,7 @@ let
         "format"
       ];
       spec = mkImageSpec specArgs;
-      builder =
-        if isAttrs flywheel && (flywheel.type or null) == "derivation" then
-          "${flywheel}/bin/flywheel"
-        else if isString flywheel || isPath flywheel then
-          flywheel
-        else
-          fail fn "flywheel must be the flywheel package or the path of its executable";
+      builder = flywheelExecutable fn flywheel;
       valid = check (builtins.elem format [
         "oci"
         "oci-archive"
@@ -437,16 +443,9 @@ let
         "arch"
       ];
       unknownArgs = filter (k: !(builtins.elem k knownArgs)) (attrNames args);
-      builder =
-        if isAttrs flywheel && (flywheel.type or null) == "derivation" then
-          "${flywheel}/bin/flywheel"
-        else if isString flywheel || isPath flywheel then
-          flywheel
-        else
-          fail fn "flywheel must be the flywheel package or the path of its executable";
-      isDrv = d: isAttrs d && (d.type or null) == "derivation";
+      builder = flywheelExecutable fn flywheel;
       roots =
-        if isDrv driver then
+        if isDerivation driver then
           map (o: driver.${o}) (filter (o: o != "lib32") (driver.outputs or [ "out" ]))
         else if isList driver then
           driver

@@ -7,6 +7,8 @@
 //! a CDI spec); the image builder (flywheel-oci) takes the tree as a layer and labels the image
 //! from the manifest; [`check`] compares what an image or tree holds with the kernel module.
 
+#![forbid(unsafe_code)]
+
 pub mod capability;
 pub mod cdi;
 pub mod check;

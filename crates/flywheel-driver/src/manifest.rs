@@ -179,3 +179,70 @@ pub fn mode_string(meta: &fs::Metadata) -> String {
 pub fn find_in_tree(root: &Path) -> Option<std::path::PathBuf> {
     [MANIFEST_NAME, IN_IMAGE_MANIFEST].iter().map(|p| root.join(p)).find(|p| p.is_file())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn entry() -> impl Strategy<Value = ManifestEntry> {
+        let file = (any::<u64>(), "[0-9a-f]{64}", "0[0-7]{3}").prop_map(|(size, sha256, mode)| EntryKind::File {
+            size,
+            sha256,
+            mode,
+        });
+        let link = "[a-z0-9._/-]{1,40}".prop_map(|target| EntryKind::Symlink { target });
+        (
+            "[a-z0-9_.-]{1,20}(/[a-z0-9_.-]{1,20}){0,3}",
+            prop_oneof![file, link],
+            "[a-z ]{1,12}",
+            proptest::option::of("utility|compute"),
+        )
+            .prop_map(|(path, kind, role, capability)| ManifestEntry { path, kind, role, capability })
+    }
+
+    proptest! {
+        #[test]
+        fn manifests_round_trip_through_their_canonical_bytes(files in proptest::collection::vec(entry(), 0..20)) {
+            let m = Manifest {
+                flywheel_driver_manifest: MANIFEST_VERSION,
+                version: "580.159.04".parse().expect("version"),
+                architecture: Arch::Amd64,
+                capabilities: vec!["utility".into()],
+                library_dir: "/usr/lib/x86_64-linux-gnu".into(),
+                files,
+            };
+            let bytes = m.to_bytes();
+            prop_assert_eq!(Manifest::from_bytes(&bytes, "test").expect("parses"), m.clone());
+            prop_assert_eq!(Manifest::from_bytes(&bytes, "test").expect("parses").to_bytes(), bytes);
+        }
+    }
+
+    #[test]
+    fn verify_names_what_differs() {
+        let m = Manifest {
+            flywheel_driver_manifest: MANIFEST_VERSION,
+            version: "580.159.04".parse().expect("version"),
+            architecture: Arch::Amd64,
+            capabilities: vec!["utility".into()],
+            library_dir: "/usr/lib/x86_64-linux-gnu".into(),
+            files: vec![ManifestEntry {
+                path: "usr/lib/x86_64-linux-gnu/libnvidia-ml.so.580.159.04".into(),
+                kind: EntryKind::File { size: 3, sha256: "ab".repeat(32), mode: "0755".into() },
+                role: "library".into(),
+                capability: Some("utility".into()),
+            }],
+        };
+        let same = |_: &str| Some(Found::File { size: 3, sha256: "ab".repeat(32) });
+        assert!(m.verify("t", same).is_ok());
+        let bigger = |_: &str| Some(Found::File { size: 4, sha256: "ab".repeat(32) });
+        let e = m.verify("t", bigger).expect_err("size").to_string();
+        assert!(e.contains("4 bytes") && e.contains("libnvidia-ml"), "{e}");
+        let link = |_: &str| Some(Found::Symlink { target: "x".into() });
+        assert!(m.verify("t", link).expect_err("type").to_string().contains("not a regular file"));
+        assert!(m.verify("t", |_| None).expect_err("missing").to_string().contains("missing"));
+        let mut other = m.clone();
+        other.version = "575.57.08".parse().expect("version");
+        assert!(other.verify("t", same).expect_err("version").to_string().contains("not a 575.57.08 library"));
+    }
+}
