@@ -4,9 +4,12 @@
 //! its NAR and its references).
 
 pub mod compression;
+pub mod data_dir;
 pub mod file_cache;
+pub mod index;
 pub mod push;
 pub mod target;
+pub mod token;
 
 use std::path::PathBuf;
 

@@ -107,6 +107,80 @@ pub enum KeyCommand {
 pub enum CacheCommand {
     /// Push the closures of store paths to a binary cache, signed.
     Push(PushArgs),
+    /// Create a named cache (with its own signing key) in a server's data directory.
+    Create(CacheCreateArgs),
+    /// Show a cache's public key (`name:base64`, for trusted-public-keys), visibility and priority.
+    Info(CacheInfoArgs),
+    /// Access tokens for a cache.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Args, Debug)]
+pub struct DataArgs {
+    /// The server's data directory (index and NARs).
+    #[arg(long, value_name = "DIR", env = "FLYWHEEL_CACHE_DATA", default_value = "flywheel-cache")]
+    pub data: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct CacheCreateArgs {
+    /// The cache's name, its URL path: http://HOST:PORT/NAME.
+    pub name: String,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Anyone may read (the default).
+    #[arg(long, conflicts_with = "private")]
+    pub public: bool,
+    /// Reads need a token with the read scope.
+    #[arg(long)]
+    pub private: bool,
+    /// Nix's priority for the cache: lower is tried first (cache.nixos.org has 40).
+    #[arg(long, default_value_t = flywheel_cache::data_dir::DEFAULT_PRIORITY)]
+    pub priority: u32,
+    /// Name of the signing key (default NAME-1), as it appears in signatures and trusted-public-keys.
+    #[arg(long, value_name = "KEY-NAME")]
+    pub key_name: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CacheInfoArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[arg(long, value_name = "NAME")]
+    pub cache: String,
+    /// Everything as JSON (the key as public_key); otherwise the public key alone.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Make a token and print it alone on stdout; it is stored hashed and cannot be shown again.
+    Create(TokenCreateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TokenCreateArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[arg(long, value_name = "NAME")]
+    pub cache: String,
+    /// read, write (includes read) or admin (includes write).
+    #[arg(long, value_parser = parse_scope)]
+    pub scope: flywheel_cache::index::Scope,
+    /// When it stops working: a duration (90m, 12h, 30d) from now, or an RFC 3339 UTC time.
+    #[arg(long, value_name = "WHEN")]
+    pub expires: Option<String>,
+    /// What the token is for, kept in the index.
+    #[arg(long)]
+    pub description: Option<String>,
+}
+
+fn parse_scope(s: &str) -> Result<flywheel_cache::index::Scope, String> {
+    s.parse()
 }
 
 #[derive(Args, Debug)]

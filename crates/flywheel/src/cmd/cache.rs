@@ -3,12 +3,89 @@ use flywheel_cache::{FileCache, PushOptions, Target};
 use flywheel_nix::keys::SecretKey;
 
 use super::{human_bytes, Store};
-use crate::cli::{CacheCommand, PushArgs};
+use crate::cli::{CacheCommand, CacheCreateArgs, CacheInfoArgs, PushArgs, TokenCommand, TokenCreateArgs};
+use flywheel_cache::data_dir::{CacheInfo, DataDir};
+use flywheel_cache::index::Visibility;
 
 pub fn run(command: CacheCommand) -> anyhow::Result<()> {
     match command {
         CacheCommand::Push(args) => push(args),
+        CacheCommand::Create(args) => create(args),
+        CacheCommand::Info(args) => info(args),
+        CacheCommand::Token(TokenCommand::Create(args)) => token_create(args),
     }
+}
+
+fn open_data(dir: &std::path::Path) -> anyhow::Result<DataDir> {
+    DataDir::open_or_create(dir).with_context(|| format!("opening the cache data directory {}", dir.display()))
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn print_info(info: &CacheInfo, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(info)?);
+    } else {
+        println!("{}", info.public_key);
+    }
+    Ok(())
+}
+
+fn create(a: CacheCreateArgs) -> anyhow::Result<()> {
+    // A bad name creates no data directory.
+    flywheel_cache::data_dir::check_cache_name(&a.name)?;
+    let data = open_data(&a.data.data)?;
+    let visibility = if a.private { Visibility::Private } else { Visibility::Public };
+    let info = data.create_cache(&a.name, visibility, a.priority, a.key_name.as_deref(), now())?;
+    eprintln!("created {} cache {} (priority {}); its public key:", info.visibility.as_str(), info.name, info.priority);
+    print_info(&info, a.json)
+}
+
+fn info(a: CacheInfoArgs) -> anyhow::Result<()> {
+    if !a.data.data.join(flywheel_cache::data_dir::INDEX_FILE).is_file() {
+        bail!("{}: no cache data directory here (flywheel cache create makes one)", a.data.data.display());
+    }
+    let data = open_data(&a.data.data)?;
+    print_info(&data.cache_info(&a.cache)?, a.json)
+}
+
+fn token_create(a: TokenCreateArgs) -> anyhow::Result<()> {
+    let now = now();
+    let expires_at = a.expires.as_deref().map(|w| parse_when(w, now)).transpose()?;
+    if !a.data.data.join(flywheel_cache::data_dir::INDEX_FILE).is_file() {
+        bail!("{}: no cache data directory here (flywheel cache create makes one)", a.data.data.display());
+    }
+    let data = open_data(&a.data.data)?;
+    let token = data.create_token(&a.cache, a.scope, expires_at, a.description.as_deref(), now)?;
+    println!("{token}");
+    Ok(())
+}
+
+/// `90m`, `12h`, `30d` from `now`, or an RFC 3339 time; Unix seconds.
+fn parse_when(when: &str, now: i64) -> anyhow::Result<i64> {
+    let unit = |c: char| match c {
+        's' => Some(1),
+        'm' => Some(60),
+        'h' => Some(3600),
+        'd' => Some(86400),
+        'w' => Some(7 * 86400),
+        _ => None,
+    };
+    if let Some(last) = when.chars().last() {
+        if let (Some(mult), Ok(n)) = (unit(last), when[..when.len() - last.len_utf8()].parse::<i64>()) {
+            if n > 0 {
+                return n.checked_mul(mult).and_then(|d| now.checked_add(d)).context("--expires is too far away");
+            }
+        }
+    }
+    let t = time::OffsetDateTime::parse(when, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| anyhow::anyhow!("--expires {when:?}: expected a duration (90m, 12h, 30d) or an RFC 3339 time"))?;
+    if t.unix_timestamp() <= now {
+        bail!("--expires {when:?} is in the past");
+    }
+    Ok(t.unix_timestamp())
 }
 
 fn push(args: PushArgs) -> anyhow::Result<()> {

@@ -1,0 +1,129 @@
+//! The cache server's index: which caches exist (with their signing keys, visibility and
+//! priority), who may use them (tokens, stored hashed), and, as the server fills it, which
+//! store paths each cache holds with their references, sizes, hashes and access times.
+//!
+//! The index sits behind [`Index`] because a later backend (PostgreSQL, for several servers)
+//! replaces the embedded SQLite one ([`sqlite::SqliteIndex`]). The trait is synchronous: the
+//! server calls it from `spawn_blocking`, and a blocking PostgreSQL client fits it as well.
+
+pub mod sqlite;
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("index database: {0}")]
+    Db(String),
+    #[error("cache {0:?} already exists")]
+    CacheExists(String),
+    #[error("no cache named {0:?}")]
+    NoSuchCache(String),
+    #[error("the index was written by a newer flywheel (schema {found}; this one knows up to {known})")]
+    NewerSchema { found: i64, known: i64 },
+}
+
+/// Who may read a cache without a token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Visibility {
+    /// Anyone may read (narinfos, NARs, listings).
+    Public,
+    /// Reads need a token with the read scope.
+    Private,
+}
+
+impl Visibility {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Visibility::Public => "public",
+            Visibility::Private => "private",
+        }
+    }
+}
+
+impl FromStr for Visibility {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "public" => Ok(Visibility::Public),
+            "private" => Ok(Visibility::Private),
+            _ => Err(format!("unknown visibility {s:?} (public or private)")),
+        }
+    }
+}
+
+/// What a token allows on its cache; each scope includes the ones before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Read,
+    Write,
+    Admin,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Write => "write",
+            Scope::Admin => "admin",
+        }
+    }
+
+    pub fn allows(self, needed: Scope) -> bool {
+        self >= needed
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Scope {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "read" => Ok(Scope::Read),
+            "write" => Ok(Scope::Write),
+            "admin" => Ok(Scope::Admin),
+            _ => Err(format!("unknown scope {s:?} (read, write or admin)")),
+        }
+    }
+}
+
+/// A cache as the index holds it, signing key included.
+#[derive(Clone, Debug)]
+pub struct CacheRecord {
+    pub name: String,
+    pub visibility: Visibility,
+    /// Nix's `Priority` in nix-cache-info: lower is tried first (cache.nixos.org is 40).
+    pub priority: u32,
+    /// `name:base64(seed ‖ public)`, Nix's secret key format.
+    pub secret_key: String,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// A token as the index holds it: only the SHA-256 of the token is stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub hash: [u8; 32],
+    pub cache: String,
+    pub scope: Scope,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub description: Option<String>,
+}
+
+pub trait Index: Send + Sync {
+    fn create_cache(&self, cache: &CacheRecord) -> Result<(), IndexError>;
+    fn cache(&self, name: &str) -> Result<Option<CacheRecord>, IndexError>;
+    fn caches(&self) -> Result<Vec<CacheRecord>, IndexError>;
+    fn add_token(&self, token: &TokenRecord) -> Result<(), IndexError>;
+    fn token(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, IndexError>;
+}
