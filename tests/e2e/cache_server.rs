@@ -4,11 +4,11 @@
 mod support;
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
-use support::{flywheel, listing, nix, ok, ok_str, one_line_error, tempdir};
+use support::{flywheel, listing, nix, nix_store, ok, ok_str, one_line_error, tempdir};
 
 fn cache(data: &Path, args: &[&str]) -> Command {
     let mut c = flywheel();
@@ -132,4 +132,251 @@ fn tokens_are_printed_once_and_stored_hashed() {
             assert!(!bytes.windows(token.len()).any(|w| w == token.as_bytes()), "{} holds the token", p.display());
         }
     }
+}
+
+// ---- the server, with real Nix as the client ---------------------------------------------------
+
+use support::server::Server;
+
+/// `nix` with its own narinfo disk cache: Nix remembers the narinfos it uploads (unsigned), so
+/// a pusher and a puller on one machine must not share one, as two CI runners do not.
+fn nix_as(home: &Path) -> Command {
+    let mut c = nix();
+    c.env("XDG_CACHE_HOME", home.join("xdg-cache"));
+    c
+}
+
+fn token(data: &Path, scope: &str) -> String {
+    ok_str(&mut cache(data, &["token", "create", "--cache", "main", "--scope", scope])).trim().to_string()
+}
+
+#[test]
+fn nix_copies_to_and_from_the_server_and_substitutes_from_it() {
+    let work = tempdir();
+    let w = work.path();
+    let data = w.join("data");
+    let server = Server::start(&data, &[]);
+    let (name, key) = server.keys[0].clone();
+    assert_eq!(name, "main", "the server creates main when there is no cache");
+    let netrc = server.netrc(w, &token(&data, "write"));
+    let pusher = w.join("pusher");
+    let root = &support::fixture().root;
+    let edge = support::edge_cases();
+
+    // The bulk with zstd; one path with Nix's default, xz.
+    ok(nix_as(&pusher)
+        .args(["copy", "--option", "netrc-file"])
+        .arg(&netrc)
+        .args(["--to", &format!("{}?compression=zstd", server.url("main"))])
+        .arg(root));
+    ok(nix_as(&pusher)
+        .args(["copy", "--option", "netrc-file"])
+        .arg(&netrc)
+        .args(["--to", &server.url("main")])
+        .arg(edge));
+
+    // What Nix sees in the cache: every path of the closure, signed by the cache's key.
+    let puller = w.join("puller");
+    let listed: Value = serde_json::from_slice(&ok(nix_as(&puller)
+        .args(["path-info", "--json", "--recursive", "--store", &server.url("main")])
+        .arg(root)))
+    .expect("JSON");
+    let listed = listed.as_array().expect("array");
+    assert_eq!(listed.len(), support::fixture().paths.len());
+    for p in listed {
+        let sigs = p["signatures"].as_array().expect("signatures");
+        assert!(sigs.iter().any(|s| s.as_str().is_some_and(|s| s.starts_with("main-1:"))), "{p}");
+    }
+
+    // Into a fresh store, trusting only the cache's key, contents checked.
+    let fresh = w.join("fresh");
+    ok(nix_as(&puller)
+        .args(["copy", "--option", "require-sigs", "true", "--option", "trusted-public-keys", &key])
+        .args(["--from", &server.url("main"), "--to"])
+        .arg(&fresh)
+        .arg(root)
+        .arg(edge));
+    ok(nix().args(["store", "verify", "--recursive", "--no-trust", "--store"]).arg(&fresh).arg(root).arg(edge));
+
+    // A key the cache did not sign with: refused.
+    let stranger = "stranger-1:6UqwZQSHeAoDprLLvvrXdW7bSSvJq+DnDJ9PSxyPRw4=";
+    let o = nix_as(&w.join("stranger"))
+        .args(["copy", "--option", "require-sigs", "true", "--option", "trusted-public-keys", stranger])
+        .args(["--from", &server.url("main"), "--to"])
+        .arg(w.join("s1"))
+        .arg(edge)
+        .output()
+        .expect("nix");
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("lacks a valid signature"));
+
+    // Substitution: nix-store --realise into an empty store with the server as its substituter.
+    let empty = w.join("empty");
+    ok(nix_store()
+        .arg("--store")
+        .arg(&empty)
+        .args(["--realise", "--option", "substituters", &server.url("main")])
+        .args(["--option", "trusted-public-keys", &key, "--option", "require-sigs", "true"])
+        .arg(edge));
+    ok(nix().args(["store", "verify", "--no-trust", "--store"]).arg(&empty).arg(edge));
+}
+
+fn curl(args: &[&str]) -> (u16, String) {
+    let o = Command::new("curl").args(["-sS", "-o", "-", "-w", "\n%{http_code}"]).args(args).output().expect("curl");
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (body, code) = out.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// A real NAR of `path`, as Nix dumps it.
+fn nar_of(path: &Path, into: &Path) -> PathBuf {
+    let out = ok(nix_store().arg("--dump").arg(path));
+    fs::write(into, out).expect("write");
+    into.to_path_buf()
+}
+
+fn narinfo_for(path: &Path, url: &str, nar_hash: &str, nar_size: u64, references: &str) -> String {
+    format!(
+        "StorePath: {}\nURL: {url}\nCompression: none\nNarHash: {nar_hash}\nNarSize: {nar_size}\nReferences: {references}\n",
+        path.display()
+    )
+}
+
+#[test]
+fn bad_uploads_are_refused_and_nothing_becomes_visible() {
+    let work = tempdir();
+    let w = work.path();
+    let data = w.join("data");
+    let server = Server::start(&data, &["--max-nar-bytes", "50000000"]);
+    let write = token(&data, "write");
+    let read = token(&data, "read");
+    let edge = support::edge_cases();
+    let hash_part = |p: &Path| p.file_name().and_then(|n| n.to_str()).map(|n| n[..32].to_string()).expect("store path");
+    let bearer = |t: &str| format!("Authorization: Bearer {t}");
+    let base = server.url("main");
+
+    // Writes need a write token: none, unknown, read-only.
+    let nar = nar_of(edge, &w.join("edge.nar"));
+    let nar_arg = format!("@{}", nar.display());
+    let put_nar = |name: &str, auth: Option<&str>| {
+        let url = format!("{base}/nar/{name}");
+        let mut args = vec!["-X", "PUT", "--data-binary", nar_arg.as_str(), url.as_str()];
+        let h;
+        if let Some(a) = auth {
+            h = bearer(a);
+            args.extend(["-H", h.as_str()]);
+        }
+        curl(&args)
+    };
+    assert_eq!(put_nar("aaaa.nar", None).0, 401);
+    assert_eq!(put_nar("aaaa.nar", Some("fwc_unknown")).0, 401);
+    let (code, body) = put_nar("aaaa.nar", Some(&read));
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("scope is read"), "{body}");
+    // Basic auth, as Nix sends a netrc password, works like a bearer token.
+    let user = format!("flywheel:{write}");
+    let url = format!("{base}/nar/edge.nar");
+    let (code, body) = curl(&["-X", "PUT", "--data-binary", &nar_arg, "-u", &user, &url]);
+    assert_eq!(code, 200, "{body}");
+
+    // The narinfo must agree with the NAR that was uploaded.
+    let info = nix_store_hash_size(edge);
+    let wrong = narinfo_for(edge, "nar/edge.nar", &info.0, info.1 + 1, "");
+    let put_info = |text: &str, path: &Path| {
+        let url = format!("{base}/{}.narinfo", hash_part(path));
+        let h = bearer(&write);
+        curl(&["-X", "PUT", "--data-binary", text, "-H", &h, &url])
+    };
+    let (code, body) = put_info(&wrong, edge);
+    assert_eq!(code, 400);
+    assert!(body.contains("NAR mismatch") && body.contains(&info.0), "{body}");
+    // A narinfo whose references the cache lacks.
+    let other = support::fixture().paths.iter().find(|p| p.as_path() != edge).expect("another path").clone();
+    let refs = other.file_name().and_then(|n| n.to_str()).expect("name").to_string();
+    let (code, body) = put_info(&narinfo_for(edge, "nar/edge.nar", &info.0, info.1, &refs), edge);
+    assert_eq!(code, 400);
+    assert!(body.contains("does not hold") && body.contains(&refs), "{body}");
+    // A narinfo for another path than its URL names.
+    let (code, _) = put_info(&narinfo_for(edge, "nar/edge.nar", &info.0, info.1, ""), &other);
+    assert_eq!(code, 400);
+    // A NAR that is not one.
+    fs::write(w.join("junk"), b"nix-archive-1 but not really").expect("write");
+    let junk = format!("@{}", w.join("junk").display());
+    let h = bearer(&write);
+    let (code, body) = curl(&["-X", "PUT", "--data-binary", &junk, "-H", &h, &format!("{base}/nar/junk.nar")]);
+    assert_eq!(code, 400);
+    assert!(body.contains("not a valid NAR"), "{body}");
+    // Too big.
+    let big = w.join("big.nar");
+    fs::write(&big, vec![0u8; 60_000_000]).expect("write");
+    let big_arg = format!("@{}", big.display());
+    let (code, _) = curl(&["-X", "PUT", "--data-binary", &big_arg, "-H", &h, &format!("{base}/nar/big.nar")]);
+    assert_eq!(code, 413);
+    // Malformed names and traversal.
+    for bad in [
+        "/main/nar/..%2f..%2findex.sqlite",
+        "/main/nar/.hidden",
+        "/Main/nix-cache-info",
+        "/main/zzzz.narinfo",
+        "/main/nar/a%00b",
+    ] {
+        let (code, _) = curl(&["--path-as-is", &format!("{}{bad}", server.base)]);
+        assert!(code == 400 || code == 404, "{bad}: {code}");
+    }
+    let (code, _) = curl(&["--path-as-is", &format!("{}/main/../index.sqlite", server.base)]);
+    assert!(code == 400 || code == 404, "traversal: {code}");
+
+    // Nothing became visible; the good narinfo still goes in.
+    let (code, _) = curl(&[&format!("{base}/{}.narinfo", hash_part(edge))]);
+    assert_eq!(code, 404);
+    let (code, body) = put_info(
+        &narinfo_for(edge, "nar/edge.nar", &info.0, info.1, edge.file_name().and_then(|n| n.to_str()).expect("n")),
+        edge,
+    );
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = curl(&[&format!("{base}/{}.narinfo", hash_part(edge))]);
+    assert_eq!(code, 200);
+    assert!(body.contains("Sig: main-1:") && body.contains("Compression: zstd"), "{body}");
+    // The NAR is served whole with its exact length, and in ranges.
+    let nar_url = body.lines().find_map(|l| l.strip_prefix("URL: ")).expect("URL").to_string();
+    let size: u64 =
+        body.lines().find_map(|l| l.strip_prefix("FileSize: ")).and_then(|s| s.parse().ok()).expect("FileSize");
+    let o = Command::new("curl")
+        .args(["-sS", "-D", "-", "-o", "/dev/null", &format!("{base}/{nar_url}")])
+        .output()
+        .expect("curl");
+    let headers = String::from_utf8_lossy(&o.stdout).to_lowercase();
+    assert!(headers.contains(&format!("content-length: {size}")), "{headers}");
+    let o = Command::new("curl").args(["-sS", "-r", "0-99", &format!("{base}/{nar_url}")]).output().expect("curl");
+    assert_eq!(o.stdout.len(), 100);
+}
+
+/// NarHash (`sha256:` nix32) and NarSize of a store path, from Nix.
+fn nix_store_hash_size(path: &Path) -> (String, u64) {
+    let hash = ok_str(nix_store().args(["--query", "--hash"]).arg(path)).trim().to_string();
+    let size = ok_str(nix_store().args(["--query", "--size"]).arg(path)).trim().parse().expect("size");
+    (hash, size)
+}
+
+#[test]
+fn a_private_cache_needs_a_read_token() {
+    let work = tempdir();
+    let data = work.path().join("data");
+    ok(&mut cache(&data, &["create", "secret", "--private"]));
+    let server = Server::start(&data, &[]);
+    let read =
+        ok_str(&mut cache(&data, &["token", "create", "--cache", "secret", "--scope", "read"])).trim().to_string();
+    let url = format!("{}/nix-cache-info", server.url("secret"));
+    let (code, _) = curl(&[&url]);
+    assert_eq!(code, 401);
+    let h = format!("Authorization: Bearer {read}");
+    let (code, body) = curl(&["-H", &h, &url]);
+    assert_eq!(code, 200);
+    assert!(body.contains("StoreDir: /nix/store") && body.contains("Priority: 30"), "{body}");
+    // A token for one cache opens no other.
+    ok(&mut cache(&data, &["create", "other", "--private"]));
+    let (code, _) = curl(&["-H", &h, &format!("{}/nix-cache-info", server.url("other"))]);
+    assert_eq!(code, 403);
+    let (code, _) = curl(&[&format!("{}/healthz", server.base)]);
+    assert_eq!(code, 200);
 }

@@ -7,7 +7,10 @@ pub mod compression;
 pub mod data_dir;
 pub mod file_cache;
 pub mod index;
+pub mod ingest;
 pub mod push;
+pub mod server;
+pub mod storage;
 pub mod target;
 pub mod token;
 

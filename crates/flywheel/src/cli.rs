@@ -47,6 +47,11 @@ pub enum Command {
 }
 
 impl Command {
+    /// A server logs every request (at info) wherever its stderr goes.
+    pub fn is_server(&self) -> bool {
+        matches!(self, Command::Cache(CacheCommand::Serve(_)))
+    }
+
     /// Whether the command can take minutes (and so shows progress on a terminal).
     pub fn is_long_running(&self) -> bool {
         matches!(
@@ -114,6 +119,21 @@ pub enum CacheCommand {
     /// Access tokens for a cache.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Serve the caches of a data directory over HTTP, as Nix binary caches
+    /// (http://ADDR/NAME); creates a public cache `main` when there is none.
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Address to listen on (port 0: any free port; the URLs printed name the real one).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:5480")]
+    pub listen: std::net::SocketAddr,
+    /// The largest NAR upload accepted, in bytes (compressed as sent).
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 30)]
+    pub max_nar_bytes: u64,
 }
 
 #[derive(Args, Debug)]

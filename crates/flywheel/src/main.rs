@@ -18,7 +18,7 @@ fn main() -> ExitCode {
             return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
         }
     };
-    init_logging(cli.verbose, cli.command.is_long_running());
+    init_logging(cli.verbose, cli.command.is_long_running(), cli.command.is_server());
     match cmd::run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -31,9 +31,10 @@ fn main() -> ExitCode {
 
 /// `progress`: a command that can run for minutes shows its progress lines on a terminal even
 /// without `-v`, so a person is not left looking at nothing.
-fn init_logging(verbose: u8, progress: bool) {
+fn init_logging(verbose: u8, progress: bool, server: bool) {
     let stderr_is_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let default = match verbose {
+        0 if server => "warn,flywheel_cache=info",
         0 if progress && stderr_is_terminal => "warn,flywheel_cache=info,flywheel_oci=info",
         0 => "warn",
         1 => "info",

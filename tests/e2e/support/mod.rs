@@ -187,3 +187,4 @@ impl RawNar {
     }
 }
 pub mod driver_root;
+pub mod server;

@@ -120,10 +120,65 @@ pub struct TokenRecord {
     pub description: Option<String>,
 }
 
+/// A stored NAR: identified by its NarHash, kept as one zstd file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NarRecord {
+    pub nar_hash: [u8; 32],
+    pub nar_size: u64,
+    pub file_hash: [u8; 32],
+    pub file_size: u64,
+    /// `zstd` (the stored form) for every NAR the server writes.
+    pub compression: String,
+}
+
+/// A store path as a cache serves it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathRecord {
+    /// The full store path.
+    pub store_path: String,
+    pub nar: NarRecord,
+    /// Full store paths, sorted.
+    pub references: Vec<String>,
+    pub deriver: Option<String>,
+    pub ca: Option<String>,
+    /// Signatures the uploader sent (`name:base64`); the cache adds its own when serving.
+    pub sigs: Vec<String>,
+}
+
+/// What adding a path did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Added {
+    /// The path is new to the server.
+    New,
+    /// The server had the path (from another cache or an earlier push); the cache now holds it.
+    Joined,
+    /// The cache already held it.
+    Present,
+}
+
 pub trait Index: Send + Sync {
     fn create_cache(&self, cache: &CacheRecord) -> Result<(), IndexError>;
     fn cache(&self, name: &str) -> Result<Option<CacheRecord>, IndexError>;
     fn caches(&self) -> Result<Vec<CacheRecord>, IndexError>;
     fn add_token(&self, token: &TokenRecord) -> Result<(), IndexError>;
     fn token(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, IndexError>;
+
+    /// A NAR received and stored under `url` (the name the client PUT it at), waiting for its
+    /// narinfo.
+    fn record_upload(&self, cache: &str, url: &str, nar: &NarRecord, now: i64) -> Result<(), IndexError>;
+    fn upload(&self, cache: &str, url: &str) -> Result<Option<NarRecord>, IndexError>;
+    /// A NAR the index holds (through any path).
+    fn nar(&self, nar_hash: &[u8; 32]) -> Result<Option<NarRecord>, IndexError>;
+    /// Which of `store_paths` the cache does not hold.
+    fn missing(&self, cache: &str, store_paths: &[String]) -> Result<Vec<String>, IndexError>;
+    /// Makes `path` visible in `cache`, in one transaction: the NAR, the path, its references
+    /// and the membership; `upload` (its URL) is then forgotten. A path the server already has
+    /// keeps its first NAR.
+    fn add_path(&self, cache: &str, path: &PathRecord, upload: Option<&str>, now: i64) -> Result<Added, IndexError>;
+    /// The path with this hash part, if the cache holds it.
+    fn path(&self, cache: &str, hash_part: &str) -> Result<Option<PathRecord>, IndexError>;
+    /// The NAR with this NarHash, if a path the cache holds has it.
+    fn nar_in_cache(&self, cache: &str, nar_hash: &[u8; 32]) -> Result<Option<NarRecord>, IndexError>;
+    /// Records an access (a narinfo GET or HEAD) for retention.
+    fn touch(&self, hash_part: &str, now: i64) -> Result<(), IndexError>;
 }

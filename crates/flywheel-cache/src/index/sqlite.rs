@@ -8,12 +8,13 @@ use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{CacheRecord, Index, IndexError, Scope, TokenRecord};
+use super::{Added, CacheRecord, Index, IndexError, NarRecord, PathRecord, Scope, TokenRecord};
 
 /// The migrations, in order; migration N brings the schema to version N+1.
 const MIGRATIONS: &[&str] = &[
     // 1: caches and tokens, and the tables the server fills: NARs stored once by their NarHash,
-    // store paths (global) with their references, and which caches hold which paths.
+    // store paths (global) with their references and signatures, which caches hold which
+    // paths, and NARs uploaded (verified, stored) whose narinfo has not come yet.
     "
     CREATE TABLE caches (
         id          INTEGER PRIMARY KEY,
@@ -46,6 +47,7 @@ const MIGRATIONS: &[&str] = &[
         nar_hash    BLOB NOT NULL REFERENCES nars(nar_hash),
         deriver     TEXT,
         ca          TEXT,
+        sigs        TEXT NOT NULL,
         uploaded_at INTEGER NOT NULL,
         last_access INTEGER NOT NULL
     );
@@ -64,6 +66,17 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (cache, path)
     ) WITHOUT ROWID;
     CREATE INDEX members_path ON members(path);
+    CREATE TABLE uploads (
+        cache       INTEGER NOT NULL REFERENCES caches(id) ON DELETE CASCADE,
+        url         TEXT NOT NULL,
+        nar_hash    BLOB NOT NULL,
+        nar_size    INTEGER NOT NULL,
+        file_hash   BLOB NOT NULL,
+        file_size   INTEGER NOT NULL,
+        compression TEXT NOT NULL,
+        created_at  INTEGER NOT NULL,
+        PRIMARY KEY (cache, url)
+    ) WITHOUT ROWID;
     ",
 ];
 
@@ -133,6 +146,49 @@ fn to_cache(
 
 const CACHE_COLUMNS: &str = "name, visibility, priority, secret_key, created_at";
 
+fn cache_id(conn: &Connection, name: &str) -> Result<i64, IndexError> {
+    conn.query_row("SELECT id FROM caches WHERE name = ?1", [name], |r| r.get(0))
+        .optional()
+        .map_err(db)?
+        .ok_or_else(|| IndexError::NoSuchCache(name.to_string()))
+}
+
+fn hash32(v: Vec<u8>) -> Result<[u8; 32], IndexError> {
+    v.try_into().map_err(|v: Vec<u8>| IndexError::Db(format!("a stored hash has {} bytes, not 32", v.len())))
+}
+
+fn size(v: i64) -> Result<u64, IndexError> {
+    u64::try_from(v).map_err(|_| IndexError::Db(format!("a stored size is negative: {v}")))
+}
+
+fn i64_of(v: u64) -> Result<i64, IndexError> {
+    i64::try_from(v).map_err(|_| IndexError::Db(format!("size {v} does not fit the index")))
+}
+
+type NarRow = (Vec<u8>, i64, Vec<u8>, i64, String);
+
+fn nar_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<NarRow> {
+    Ok((r.get(at)?, r.get(at + 1)?, r.get(at + 2)?, r.get(at + 3)?, r.get(at + 4)?))
+}
+
+fn to_nar((nar_hash, nar_size, file_hash, file_size, compression): NarRow) -> Result<NarRecord, IndexError> {
+    Ok(NarRecord {
+        nar_hash: hash32(nar_hash)?,
+        nar_size: size(nar_size)?,
+        file_hash: hash32(file_hash)?,
+        file_size: size(file_size)?,
+        compression,
+    })
+}
+
+/// The hash part of a full store path: the 32 characters after the store directory.
+fn hash_part_of(store_path: &str) -> Result<&str, IndexError> {
+    let base = store_path.rsplit('/').next().unwrap_or(store_path);
+    base.get(..32)
+        .filter(|_| base.as_bytes().get(32) == Some(&b'-'))
+        .ok_or_else(|| IndexError::Db(format!("{store_path:?} is not a store path")))
+}
+
 impl Index for SqliteIndex {
     fn create_cache(&self, c: &CacheRecord) -> Result<(), IndexError> {
         self.with(|conn| {
@@ -184,6 +240,155 @@ impl Index for SqliteIndex {
         })
     }
 
+    fn record_upload(&self, cache: &str, url: &str, n: &NarRecord, now: i64) -> Result<(), IndexError> {
+        self.with(|conn| {
+            let id = cache_id(conn, cache)?;
+            conn.execute(
+                "INSERT INTO uploads (cache, url, nar_hash, nar_size, file_hash, file_size, compression, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (cache, url) DO UPDATE SET nar_hash = excluded.nar_hash, nar_size = excluded.nar_size,
+                   file_hash = excluded.file_hash, file_size = excluded.file_size, compression = excluded.compression,
+                   created_at = excluded.created_at",
+                params![
+                    id,
+                    url,
+                    &n.nar_hash[..],
+                    i64_of(n.nar_size)?,
+                    &n.file_hash[..],
+                    i64_of(n.file_size)?,
+                    n.compression,
+                    now
+                ],
+            )
+            .map_err(db)?;
+            Ok(())
+        })
+    }
+
+    fn upload(&self, cache: &str, url: &str) -> Result<Option<NarRecord>, IndexError> {
+        self.with(|conn| {
+            let row = conn
+                .query_row(
+                    "SELECT u.nar_hash, u.nar_size, u.file_hash, u.file_size, u.compression
+                     FROM uploads u JOIN caches c ON c.id = u.cache WHERE c.name = ?1 AND u.url = ?2",
+                    params![cache, url],
+                    |r| nar_row(r, 0),
+                )
+                .optional()
+                .map_err(db)?;
+            row.map(to_nar).transpose()
+        })
+    }
+
+    fn nar(&self, nar_hash: &[u8; 32]) -> Result<Option<NarRecord>, IndexError> {
+        self.with(|conn| {
+            let row = conn
+                .query_row(
+                    "SELECT nar_hash, nar_size, file_hash, file_size, compression FROM nars WHERE nar_hash = ?1",
+                    [&nar_hash[..]],
+                    |r| nar_row(r, 0),
+                )
+                .optional()
+                .map_err(db)?;
+            row.map(to_nar).transpose()
+        })
+    }
+
+    fn missing(&self, cache: &str, store_paths: &[String]) -> Result<Vec<String>, IndexError> {
+        self.with(|conn| {
+            let id = cache_id(conn, cache)?;
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT 1 FROM paths p JOIN members m ON m.path = p.id WHERE m.cache = ?1 AND p.hash_part = ?2",
+                )
+                .map_err(db)?;
+            let mut out = Vec::new();
+            for sp in store_paths {
+                if !stmt.exists(params![id, hash_part_of(sp)?]).map_err(db)? {
+                    out.push(sp.clone());
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn add_path(&self, cache: &str, path: &PathRecord, upload: Option<&str>, now: i64) -> Result<Added, IndexError> {
+        self.with(|conn| Self::add_path_tx(conn, cache, path, upload, now))
+    }
+
+    fn path(&self, cache: &str, hash_part: &str) -> Result<Option<PathRecord>, IndexError> {
+        self.with(|conn| {
+            let row = conn
+                .query_row(
+                    "SELECT p.id, p.store_path, p.deriver, p.ca, p.sigs,
+                            n.nar_hash, n.nar_size, n.file_hash, n.file_size, n.compression
+                     FROM paths p
+                     JOIN members m ON m.path = p.id
+                     JOIN caches c ON c.id = m.cache
+                     JOIN nars n ON n.nar_hash = p.nar_hash
+                     WHERE c.name = ?1 AND p.hash_part = ?2",
+                    params![cache, hash_part],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, Option<String>>(2)?,
+                            r.get::<_, Option<String>>(3)?,
+                            r.get::<_, String>(4)?,
+                            nar_row(r, 5)?,
+                        ))
+                    },
+                )
+                .optional()
+                .map_err(db)?;
+            let Some((id, store_path, deriver, ca, sigs, nar)) = row else { return Ok(None) };
+            let mut stmt =
+                conn.prepare_cached("SELECT reference FROM refs WHERE path = ?1 ORDER BY reference").map_err(db)?;
+            let references = stmt
+                .query_map([id], |r| r.get::<_, String>(0))
+                .map_err(db)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db)?;
+            Ok(Some(PathRecord {
+                store_path,
+                nar: to_nar(nar)?,
+                references,
+                deriver,
+                ca,
+                sigs: sigs.split_whitespace().map(str::to_string).collect(),
+            }))
+        })
+    }
+
+    fn nar_in_cache(&self, cache: &str, nar_hash: &[u8; 32]) -> Result<Option<NarRecord>, IndexError> {
+        self.with(|conn| {
+            let row = conn
+                .query_row(
+                    "SELECT n.nar_hash, n.nar_size, n.file_hash, n.file_size, n.compression
+                     FROM nars n
+                     WHERE n.nar_hash = ?2 AND EXISTS (
+                       SELECT 1 FROM paths p JOIN members m ON m.path = p.id JOIN caches c ON c.id = m.cache
+                       WHERE p.nar_hash = n.nar_hash AND c.name = ?1)",
+                    params![cache, &nar_hash[..]],
+                    |r| nar_row(r, 0),
+                )
+                .optional()
+                .map_err(db)?;
+            row.map(to_nar).transpose()
+        })
+    }
+
+    fn touch(&self, hash_part: &str, now: i64) -> Result<(), IndexError> {
+        self.with(|conn| {
+            conn.execute(
+                "UPDATE paths SET last_access = ?2 WHERE hash_part = ?1 AND last_access < ?2",
+                params![hash_part, now],
+            )
+            .map_err(db)?;
+            Ok(())
+        })
+    }
+
     fn token(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, IndexError> {
         self.with(|conn| {
             let row = conn
@@ -214,6 +419,64 @@ impl Index for SqliteIndex {
                 })
             })
             .transpose()
+        })
+    }
+}
+
+impl SqliteIndex {
+    fn add_path_tx(
+        conn: &Connection,
+        cache: &str,
+        p: &PathRecord,
+        upload: Option<&str>,
+        now: i64,
+    ) -> Result<Added, IndexError> {
+        let tx = conn.unchecked_transaction().map_err(db)?;
+        let cache_id = cache_id(&tx, cache)?;
+        let n = &p.nar;
+        tx.execute(
+            "INSERT INTO nars (nar_hash, nar_size, file_hash, file_size, compression, stored_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (nar_hash) DO NOTHING",
+            params![&n.nar_hash[..], i64_of(n.nar_size)?, &n.file_hash[..], i64_of(n.file_size)?, n.compression, now],
+        )
+        .map_err(db)?;
+        let hash_part = hash_part_of(&p.store_path)?;
+        let existing: Option<i64> = tx
+            .query_row("SELECT id FROM paths WHERE hash_part = ?1", [hash_part], |r| r.get(0))
+            .optional()
+            .map_err(db)?;
+        let (path_id, new) = match existing {
+            Some(id) => (id, false),
+            None => {
+                tx.execute(
+                    "INSERT INTO paths (hash_part, store_path, nar_hash, deriver, ca, sigs, uploaded_at, last_access)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+                    params![hash_part, p.store_path, &n.nar_hash[..], p.deriver, p.ca, p.sigs.join(" "), now],
+                )
+                .map_err(db)?;
+                let id = tx.last_insert_rowid();
+                let mut stmt =
+                    tx.prepare_cached("INSERT OR IGNORE INTO refs (path, reference) VALUES (?1, ?2)").map_err(db)?;
+                for r in &p.references {
+                    stmt.execute(params![id, r]).map_err(db)?;
+                }
+                (id, true)
+            }
+        };
+        let joined = tx
+            .execute(
+                "INSERT INTO members (cache, path, added_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                params![cache_id, path_id, now],
+            )
+            .map_err(db)?;
+        if let Some(url) = upload {
+            tx.execute("DELETE FROM uploads WHERE cache = ?1 AND url = ?2", params![cache_id, url]).map_err(db)?;
+        }
+        tx.commit().map_err(db)?;
+        Ok(match (new, joined) {
+            (true, _) => Added::New,
+            (false, 1) => Added::Joined,
+            _ => Added::Present,
         })
     }
 }

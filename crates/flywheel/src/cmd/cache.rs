@@ -3,7 +3,7 @@ use flywheel_cache::{FileCache, PushOptions, Target};
 use flywheel_nix::keys::SecretKey;
 
 use super::{human_bytes, Store};
-use crate::cli::{CacheCommand, CacheCreateArgs, CacheInfoArgs, PushArgs, TokenCommand, TokenCreateArgs};
+use crate::cli::{CacheCommand, CacheCreateArgs, CacheInfoArgs, PushArgs, ServeArgs, TokenCommand, TokenCreateArgs};
 use flywheel_cache::data_dir::{CacheInfo, DataDir};
 use flywheel_cache::index::Visibility;
 
@@ -13,7 +13,28 @@ pub fn run(command: CacheCommand) -> anyhow::Result<()> {
         CacheCommand::Create(args) => create(args),
         CacheCommand::Info(args) => info(args),
         CacheCommand::Token(TokenCommand::Create(args)) => token_create(args),
+        CacheCommand::Serve(args) => serve(args),
     }
+}
+
+fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    use flywheel_cache::server::{self, ServerOptions};
+    let data = open_data(&a.data.data)?;
+    let opts = ServerOptions { listen: a.listen, max_nar_bytes: a.max_nar_bytes, ..ServerOptions::default() };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let dir = a.data.data.display().to_string();
+    runtime.block_on(server::serve(data, opts, |l| {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        for c in &l.caches {
+            let key =
+                flywheel_nix::keys::SecretKey::parse(&c.secret_key).map(|k| k.public().to_string()).unwrap_or_default();
+            let _ = writeln!(out, "http://{}/{} {} {}", l.addr, c.name, key, c.visibility.as_str());
+        }
+        let _ = out.flush();
+        eprintln!("flywheel cache: serving {dir} on http://{} (Ctrl-C stops)", l.addr);
+    }))?;
+    Ok(())
 }
 
 fn open_data(dir: &std::path::Path) -> anyhow::Result<DataDir> {

@@ -1,0 +1,98 @@
+//! Turning an uploaded NAR into a stored one, in one pass: decompress what the client sent,
+//! check the NAR's grammar and compute NarHash and NarSize, and recompress it to the stored
+//! form (zstd) while hashing that too. Nothing the client claims is trusted; the narinfo that
+//! follows must agree with what is computed here.
+
+use std::fs::File;
+use std::io::{self, BufReader, Read, Write};
+use std::path::Path;
+
+use flywheel_nix::nar::{self, HashingReader, HashingWriter};
+
+use crate::index::NarRecord;
+
+/// The compression of an upload, from its name's extension (as Nix names them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Upload {
+    None,
+    Xz,
+    Zstd,
+}
+
+impl Upload {
+    /// `nar/<anything>.nar`, `.nar.xz`, `.nar.zst`.
+    pub fn from_name(name: &str) -> Option<Upload> {
+        if name.ends_with(".nar") {
+            Some(Upload::None)
+        } else if name.ends_with(".nar.xz") {
+            Some(Upload::Xz)
+        } else if name.ends_with(".nar.zst") {
+            Some(Upload::Zstd)
+        } else {
+            None
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("not a valid NAR: {0}")]
+    BadNar(String),
+    #[error("cannot decompress the upload: {0}")]
+    Decompress(String),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// Copies what it reads to a writer, so one read drives the check, the hash and the recompression.
+struct Tee<R, W> {
+    inner: R,
+    out: W,
+}
+
+impl<R: Read, W: Write> Read for Tee<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.out.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
+
+/// Reads the upload at `raw`, writes the stored form to `out` (synced), and returns what was
+/// computed.
+pub fn ingest(raw: &Path, kind: Upload, out: &Path, level: i32) -> Result<NarRecord, IngestError> {
+    let file = BufReader::with_capacity(1 << 20, File::open(raw)?);
+    let decoded: Box<dyn Read> = match kind {
+        Upload::None => Box::new(file),
+        Upload::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(file)),
+        Upload::Zstd => Box::new(
+            zstd::stream::read::Decoder::with_buffer(file).map_err(|e| IngestError::Decompress(e.to_string()))?,
+        ),
+    };
+    let stored = File::create(out)?;
+    let encoder = zstd::stream::write::Encoder::new(HashingWriter::new(stored), level)?;
+    let mut tee = Tee { inner: HashingReader::new(decoded), out: encoder };
+    if let Err(e) = nar::validate(&mut tee) {
+        return Err(classify(e));
+    }
+    let Tee { inner, out: encoder } = tee;
+    let (_, nar) = inner.finish();
+    let (stored, file) = encoder.finish()?.finish();
+    stored.sync_all()?;
+    Ok(NarRecord {
+        nar_hash: nar.sha256,
+        nar_size: nar.size,
+        file_hash: file.sha256,
+        file_size: file.size,
+        compression: "zstd".into(),
+    })
+}
+
+fn classify(e: nar::NarError) -> IngestError {
+    if e.is_malformed() {
+        IngestError::BadNar(e.to_string())
+    } else {
+        // A read error below the NAR parser is the decompressor's (or the disk's).
+        IngestError::Decompress(e.to_string())
+    }
+}

@@ -1,0 +1,144 @@
+//! `flywheel cache serve`: the Nix binary cache protocol over HTTP, for several named caches
+//! (`/main`, `/pr`, ...) from one data directory. Reads follow each cache's visibility; writes
+//! (`nix copy --to http://HOST/CACHE`) need a write token and are verified before they become
+//! visible (docs/cache-server.md).
+
+mod auth;
+mod routes;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use flywheel_nix::keys::SecretKey;
+use flywheel_nix::StoreDir;
+
+use crate::data_dir::{DataDir, DataError};
+use crate::index::{CacheRecord, Index, IndexError};
+use crate::storage::dir::DirStorage;
+
+/// The port `flywheel cache serve` listens on when not told (on 127.0.0.1).
+pub const DEFAULT_PORT: u16 = 5480;
+
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    pub listen: SocketAddr,
+    /// The largest NAR upload accepted, compressed as sent.
+    pub max_nar_bytes: u64,
+    /// The largest narinfo accepted.
+    pub max_narinfo_bytes: usize,
+    /// zstd level of the stored NARs.
+    pub zstd_level: i32,
+    /// Uploads decompressed, checked and recompressed at once (the rest wait).
+    pub ingest_jobs: usize,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
+            max_nar_bytes: 64 << 30,
+            max_narinfo_bytes: 1 << 20,
+            zstd_level: 3,
+            ingest_jobs: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("listening on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("serving: {0}")]
+    Serve(std::io::Error),
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+}
+
+/// A cache with its parsed signing key.
+pub(crate) struct Cache {
+    pub record: CacheRecord,
+    pub key: SecretKey,
+}
+
+pub(crate) struct State {
+    pub data: DataDir,
+    pub storage: DirStorage,
+    pub store_dir: StoreDir,
+    pub opts: ServerOptions,
+    pub caches: RwLock<HashMap<String, Arc<Cache>>>,
+    pub ingest: tokio::sync::Semaphore,
+}
+
+impl State {
+    pub fn index(&self) -> &dyn Index {
+        self.data.index()
+    }
+
+    /// The cache named `name`, read from the index once and kept.
+    pub fn cache(&self, name: &str) -> Result<Option<Arc<Cache>>, IndexError> {
+        if let Some(c) = self.caches.read().ok().and_then(|m| m.get(name).cloned()) {
+            return Ok(Some(c));
+        }
+        let Some(record) = self.index().cache(name)? else { return Ok(None) };
+        let key = SecretKey::parse(&record.secret_key)
+            .map_err(|e| IndexError::Db(format!("cache {name}: its signing key: {e}")))?;
+        let cache = Arc::new(Cache { record, key });
+        if let Ok(mut m) = self.caches.write() {
+            m.insert(name.to_string(), cache.clone());
+        }
+        Ok(Some(cache))
+    }
+}
+
+/// A running server's address and caches, for the startup message.
+pub struct Listening {
+    pub addr: SocketAddr,
+    pub caches: Vec<CacheRecord>,
+}
+
+/// Serves `data` until SIGINT or SIGTERM. With no cache in the data directory yet, creates a
+/// public `main`. `ready` is called once the socket is bound (with the port, when the address
+/// asked for port 0).
+pub async fn serve(data: DataDir, opts: ServerOptions, ready: impl FnOnce(&Listening)) -> Result<(), ServerError> {
+    if data.index().caches()?.is_empty() {
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        data.create_cache("main", crate::index::Visibility::Public, crate::data_dir::DEFAULT_PRIORITY, None, now)?;
+    }
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .map_err(|e| ServerError::Bind { addr: opts.listen, source: e })?;
+    let addr = listener.local_addr().map_err(ServerError::Serve)?;
+    let caches = data.index().caches()?;
+    let storage = DirStorage::new(&data.root().join("nar"));
+    let state = Arc::new(State {
+        storage,
+        store_dir: flywheel_nix::store_path::default_store_dir(),
+        ingest: tokio::sync::Semaphore::new(opts.ingest_jobs.max(1)),
+        opts,
+        caches: RwLock::new(HashMap::new()),
+        data,
+    });
+    ready(&Listening { addr, caches });
+    let app = routes::router(state);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown()).await.map_err(ServerError::Serve)
+}
+
+async fn shutdown() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down: finishing the requests in flight");
+}

@@ -1,0 +1,337 @@
+//! The routes: `/healthz`, and under `/<cache>/`: `nix-cache-info`, `<hash>.narinfo` (GET,
+//! HEAD, PUT) and `nar/<name>` (GET, HEAD, PUT). Every name is checked before it touches the
+//! index or the disk; anything else is 400 (malformed) or 404.
+
+// A handler's early answer (401, 400, 404) is a `Response` carried in `Err`: axum's idiom, and
+// a response is larger than clippy likes for an error type.
+#![allow(clippy::result_large_err)]
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Request, State as AxState};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use flywheel_nix::narinfo::{self, Compression, FileRef, NarInfo};
+use flywheel_nix::store_db::PathInfo;
+use flywheel_nix::{CAHash, NixHash};
+use http_body_util::BodyExt;
+use tokio::io::AsyncWriteExt;
+use tower::ServiceExt;
+
+use super::auth::{authorize, Denied};
+use super::{Cache, State};
+use crate::index::{NarRecord, PathRecord, Scope};
+use crate::ingest::{self, Upload};
+use crate::storage::NarStorage;
+
+const NIX32: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
+
+pub fn router(state: Arc<State>) -> Router {
+    Router::new().fallback(dispatch).with_state(state)
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response {
+    let mut body = body.into();
+    body.push('\n');
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+fn internal(e: impl std::fmt::Display) -> Response {
+    tracing::error!("{e}");
+    text(StatusCode::INTERNAL_SERVER_ERROR, format!("internal error: {e}"))
+}
+
+fn is_nix32(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| NIX32.contains(&b))
+}
+
+/// Runs index and disk work off the async threads.
+async fn blocking<T: Send + 'static>(
+    state: &Arc<State>,
+    f: impl FnOnce(&State) -> Result<T, Response> + Send + 'static,
+) -> Result<T, Response> {
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || f(&state)).await.map_err(internal)?
+}
+
+async fn dispatch(AxState(state): AxState<Arc<State>>, req: Request) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let response = route(&state, req).await.unwrap_or_else(|r| r);
+    tracing::info!(
+        method = %method,
+        path = %path,
+        status = response.status().as_u16(),
+        ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    response
+}
+
+async fn route(state: &Arc<State>, req: Request) -> Result<Response, Response> {
+    let path = req.uri().path().to_string();
+    if path == "/healthz" {
+        return Ok(text(StatusCode::OK, "ok"));
+    }
+    let rest = path.strip_prefix('/').unwrap_or(&path);
+    let Some((cache_name, item)) = rest.split_once('/') else {
+        return Err(text(StatusCode::NOT_FOUND, "not found: the cache's URL is http://HOST:PORT/CACHE"));
+    };
+    if crate::data_dir::check_cache_name(cache_name).is_err() {
+        return Err(text(StatusCode::BAD_REQUEST, format!("malformed cache name {cache_name:?}")));
+    }
+    let name = cache_name.to_string();
+    let cache = blocking(state, move |s| s.cache(&name).map_err(internal)).await?;
+    let Some(cache) = cache else {
+        return Err(text(StatusCode::NOT_FOUND, format!("no cache named {cache_name}")));
+    };
+    let method = req.method().clone();
+    let needed = if method == Method::GET || method == Method::HEAD { Scope::Read } else { Scope::Write };
+    let headers = req.headers().clone();
+    let c = cache.clone();
+    blocking(state, move |s| {
+        authorize(s, &c, &headers, needed, now()).map_err(|d| match d {
+            Denied::Unauthenticated(why) => {
+                let mut r = text(StatusCode::UNAUTHORIZED, why);
+                r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"flywheel\""));
+                r
+            }
+            Denied::Forbidden(why) => text(StatusCode::FORBIDDEN, why),
+        })
+    })
+    .await?;
+
+    if item == "nix-cache-info" {
+        return match method {
+            Method::GET | Method::HEAD => Ok(cache_info(&cache)),
+            _ => Err(method_not_allowed()),
+        };
+    }
+    if let Some(hash) = item.strip_suffix(".narinfo") {
+        if !is_nix32(hash, 32) {
+            return Err(text(StatusCode::BAD_REQUEST, format!("malformed narinfo name {item:?}")));
+        }
+        let hash = hash.to_string();
+        return match method {
+            Method::GET | Method::HEAD => get_narinfo(state, cache, hash, method == Method::HEAD).await,
+            Method::PUT => put_narinfo(state, cache, hash, req).await,
+            _ => Err(method_not_allowed()),
+        };
+    }
+    if let Some(name) = item.strip_prefix("nar/") {
+        let valid = !name.is_empty()
+            && name.len() <= 128
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.')
+            && !name.starts_with('.');
+        if !valid {
+            return Err(text(StatusCode::BAD_REQUEST, format!("malformed NAR name {name:?}")));
+        }
+        let name = name.to_string();
+        return match method {
+            Method::GET | Method::HEAD => get_nar(state, cache, name, req).await,
+            Method::PUT => put_nar(state, cache, name, req).await,
+            _ => Err(method_not_allowed()),
+        };
+    }
+    Err(text(StatusCode::NOT_FOUND, "not found"))
+}
+
+fn method_not_allowed() -> Response {
+    text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+}
+
+fn cache_info(cache: &Cache) -> Response {
+    let body = format!("StoreDir: /nix/store\nWantMassQuery: 1\nPriority: {}\n", cache.record.priority);
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/x-nix-cache-info")], body).into_response()
+}
+
+fn nar_url(nar_hash: &[u8; 32]) -> String {
+    format!("nar/{}.nar.zst", nix_derivation::nixbase32::encode(nar_hash))
+}
+
+/// The narinfo, rendered from the index and signed with the cache's key.
+fn render(state: &State, cache: &Cache, p: &PathRecord) -> Result<Vec<u8>, String> {
+    let sd = &state.store_dir;
+    let parse = |s: &str| sd.parse_path(s.as_bytes()).map_err(|e| format!("{s}: {e}"));
+    let info = PathInfo {
+        path: parse(&p.store_path)?,
+        nar_hash: NixHash::Sha256(p.nar.nar_hash),
+        nar_size: p.nar.nar_size,
+        references: p.references.iter().map(|r| parse(r)).collect::<Result<_, _>>()?,
+        deriver: p.deriver.as_deref().map(parse).transpose()?,
+        registration_time: 0,
+        ultimate: false,
+        signatures: p.sigs.iter().filter_map(|s| s.parse().ok()).collect(),
+        ca: p.ca.as_deref().map(|c| c.parse::<CAHash>().map_err(|e| format!("CA {c}: {e}"))).transpose()?,
+    };
+    let file = FileRef {
+        url: nar_url(&p.nar.nar_hash),
+        compression: Compression::Zstd,
+        hash: Some(NixHash::Sha256(p.nar.file_hash)),
+        size: Some(p.nar.file_size),
+    };
+    let record = narinfo::signed(sd, &info, file, &cache.key).map_err(|e| e.to_string())?;
+    Ok(record.to_canonical_bytes())
+}
+
+async fn get_narinfo(state: &Arc<State>, cache: Arc<Cache>, hash: String, head: bool) -> Result<Response, Response> {
+    let body = blocking(state, move |s| {
+        let Some(p) = s.index().path(&cache.record.name, &hash).map_err(internal)? else { return Ok(None) };
+        // Nix asks for narinfos of everything it might substitute: that is the access GC counts.
+        s.index().touch(&hash, now()).map_err(internal)?;
+        render(s, &cache, &p).map(Some).map_err(internal)
+    })
+    .await?;
+    let Some(body) = body else { return Err(text(StatusCode::NOT_FOUND, "no such path in this cache")) };
+    let len = body.len();
+    let body = if head { Body::empty() } else { Body::from(body) };
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/x-nix-narinfo")
+        .header(header::CONTENT_LENGTH, len)
+        .body(body)
+        .map_err(internal)
+}
+
+async fn put_narinfo(state: &Arc<State>, cache: Arc<Cache>, hash: String, req: Request) -> Result<Response, Response> {
+    let limit = state.opts.max_narinfo_bytes;
+    let bytes = axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|_| text(StatusCode::PAYLOAD_TOO_LARGE, format!("a narinfo is at most {limit} bytes")))?;
+    blocking(state, move |s| {
+        let bad = |why: String| text(StatusCode::BAD_REQUEST, why);
+        let info = NarInfo::parse_in(&s.store_dir, &bytes).map_err(|e| bad(format!("not a valid narinfo: {e}")))?;
+        let store_path = s.store_dir.render_path(info.store_path());
+        if !info.store_path().to_basename().starts_with(&hash) {
+            return Err(bad(format!("the narinfo is for {store_path}, not for {hash}")));
+        }
+        let NixHash::Sha256(claimed) = info.nar_hash() else {
+            return Err(bad("NarHash must be sha256".into()));
+        };
+        let url = info.url().to_string();
+        let cache_name = cache.record.name.clone();
+        let nar: NarRecord = match s.index().upload(&cache_name, &url).map_err(internal)? {
+            Some(n) => n,
+            None => match s.index().nar(claimed).map_err(internal)? {
+                Some(n) if s.storage.contains(&n.nar_hash) => n,
+                _ => return Err(bad(format!("the NAR {url} was not uploaded to this cache: PUT it first"))),
+            },
+        };
+        if nar.nar_hash != *claimed || nar.nar_size != info.nar_size() {
+            return Err(bad(format!(
+                "NAR mismatch for {store_path}: the narinfo says NarHash {} and NarSize {}, the uploaded NAR has {} and {}",
+                info.nar_hash().to_nix_nixbase32_string(),
+                info.nar_size(),
+                NixHash::Sha256(nar.nar_hash).to_nix_nixbase32_string(),
+                nar.nar_size
+            )));
+        }
+        let references: Vec<String> = info.references().iter().map(|r| s.store_dir.render_path(r)).collect();
+        let others: Vec<String> = references.iter().filter(|r| **r != store_path).cloned().collect();
+        let missing = s.index().missing(&cache_name, &others).map_err(internal)?;
+        if !missing.is_empty() {
+            return Err(bad(format!(
+                "{store_path} refers to paths this cache does not hold (upload them first): {}",
+                missing.join(" ")
+            )));
+        }
+        let record = PathRecord {
+            store_path: store_path.clone(),
+            nar,
+            references,
+            deriver: info.deriver().map(|d| s.store_dir.render_path(d)),
+            ca: info.content_address().map(|c| c.to_string()),
+            sigs: info.signatures().iter().map(|sig| sig.to_string()).collect(),
+        };
+        let added = s.index().add_path(&cache_name, &record, Some(&url), now()).map_err(internal)?;
+        tracing::debug!("{store_path}: {added:?} in {cache_name}");
+        Ok(text(StatusCode::OK, "ok"))
+    })
+    .await
+}
+
+async fn get_nar(state: &Arc<State>, cache: Arc<Cache>, name: String, req: Request) -> Result<Response, Response> {
+    let head = req.method() == Method::HEAD;
+    let found = blocking(state, move |s| {
+        if let Some(hash) = name.strip_suffix(".nar.zst").filter(|h| is_nix32(h, 52)) {
+            if let Ok(bytes) = nix_derivation::nixbase32::decode(hash.as_bytes()) {
+                if let Ok(nar_hash) = <[u8; 32]>::try_from(bytes.as_slice()) {
+                    if s.index().nar_in_cache(&cache.record.name, &nar_hash).map_err(internal)?.is_some() {
+                        return Ok(s.storage.local_path(&nar_hash).map(Ok));
+                    }
+                }
+            }
+        }
+        // Nix asks (HEAD) whether a NAR is there before uploading it, at the name it chose.
+        if head && s.index().upload(&cache.record.name, &format!("nar/{name}")).map_err(internal)?.is_some() {
+            return Ok(Some(Err(())));
+        }
+        Ok(None)
+    })
+    .await?;
+    match found {
+        None => Err(text(StatusCode::NOT_FOUND, "no such NAR in this cache")),
+        Some(Err(())) => Ok(StatusCode::OK.into_response()),
+        Some(Ok(file)) => {
+            // ServeFile answers HEAD, ranges and conditional requests, always with the exact length
+            // of a complete file (stored NARs are renamed into place whole).
+            let served = tower_http::services::ServeFile::new_with_mime(
+                file,
+                &"application/x-nix-nar".parse().map_err(internal)?,
+            )
+            .oneshot(req)
+            .await
+            .map_err(internal)?;
+            Ok(served.map(Body::new))
+        }
+    }
+}
+
+async fn put_nar(state: &Arc<State>, cache: Arc<Cache>, name: String, req: Request) -> Result<Response, Response> {
+    let Some(kind) = Upload::from_name(&name) else {
+        return Err(text(StatusCode::BAD_REQUEST, format!("nar/{name}: expected a .nar, .nar.xz or .nar.zst upload")));
+    };
+    let tmp_dir = state.data.root().join("tmp");
+    let raw = tempfile::Builder::new().prefix("upload-").tempfile_in(&tmp_dir).map_err(internal)?.into_temp_path();
+    let stored = tempfile::Builder::new().prefix("stored-").tempfile_in(&tmp_dir).map_err(internal)?.into_temp_path();
+
+    // Stream the body to disk, counting: never the whole NAR in memory.
+    let limit = state.opts.max_nar_bytes;
+    let mut file = tokio::fs::File::create(&raw).await.map_err(internal)?;
+    let mut body = req.into_body();
+    let mut received = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| text(StatusCode::BAD_REQUEST, format!("reading the upload: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            received += data.len() as u64;
+            if received > limit {
+                return Err(text(StatusCode::PAYLOAD_TOO_LARGE, format!("a NAR upload is at most {limit} bytes")));
+            }
+            file.write_all(&data).await.map_err(internal)?;
+        }
+    }
+    file.flush().await.map_err(internal)?;
+    drop(file);
+
+    let _permit = state.ingest.acquire().await.map_err(internal)?;
+    let level = state.opts.zstd_level;
+    blocking(state, move |s| {
+        let nar = ingest::ingest(&raw, kind, &stored, level).map_err(|e| match e {
+            ingest::IngestError::Io(e) => internal(e),
+            other => text(StatusCode::BAD_REQUEST, format!("nar/{name}: {other}")),
+        })?;
+        let stored = stored.keep().map_err(internal)?;
+        s.storage.put(&nar.nar_hash, &stored).map_err(internal)?;
+        s.index().record_upload(&cache.record.name, &format!("nar/{name}"), &nar, now()).map_err(internal)?;
+        Ok(text(StatusCode::OK, "ok"))
+    })
+    .await
+}

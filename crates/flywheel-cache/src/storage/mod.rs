@@ -1,0 +1,16 @@
+//! Where NARs live, one file per NarHash (so caches that hold the same path share it), behind
+//! a trait: a later issue adds S3-compatible object storage beside the directory store.
+
+pub mod dir;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub trait NarStorage: Send + Sync {
+    fn contains(&self, nar_hash: &[u8; 32]) -> bool;
+    /// Moves the complete, synced file at `tmp` into place as the NAR `nar_hash`. A NAR that is
+    /// already stored is kept (its bytes are the same NAR) and `tmp` is removed.
+    fn put(&self, nar_hash: &[u8; 32], tmp: &Path) -> io::Result<()>;
+    /// A local file holding the stored NAR, for serving with ranges (the directory store).
+    fn local_path(&self, nar_hash: &[u8; 32]) -> Option<PathBuf>;
+}
