@@ -219,6 +219,115 @@ fn nix_copies_to_and_from_the_server_and_substitutes_from_it() {
         .args(["--option", "trusted-public-keys", &key, "--option", "require-sigs", "true"])
         .arg(edge));
     ok(nix().args(["store", "verify", "--no-trust", "--store"]).arg(&empty).arg(edge));
+
+    // The index and the storage agree, every stored byte included.
+    let report: Value =
+        serde_json::from_str(&ok_str(&mut cache(&data, &["verify", "--full", "--json"]))).expect("JSON");
+    assert_eq!(report["problems"], serde_json::json!([]));
+    assert_eq!(
+        report["paths"].as_u64(),
+        Some(support::fixture().paths.len() as u64),
+        "the edge-case path is in the closure"
+    );
+}
+
+#[test]
+fn verify_finds_missing_and_corrupt_nars_and_broken_closures() {
+    let work = tempdir();
+    let w = work.path();
+    let data = w.join("data");
+    let mut server = Server::start(&data, &[]);
+    let netrc = server.netrc(w, &token(&data, "write"));
+    let root = &support::fixture().root;
+    ok(nix_as(&w.join("pusher"))
+        .args(["copy", "--option", "netrc-file"])
+        .arg(&netrc)
+        .args(["--to", &format!("{}?compression=zstd", server.url("main"))])
+        .arg(root));
+    server.kill();
+    ok(&mut cache(&data, &["verify"]));
+
+    let nars: Vec<PathBuf> =
+        listing(&data.join("nar")).into_iter().map(|p| data.join("nar").join(p)).filter(|p| p.is_file()).collect();
+    assert!(nars.len() >= 3);
+    // One NAR gone, one truncated, one with a flipped byte (found by --full only).
+    fs::remove_file(&nars[0]).expect("rm");
+    let len = fs::metadata(&nars[1]).expect("stat").len();
+    fs::OpenOptions::new().write(true).open(&nars[1]).expect("open").set_len(len - 1).expect("truncate");
+    let mut bytes = fs::read(&nars[2]).expect("read");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    fs::write(&nars[2], bytes).expect("write");
+    let db = rusqlite::Connection::open(data.join("index.sqlite")).expect("open");
+    // And a path dropped from the cache while the root still refers to it.
+    let dropped: String = db
+        .query_row(
+            "SELECT p.store_path FROM paths p JOIN refs r ON r.reference = p.store_path
+             WHERE r.path != p.id LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .expect("a referenced path");
+    db.execute("DELETE FROM members WHERE path = (SELECT id FROM paths WHERE store_path = ?1)", [&dropped])
+        .expect("delete");
+
+    let o = cache(&data, &["verify"]).output().expect("run");
+    assert_eq!(o.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("not in the storage"), "{out}");
+    assert!(out.contains("bytes stored, the index says"), "{out}");
+    assert!(out.contains(&format!("refers to {dropped}")), "{out}");
+    assert!(!out.contains("do not match FileHash"), "only --full hashes: {out}");
+    let o = cache(&data, &["verify", "--full"]).output().expect("run");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("do not match FileHash"));
+    assert!(one_line_error(&o).contains("problems"));
+}
+
+#[test]
+fn a_server_killed_mid_upload_loses_nothing_acknowledged_and_shows_nothing_partial() {
+    let work = tempdir();
+    let w = work.path();
+    let data = w.join("data");
+    let mut server = Server::start(&data, &[]);
+    let netrc = server.netrc(w, &token(&data, "write"));
+    let root = &support::fixture().root;
+    // Uncompressed uploads: the push takes long enough to be cut in the middle.
+    let mut push = nix_as(&w.join("pusher"))
+        .args(["copy", "--option", "netrc-file"])
+        .arg(&netrc)
+        .args(["--to", &format!("{}?compression=none", server.url("main"))])
+        .arg(root)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nix copy");
+    // Kill -9 once some paths are in, while others are on the wire.
+    let started = std::time::Instant::now();
+    loop {
+        let db = rusqlite::Connection::open(data.join("index.sqlite")).expect("open");
+        let n: i64 = db.query_row("SELECT count(*) FROM members", [], |r| r.get(0)).unwrap_or(0);
+        if n >= 3 || started.elapsed().as_secs() > 60 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    server.kill();
+    let _ = push.wait();
+
+    // What the index made visible is whole: every NAR there, every closure complete.
+    ok(&mut cache(&data, &["verify", "--full"]));
+    // A restarted server takes the rest of the push, and the result is consistent.
+    let server = Server::start(&data, &[]);
+    let netrc = server.netrc(w, &token(&data, "write"));
+    ok(nix_as(&w.join("pusher2"))
+        .args(["copy", "--option", "netrc-file"])
+        .arg(&netrc)
+        .args(["--to", &format!("{}?compression=zstd", server.url("main"))])
+        .arg(root));
+    assert!(listing(&data.join("tmp")).is_empty(), "no upload left half-written");
+    let report: Value = serde_json::from_str(&ok_str(&mut cache(&data, &["verify", "--json"]))).expect("JSON");
+    assert_eq!(report["problems"], serde_json::json!([]));
+    assert_eq!(report["paths"].as_u64(), Some(support::fixture().paths.len() as u64));
 }
 
 fn curl(args: &[&str]) -> (u16, String) {

@@ -95,6 +95,26 @@ impl DataDir {
         &self.index
     }
 
+    pub fn storage(&self) -> crate::storage::dir::DirStorage {
+        crate::storage::dir::DirStorage::new(&self.root.join("nar"))
+    }
+
+    /// Removes what unfinished uploads left in `tmp/` (a crash, a kill): nothing there is ever
+    /// visible, and only a running server writes there.
+    pub fn clean_tmp(&self) -> Result<usize, DataError> {
+        let tmp = self.root.join("tmp");
+        let io = |source| DataError::Io { path: tmp.clone(), source };
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&tmp).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            if entry.file_type().map_err(io)?.is_file() {
+                std::fs::remove_file(entry.path()).map_err(io)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Creates a cache with a fresh signing key named `key_name` (default `<name>-1`).
     pub fn create_cache(
         &self,

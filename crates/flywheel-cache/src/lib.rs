@@ -13,6 +13,7 @@ pub mod server;
 pub mod storage;
 pub mod target;
 pub mod token;
+pub mod verify;
 
 use std::path::PathBuf;
 

@@ -119,9 +119,22 @@ pub enum CacheCommand {
     /// Access tokens for a cache.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Check a server's index and NAR storage against each other: exit 0 when consistent, 1 otherwise.
+    Verify(VerifyArgs),
     /// Serve the caches of a data directory over HTTP, as Nix binary caches
     /// (http://ADDR/NAME); creates a public cache `main` when there is none.
     Serve(ServeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Also hash every stored NAR (reads them all).
+    #[arg(long)]
+    pub full: bool,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

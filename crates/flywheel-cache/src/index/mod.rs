@@ -181,4 +181,14 @@ pub trait Index: Send + Sync {
     fn nar_in_cache(&self, cache: &str, nar_hash: &[u8; 32]) -> Result<Option<NarRecord>, IndexError>;
     /// Records an access (a narinfo GET or HEAD) for retention.
     fn touch(&self, hash_part: &str, now: i64) -> Result<(), IndexError>;
+
+    // For `flywheel cache verify`:
+    /// Every stored NAR the index knows.
+    fn all_nars(&self) -> Result<Vec<NarRecord>, IndexError>;
+    /// NarHashes of uploads still waiting for their narinfo.
+    fn pending_uploads(&self) -> Result<Vec<[u8; 32]>, IndexError>;
+    /// (cache, path, reference) for every reference a cache's path has that the cache lacks.
+    fn broken_references(&self) -> Result<Vec<(String, String, String)>, IndexError>;
+    /// Number of (cache, path) memberships and of distinct paths.
+    fn counts(&self) -> Result<(u64, u64), IndexError>;
 }

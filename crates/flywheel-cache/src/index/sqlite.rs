@@ -389,6 +389,52 @@ impl Index for SqliteIndex {
         })
     }
 
+    fn all_nars(&self) -> Result<Vec<NarRecord>, IndexError> {
+        self.with(|conn| {
+            let mut stmt = conn
+                .prepare("SELECT nar_hash, nar_size, file_hash, file_size, compression FROM nars ORDER BY nar_hash")
+                .map_err(db)?;
+            let rows = stmt.query_map([], |r| nar_row(r, 0)).map_err(db)?;
+            rows.map(|r| r.map_err(db).and_then(to_nar)).collect()
+        })
+    }
+
+    fn pending_uploads(&self) -> Result<Vec<[u8; 32]>, IndexError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare("SELECT DISTINCT nar_hash FROM uploads").map_err(db)?;
+            let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)).map_err(db)?;
+            rows.map(|r| r.map_err(db).and_then(hash32)).collect()
+        })
+    }
+
+    fn broken_references(&self) -> Result<Vec<(String, String, String)>, IndexError> {
+        self.with(|conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT c.name, p.store_path, r.reference
+                     FROM members m
+                     JOIN caches c ON c.id = m.cache
+                     JOIN paths p ON p.id = m.path
+                     JOIN refs r ON r.path = p.id
+                     WHERE r.reference != p.store_path AND NOT EXISTS (
+                       SELECT 1 FROM paths p2 JOIN members m2 ON m2.path = p2.id
+                       WHERE p2.store_path = r.reference AND m2.cache = m.cache)
+                     ORDER BY 1, 2, 3",
+                )
+                .map_err(db)?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).map_err(db)?;
+            rows.collect::<Result<_, _>>().map_err(db)
+        })
+    }
+
+    fn counts(&self) -> Result<(u64, u64), IndexError> {
+        self.with(|conn| {
+            let members: i64 = conn.query_row("SELECT count(*) FROM members", [], |r| r.get(0)).map_err(db)?;
+            let paths: i64 = conn.query_row("SELECT count(*) FROM paths", [], |r| r.get(0)).map_err(db)?;
+            Ok((size(members)?, size(paths)?))
+        })
+    }
+
     fn token(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, IndexError> {
         self.with(|conn| {
             let row = conn

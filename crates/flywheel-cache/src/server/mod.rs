@@ -108,12 +108,16 @@ pub async fn serve(data: DataDir, opts: ServerOptions, ready: impl FnOnce(&Liste
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
         data.create_cache("main", crate::index::Visibility::Public, crate::data_dir::DEFAULT_PRIORITY, None, now)?;
     }
+    let cleaned = data.clean_tmp()?;
+    if cleaned > 0 {
+        tracing::info!("removed {cleaned} unfinished uploads from an earlier run");
+    }
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .map_err(|e| ServerError::Bind { addr: opts.listen, source: e })?;
     let addr = listener.local_addr().map_err(ServerError::Serve)?;
     let caches = data.index().caches()?;
-    let storage = DirStorage::new(&data.root().join("nar"));
+    let storage: DirStorage = data.storage();
     let state = Arc::new(State {
         storage,
         store_dir: flywheel_nix::store_path::default_store_dir(),

@@ -4,7 +4,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::NarStorage;
+use super::{Listing, NarStorage};
 
 pub struct DirStorage {
     root: PathBuf,
@@ -42,5 +42,36 @@ impl NarStorage for DirStorage {
     fn local_path(&self, nar_hash: &[u8; 32]) -> Option<PathBuf> {
         let p = self.file_of(nar_hash);
         p.is_file().then_some(p)
+    }
+
+    fn list(&self) -> io::Result<Listing> {
+        let (mut nars, mut strays) = (Vec::new(), Vec::new());
+        let top = match fs::read_dir(&self.root) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Listing { nars, strays }),
+            Err(e) => return Err(e),
+        };
+        for shard in top {
+            let shard = shard?;
+            if !shard.file_type()?.is_dir() {
+                strays.push(shard.path());
+                continue;
+            }
+            for entry in fs::read_dir(shard.path())? {
+                let entry = entry?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let hash = name
+                    .strip_suffix(".nar.zst")
+                    .and_then(|h| nix_derivation::nixbase32::decode(h.as_bytes()).ok())
+                    .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+                    .filter(|h| self.file_of(h) == entry.path());
+                match hash {
+                    Some(h) if entry.file_type()?.is_file() => nars.push((h, entry.metadata()?.len())),
+                    _ => strays.push(entry.path()),
+                }
+            }
+        }
+        nars.sort();
+        Ok(Listing { nars, strays })
     }
 }

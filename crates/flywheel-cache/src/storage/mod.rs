@@ -6,6 +6,13 @@ pub mod dir;
 use std::io;
 use std::path::{Path, PathBuf};
 
+/// What a storage holds: each stored NAR (NarHash, stored size), and anything else found there.
+#[derive(Clone, Debug, Default)]
+pub struct Listing {
+    pub nars: Vec<([u8; 32], u64)>,
+    pub strays: Vec<PathBuf>,
+}
+
 pub trait NarStorage: Send + Sync {
     fn contains(&self, nar_hash: &[u8; 32]) -> bool;
     /// Moves the complete, synced file at `tmp` into place as the NAR `nar_hash`. A NAR that is
@@ -13,4 +20,6 @@ pub trait NarStorage: Send + Sync {
     fn put(&self, nar_hash: &[u8; 32], tmp: &Path) -> io::Result<()>;
     /// A local file holding the stored NAR, for serving with ranges (the directory store).
     fn local_path(&self, nar_hash: &[u8; 32]) -> Option<PathBuf>;
+    /// Every stored NAR, with its size; names that are not a stored NAR's are returned apart.
+    fn list(&self) -> io::Result<Listing>;
 }

@@ -3,7 +3,9 @@ use flywheel_cache::{FileCache, PushOptions, Target};
 use flywheel_nix::keys::SecretKey;
 
 use super::{human_bytes, Store};
-use crate::cli::{CacheCommand, CacheCreateArgs, CacheInfoArgs, PushArgs, ServeArgs, TokenCommand, TokenCreateArgs};
+use crate::cli::{
+    CacheCommand, CacheCreateArgs, CacheInfoArgs, PushArgs, ServeArgs, TokenCommand, TokenCreateArgs, VerifyArgs,
+};
 use flywheel_cache::data_dir::{CacheInfo, DataDir};
 use flywheel_cache::index::Visibility;
 
@@ -14,7 +16,36 @@ pub fn run(command: CacheCommand) -> anyhow::Result<()> {
         CacheCommand::Info(args) => info(args),
         CacheCommand::Token(TokenCommand::Create(args)) => token_create(args),
         CacheCommand::Serve(args) => serve(args),
+        CacheCommand::Verify(args) => verify(args),
     }
+}
+
+fn verify(a: VerifyArgs) -> anyhow::Result<()> {
+    if !a.data.data.join(flywheel_cache::data_dir::INDEX_FILE).is_file() {
+        bail!("{}: no cache data directory here", a.data.data.display());
+    }
+    let data = open_data(&a.data.data)?;
+    let report = flywheel_cache::verify::verify(data.index(), &data.storage(), a.full)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        for p in &report.problems {
+            println!("problem: {p}");
+        }
+        println!(
+            "{} paths ({} memberships), {} NARs; {} stored NARs not used by a path ({} uploads waiting for a narinfo); {} stray files",
+            report.paths,
+            report.memberships,
+            report.nars,
+            report.unreferenced_nars,
+            report.pending_uploads,
+            report.strays.len()
+        );
+    }
+    if !report.ok() {
+        bail!("{} problems in {}", report.problems.len(), a.data.data.display());
+    }
+    Ok(())
 }
 
 fn serve(a: ServeArgs) -> anyhow::Result<()> {
