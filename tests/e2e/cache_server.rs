@@ -488,4 +488,15 @@ fn a_private_cache_needs_a_read_token() {
     assert_eq!(code, 403);
     let (code, _) = curl(&[&format!("{}/healthz", server.base)]);
     assert_eq!(code, 200);
+    // Prometheus metrics count what happened, by route and status.
+    let (code, metrics) = curl(&[&format!("{}/metrics", server.base)]);
+    assert_eq!(code, 200);
+    for line in [
+        "flywheel_cache_requests_total{route=\"nix-cache-info\",method=\"GET\",status=\"401\"} 1",
+        "flywheel_cache_requests_total{route=\"nix-cache-info\",method=\"GET\",status=\"200\"} 1",
+        "flywheel_cache_requests_total{route=\"nix-cache-info\",method=\"GET\",status=\"403\"} 1",
+        "flywheel_cache_paths 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} not in:\n{metrics}");
+    }
 }

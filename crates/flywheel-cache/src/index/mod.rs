@@ -191,4 +191,6 @@ pub trait Index: Send + Sync {
     fn broken_references(&self) -> Result<Vec<(String, String, String)>, IndexError>;
     /// Number of (cache, path) memberships and of distinct paths.
     fn counts(&self) -> Result<(u64, u64), IndexError>;
+    /// Bytes of the stored NARs the index knows.
+    fn stored_bytes(&self) -> Result<u64, IndexError>;
 }

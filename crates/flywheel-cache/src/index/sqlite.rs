@@ -435,6 +435,14 @@ impl Index for SqliteIndex {
         })
     }
 
+    fn stored_bytes(&self) -> Result<u64, IndexError> {
+        self.with(|conn| {
+            let total: i64 =
+                conn.query_row("SELECT coalesce(sum(file_size), 0) FROM nars", [], |r| r.get(0)).map_err(db)?;
+            size(total)
+        })
+    }
+
     fn token(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, IndexError> {
         self.with(|conn| {
             let row = conn

@@ -4,6 +4,7 @@
 //! visible (docs/cache-server.md).
 
 mod auth;
+mod metrics;
 mod routes;
 
 use std::collections::HashMap;
@@ -70,6 +71,7 @@ pub(crate) struct State {
     pub opts: ServerOptions,
     pub caches: RwLock<HashMap<String, Arc<Cache>>>,
     pub ingest: tokio::sync::Semaphore,
+    pub metrics: metrics::Metrics,
 }
 
 impl State {
@@ -124,6 +126,7 @@ pub async fn serve(data: DataDir, opts: ServerOptions, ready: impl FnOnce(&Liste
         ingest: tokio::sync::Semaphore::new(opts.ingest_jobs.max(1)),
         opts,
         caches: RwLock::new(HashMap::new()),
+        metrics: metrics::Metrics::default(),
         data,
     });
     ready(&Listening { addr, caches });

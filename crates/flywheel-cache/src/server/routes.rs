@@ -66,6 +66,27 @@ async fn dispatch(AxState(state): AxState<Arc<State>>, req: Request) -> Response
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let response = route(&state, req).await.unwrap_or_else(|r| r);
+    let route = super::metrics::route_of(&path);
+    state.metrics.request(route, method.as_str(), response.status().as_u16());
+    if method != Method::HEAD {
+        let sent = response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        state.metrics.bytes_out.fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
+    }
+    if route == "narinfo" && (method == Method::GET || method == Method::HEAD) {
+        let counter = match response.status() {
+            StatusCode::OK => Some(&state.metrics.narinfo_hits),
+            StatusCode::NOT_FOUND => Some(&state.metrics.narinfo_misses),
+            _ => None,
+        };
+        if let Some(c) = counter {
+            c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
     tracing::info!(
         method = %method,
         path = %path,
@@ -80,6 +101,15 @@ async fn route(state: &Arc<State>, req: Request) -> Result<Response, Response> {
     let path = req.uri().path().to_string();
     if path == "/healthz" {
         return Ok(text(StatusCode::OK, "ok"));
+    }
+    if path == "/metrics" {
+        let body = blocking(state, |s| {
+            let (memberships, paths) = s.index().counts().map_err(internal)?;
+            let bytes = s.index().stored_bytes().map_err(internal)?;
+            Ok(s.metrics.render(paths, memberships, bytes))
+        })
+        .await?;
+        return Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response());
     }
     let rest = path.strip_prefix('/').unwrap_or(&path);
     let Some((cache_name, item)) = rest.split_once('/') else {
@@ -316,6 +346,7 @@ async fn put_nar(state: &Arc<State>, cache: Arc<Cache>, name: String, req: Reque
                 return Err(text(StatusCode::PAYLOAD_TOO_LARGE, format!("a NAR upload is at most {limit} bytes")));
             }
             file.write_all(&data).await.map_err(internal)?;
+            state.metrics.bytes_in.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
         }
     }
     file.flush().await.map_err(internal)?;

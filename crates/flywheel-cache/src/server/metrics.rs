@@ -1,0 +1,104 @@
+//! `/metrics`: Prometheus text format. Counters kept in memory since the server started;
+//! the store's size and path count read from the index when scraped.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+#[derive(Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(&'static str, String, u16), u64>>,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub narinfo_hits: AtomicU64,
+    pub narinfo_misses: AtomicU64,
+}
+
+/// The route a request path belongs to, as a label with few values.
+pub fn route_of(path: &str) -> &'static str {
+    let item = path.trim_start_matches('/').split_once('/').map_or("", |(_, rest)| rest);
+    match path {
+        "/healthz" => "healthz",
+        "/metrics" => "metrics",
+        _ if item == "nix-cache-info" => "nix-cache-info",
+        _ if item.ends_with(".narinfo") => "narinfo",
+        _ if item.starts_with("nar/") => "nar",
+        _ => "other",
+    }
+}
+
+impl Metrics {
+    pub fn request(&self, route: &'static str, method: &str, status: u16) {
+        if let Ok(mut m) = self.requests.lock() {
+            *m.entry((route, method.to_string(), status)).or_default() += 1;
+        }
+    }
+
+    pub fn render(&self, paths: u64, memberships: u64, stored_bytes: u64) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "# HELP flywheel_cache_requests_total HTTP requests by route, method and status.");
+        let _ = writeln!(out, "# TYPE flywheel_cache_requests_total counter");
+        if let Ok(m) = self.requests.lock() {
+            for ((route, method, status), n) in m.iter() {
+                let _ = writeln!(
+                    out,
+                    "flywheel_cache_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {n}"
+                );
+            }
+        }
+        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        let gauge = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        counter(
+            &mut out,
+            "flywheel_cache_received_bytes_total",
+            "Bytes of uploads received.",
+            self.bytes_in.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "flywheel_cache_sent_bytes_total",
+            "Bytes of narinfos and NARs sent.",
+            self.bytes_out.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "flywheel_cache_narinfo_hits_total",
+            "narinfo requests answered 200.",
+            self.narinfo_hits.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "flywheel_cache_narinfo_misses_total",
+            "narinfo requests answered 404.",
+            self.narinfo_misses.load(Ordering::Relaxed),
+        );
+        gauge(&mut out, "flywheel_cache_paths", "Store paths the server holds.", paths);
+        gauge(&mut out, "flywheel_cache_memberships", "(cache, path) pairs: paths summed over caches.", memberships);
+        gauge(
+            &mut out,
+            "flywheel_cache_stored_bytes",
+            "Bytes of stored (compressed) NARs the index knows.",
+            stored_bytes,
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_have_few_label_values() {
+        assert_eq!(route_of("/main/nix-cache-info"), "nix-cache-info");
+        assert_eq!(route_of("/main/0123.narinfo"), "narinfo");
+        assert_eq!(route_of("/pr/nar/abc.nar.zst"), "nar");
+        assert_eq!(route_of("/metrics"), "metrics");
+        assert_eq!(route_of("/anything/else"), "other");
+    }
+}
