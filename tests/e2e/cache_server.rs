@@ -500,3 +500,56 @@ fn a_private_cache_needs_a_read_token() {
         assert!(metrics.lines().any(|l| l == line), "{line} not in:\n{metrics}");
     }
 }
+
+#[test]
+fn flywheel_push_is_read_back_by_nix_and_needs_a_write_token() {
+    let work = tempdir();
+    let w = work.path();
+    let data = w.join("data");
+    let server = Server::start(&data, &[]);
+    let key = server.keys[0].1.clone();
+    let root = &support::fixture().root;
+    let url = server.url("main");
+
+    // Without a token, or with a read token: one line, nothing stored.
+    let o = flywheel()
+        .args(["cache", "push", "--to", &url])
+        .arg(root)
+        .env_remove("FLYWHEEL_CACHE_TOKEN")
+        .output()
+        .expect("run");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(one_line_error(&o).contains("401"));
+    let read = token(&data, "read");
+    let o = flywheel().args(["cache", "push", "--to", &url, "--token", &read]).arg(root).output().expect("run");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(one_line_error(&o).contains("write scope"));
+
+    // With one (from the environment, as CI passes it): every path, then nothing left to do.
+    let write = token(&data, "write");
+    let report: Value = serde_json::from_slice(&ok(flywheel()
+        .args(["cache", "push", "--json", "--to", &url])
+        .env("FLYWHEEL_CACHE_TOKEN", &write)
+        .arg(root)))
+    .expect("JSON");
+    assert_eq!(report["pushed"].as_u64(), Some(support::fixture().paths.len() as u64));
+    assert_eq!(report["failed"], serde_json::json!([]));
+    let again: Value = serde_json::from_slice(&ok(flywheel()
+        .args(["cache", "push", "--json", "--to", &url, "--token", &write])
+        .arg(root)))
+    .expect("JSON");
+    assert_eq!(
+        (again["pushed"].as_u64(), again["present"].as_u64()),
+        (Some(0), Some(support::fixture().paths.len() as u64))
+    );
+
+    // Real Nix reads it back into a fresh store, trusting only the cache's key.
+    let fresh = w.join("fresh");
+    ok(nix_as(&w.join("puller"))
+        .args(["copy", "--option", "require-sigs", "true", "--option", "trusted-public-keys", &key])
+        .args(["--from", &url, "--to"])
+        .arg(&fresh)
+        .arg(root));
+    ok(nix().args(["store", "verify", "--recursive", "--no-trust", "--store"]).arg(&fresh).arg(root));
+    ok(&mut cache(&data, &["verify", "--full"]));
+}

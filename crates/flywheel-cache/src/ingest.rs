@@ -59,8 +59,12 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
 }
 
 /// Reads the upload at `raw`, writes the stored form to `out` (synced), and returns what was
-/// computed.
+/// computed. A zstd upload is already in the stored form: it is checked (decompressed, parsed,
+/// hashed) and kept as sent, so the server spends no second compression on it.
 pub fn ingest(raw: &Path, kind: Upload, out: &Path, level: i32) -> Result<NarRecord, IngestError> {
+    if kind == Upload::Zstd {
+        return check_zstd(raw, out);
+    }
     let file = BufReader::with_capacity(1 << 20, File::open(raw)?);
     let decoded: Box<dyn Read> = match kind {
         Upload::None => Box::new(file),
@@ -79,6 +83,32 @@ pub fn ingest(raw: &Path, kind: Upload, out: &Path, level: i32) -> Result<NarRec
     let (_, nar) = inner.finish();
     let (stored, file) = encoder.finish()?.finish();
     stored.sync_all()?;
+    Ok(NarRecord {
+        nar_hash: nar.sha256,
+        nar_size: nar.size,
+        file_hash: file.sha256,
+        file_size: file.size,
+        compression: "zstd".into(),
+    })
+}
+
+fn check_zstd(raw: &Path, out: &Path) -> Result<NarRecord, IngestError> {
+    let file = HashingReader::new(BufReader::with_capacity(1 << 20, File::open(raw)?));
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(BufReader::new(file))
+        .map_err(|e| IngestError::Decompress(e.to_string()))?;
+    let mut nar_reader = HashingReader::new(&mut decoder);
+    nar::validate(&mut nar_reader).map_err(classify)?;
+    let (_, nar) = nar_reader.finish();
+    // Trailing bytes after the zstd frames would be served as part of the file: refuse them.
+    let mut rest = [0u8; 1];
+    if decoder.read(&mut rest)? != 0 {
+        return Err(IngestError::BadNar("data after the end of the NAR".into()));
+    }
+    let mut inner = decoder.finish().into_inner();
+    io::copy(&mut inner, &mut io::sink())?;
+    let (_, file) = inner.finish();
+    std::fs::rename(raw, out)?;
+    File::open(out)?.sync_all()?;
     Ok(NarRecord {
         nar_hash: nar.sha256,
         nar_size: nar.size,

@@ -6,6 +6,7 @@
 pub mod compression;
 pub mod data_dir;
 pub mod file_cache;
+pub mod http_push;
 pub mod index;
 pub mod ingest;
 pub mod push;

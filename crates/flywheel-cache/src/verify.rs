@@ -54,7 +54,7 @@ pub fn verify(index: &dyn Index, storage: &dyn NarStorage, full: bool) -> Result
             )),
             Some(_) if full => {
                 if let Some(path) = storage.local_path(&n.nar_hash) {
-                    match hash_file(&path) {
+                    match hash_and_size(&path).map(|(h, _)| h) {
                         Ok(h) if h == n.file_hash => {}
                         Ok(_) => {
                             report.problems.push(format!("{}: its bytes do not match FileHash", name(&n.nar_hash)))
@@ -77,16 +77,19 @@ pub fn verify(index: &dyn Index, storage: &dyn NarStorage, full: bool) -> Result
     Ok(report)
 }
 
-fn hash_file(path: &std::path::Path) -> std::io::Result<[u8; 32]> {
+/// SHA-256 and length of a file.
+pub fn hash_and_size(path: &std::path::Path) -> std::io::Result<([u8; 32], u64)> {
     let mut f = std::fs::File::open(path)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
     loop {
         let n = f.read(&mut buf)?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
+        size += n as u64;
     }
-    Ok(hasher.finalize().into())
+    Ok((hasher.finalize().into(), size))
 }

@@ -218,16 +218,19 @@ fn parse_scope(s: &str) -> Result<flywheel_cache::index::Scope, String> {
 
 #[derive(Args, Debug)]
 pub struct PushArgs {
-    /// The cache: file:///DIR.
-    #[arg(long, value_name = "URL", value_parser = parse_target)]
+    /// The cache: http://HOST:PORT/CACHE (a flywheel server, which signs) or file:///DIR.
+    #[arg(long, value_name = "URL", value_parser = parse_target, env = "FLYWHEEL_CACHE_URL")]
     pub to: Target,
-    /// Secret key file to sign narinfos with.
+    /// Access token with the write scope (for http:// caches).
+    #[arg(long, value_name = "TOKEN", env = "FLYWHEEL_CACHE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Secret key file to sign narinfos with (for file:// caches).
     #[arg(long, value_name = "FILE", env = "FLYWHEEL_SIGNING_KEY_FILE")]
-    pub key: PathBuf,
-    /// NAR compression: none, zstd or zstd:LEVEL (1-19).
+    pub key: Option<PathBuf>,
+    /// NAR compression: none, zstd or zstd:LEVEL (1-19); http:// caches always get zstd (at LEVEL).
     #[arg(long, default_value = "zstd", value_parser = parse_compression)]
     pub compression: Compression,
-    /// Paths compressed at once (0: one per CPU).
+    /// Paths compressed (and, for http://, uploaded) at once (0: one per CPU).
     #[arg(short, long, default_value_t = 0)]
     pub jobs: usize,
     #[command(flatten)]

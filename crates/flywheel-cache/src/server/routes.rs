@@ -145,6 +145,12 @@ async fn route(state: &Arc<State>, req: Request) -> Result<Response, Response> {
             _ => Err(method_not_allowed()),
         };
     }
+    if item == "api/v1/missing" {
+        return match method {
+            Method::POST => missing(state, cache, req).await,
+            _ => Err(method_not_allowed()),
+        };
+    }
     if let Some(hash) = item.strip_suffix(".narinfo") {
         if !is_nix32(hash, 32) {
             return Err(text(StatusCode::BAD_REQUEST, format!("malformed narinfo name {item:?}")));
@@ -172,6 +178,25 @@ async fn route(state: &Arc<State>, req: Request) -> Result<Response, Response> {
         };
     }
     Err(text(StatusCode::NOT_FOUND, "not found"))
+}
+
+/// `POST /<cache>/api/v1/missing` with a JSON array of store paths: those the cache lacks, in
+/// one request instead of a HEAD per path (what `flywheel cache push` asks first).
+async fn missing(state: &Arc<State>, cache: Arc<Cache>, req: Request) -> Result<Response, Response> {
+    let bytes = axum::body::to_bytes(req.into_body(), 64 << 20)
+        .await
+        .map_err(|_| text(StatusCode::PAYLOAD_TOO_LARGE, "at most 64 MiB of store paths"))?;
+    let paths: Vec<String> = serde_json::from_slice(&bytes)
+        .map_err(|e| text(StatusCode::BAD_REQUEST, format!("expected a JSON array of store paths: {e}")))?;
+    let missing = blocking(state, move |s| {
+        for p in &paths {
+            s.store_dir.parse_path(p.as_bytes()).map_err(|e| text(StatusCode::BAD_REQUEST, format!("{p}: {e}")))?;
+        }
+        s.index().missing(&cache.record.name, &paths).map_err(internal)
+    })
+    .await?;
+    let body = serde_json::to_vec(&missing).map_err(internal)?;
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 fn method_not_allowed() -> Response {
@@ -360,7 +385,15 @@ async fn put_nar(state: &Arc<State>, cache: Arc<Cache>, name: String, req: Reque
             other => text(StatusCode::BAD_REQUEST, format!("nar/{name}: {other}")),
         })?;
         let stored = stored.keep().map_err(internal)?;
-        s.storage.put(&nar.nar_hash, &stored).map_err(internal)?;
+        let mut nar = nar;
+        if !s.storage.put(&nar.nar_hash, &stored).map_err(internal)? {
+            // The server already had this NAR (from another cache, or an upload cut short), maybe
+            // compressed otherwise: the record must describe the file that is kept.
+            let kept = s.storage.local_path(&nar.nar_hash).ok_or_else(|| internal("a stored NAR vanished"))?;
+            let (hash, size) = crate::verify::hash_and_size(&kept).map_err(internal)?;
+            nar.file_hash = hash;
+            nar.file_size = size;
+        }
         s.index().record_upload(&cache.record.name, &format!("nar/{name}"), &nar, now()).map_err(internal)?;
         Ok(text(StatusCode::OK, "ok"))
     })

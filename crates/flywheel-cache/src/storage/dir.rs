@@ -26,17 +26,18 @@ impl NarStorage for DirStorage {
         self.file_of(nar_hash).is_file()
     }
 
-    fn put(&self, nar_hash: &[u8; 32], tmp: &Path) -> io::Result<()> {
+    fn put(&self, nar_hash: &[u8; 32], tmp: &Path) -> io::Result<bool> {
         let dest = self.file_of(nar_hash);
         if dest.is_file() {
             fs::remove_file(tmp)?;
-            return Ok(());
+            return Ok(false);
         }
         let dir = dest.parent().ok_or_else(|| io::Error::other("no parent"))?;
         fs::create_dir_all(dir)?;
         fs::rename(tmp, &dest)?;
         // The rename is durable only once the folder is synced.
-        fs::File::open(dir)?.sync_all()
+        fs::File::open(dir)?.sync_all()?;
+        Ok(true)
     }
 
     fn local_path(&self, nar_hash: &[u8; 32]) -> Option<PathBuf> {

@@ -16,8 +16,9 @@ pub struct Listing {
 pub trait NarStorage: Send + Sync {
     fn contains(&self, nar_hash: &[u8; 32]) -> bool;
     /// Moves the complete, synced file at `tmp` into place as the NAR `nar_hash`. A NAR that is
-    /// already stored is kept (its bytes are the same NAR) and `tmp` is removed.
-    fn put(&self, nar_hash: &[u8; 32], tmp: &Path) -> io::Result<()>;
+    /// already stored is kept (the same NAR, though perhaps compressed differently) and `tmp` is
+    /// removed: then the answer is `false`, and the stored file's hash and size are not `tmp`'s.
+    fn put(&self, nar_hash: &[u8; 32], tmp: &Path) -> io::Result<bool>;
     /// A local file holding the stored NAR, for serving with ranges (the directory store).
     fn local_path(&self, nar_hash: &[u8; 32]) -> Option<PathBuf>;
     /// Every stored NAR, with its size; names that are not a stored NAR's are returned apart.

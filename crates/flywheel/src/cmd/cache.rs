@@ -141,23 +141,48 @@ fn parse_when(when: &str, now: i64) -> anyhow::Result<i64> {
 }
 
 fn push(args: PushArgs) -> anyhow::Result<()> {
-    let key = SecretKey::read_file(&args.key).with_context(|| format!("reading signing key {}", args.key.display()))?;
     let store = Store::open(&args.store)?;
     let roots = store.resolve(&args.paths)?;
-    let Target::File(dir) = &args.to;
+    let dir = match &args.to {
+        Target::File(dir) => dir,
+        Target::Http(url) => {
+            let level = match args.compression {
+                flywheel_cache::Compression::Zstd { level } => level,
+                flywheel_cache::Compression::None => 3,
+            };
+            let opts = flywheel_cache::http_push::HttpPushOptions {
+                jobs: args.jobs,
+                zstd_level: level,
+                real_store: store.real_store.clone(),
+                token: args.token.clone(),
+                attempts: 5,
+            };
+            let report = flywheel_cache::http_push::push_http(&store.db, &roots, url, &opts)?;
+            return push_summary(&args, url, &report);
+        }
+    };
+    let Some(key_file) = &args.key else {
+        bail!("a file:// cache needs --key (or FLYWHEEL_SIGNING_KEY_FILE) to sign with");
+    };
+    let key = SecretKey::read_file(key_file).with_context(|| format!("reading signing key {}", key_file.display()))?;
     let cache = FileCache::open_or_create(dir, store.db.store_dir().clone())
         .with_context(|| format!("opening cache {}", dir.display()))?;
     let opts = PushOptions { compression: args.compression, jobs: args.jobs, real_store: store.real_store.clone() };
     let report = flywheel_cache::push(&store.db, &roots, &cache, &key, &opts)?;
 
+    push_summary(&args, &dir.display().to_string(), &report)
+}
+
+fn push_summary(args: &PushArgs, to: &str, report: &flywheel_cache::PushReport) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     }
+    let rate = report.nar_bytes as f64 / report.seconds.max(1e-6) / 1e6;
     eprintln!(
-        "pushed {} of {} paths to {} ({} NAR, {} {}) in {:.1} s; {} were already there",
+        "pushed {} of {} paths to {} ({} NAR, {} {}) in {:.1} s ({rate:.0} MB/s of NAR); {} were already there",
         report.pushed,
         report.closure,
-        dir.display(),
+        to,
         human_bytes(report.nar_bytes),
         human_bytes(report.file_bytes),
         args.compression,

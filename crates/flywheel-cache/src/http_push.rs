@@ -1,0 +1,341 @@
+//! `flywheel cache push --to http://HOST:PORT/CACHE`: the CI client's upload to a flywheel
+//! server. One request asks what the cache lacks; NARs are then dumped from the store,
+//! checked against the store's NarHash and zstd-compressed while they stream into the request
+//! body (no temporary files; memory bounded by a few 1 MiB chunks per upload), several at once,
+//! largest first, with retries; narinfos follow in dependency order, each only once its NAR
+//! and references are in. The server checks everything again and signs with the cache's key.
+
+use std::collections::HashSet;
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flywheel_nix::nar::write_nar_digested;
+use flywheel_nix::narinfo::{Compression, NarInfo};
+use flywheel_nix::store_db::{references_first, PathInfo, StoreDb};
+use flywheel_nix::{NixHash, StoreDir, StorePath};
+use tokio::sync::mpsc;
+
+use crate::push::{PushFailure, PushReport};
+use crate::CacheError;
+
+#[derive(Clone, Debug)]
+pub struct HttpPushOptions {
+    /// Uploads at once (each one dumps and compresses a path); 0 means one per CPU.
+    pub jobs: usize,
+    pub zstd_level: i32,
+    /// Where the store's files are on disk.
+    pub real_store: PathBuf,
+    pub token: Option<String>,
+    /// Attempts per request for failures worth retrying (connection errors, 5xx, 429).
+    pub attempts: u32,
+}
+
+const CHUNK: usize = 1 << 20;
+
+/// Sends what is written to it as body chunks of about `CHUNK` bytes.
+struct ChannelWriter {
+    tx: mpsc::Sender<Result<Vec<u8>, io::Error>>,
+    buf: Vec<u8>,
+    sent: u64,
+}
+
+impl ChannelWriter {
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        self.sent += chunk.len() as u64;
+        self.tx.blocking_send(Ok(chunk)).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped"))
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Why one request failed, and whether trying again may help.
+struct Failure {
+    message: String,
+    retry: bool,
+}
+
+fn retryable(status: reqwest::StatusCode) -> bool {
+    status.is_server_error()
+        || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+        || status == reqwest::StatusCode::REQUEST_TIMEOUT
+}
+
+async fn check(resp: reqwest::Response, what: &str) -> Result<reqwest::Response, Failure> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let body = resp.text().await.unwrap_or_default();
+    let hint = match status.as_u16() {
+        401 => " (give a token with --token or FLYWHEEL_CACHE_TOKEN)",
+        403 => " (the token needs the write scope on this cache)",
+        _ => "",
+    };
+    Err(Failure { message: format!("{what}: HTTP {status}: {}{hint}", body.trim()), retry: retryable(status) })
+}
+
+async fn with_retries<T, F, Fut>(attempts: u32, mut f: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Failure>>,
+{
+    let mut delay = Duration::from_millis(250);
+    let mut attempt = 1;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.retry && attempt < attempts.max(1) => {
+                tracing::warn!("{} (attempt {attempt}; retrying in {delay:?})", e.message);
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(8));
+                attempt += 1;
+            }
+            Err(e) => return Err(e.message),
+        }
+    }
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    fn put(&self, url: String) -> reqwest::RequestBuilder {
+        let req = self.http.put(url);
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+}
+
+/// Pushes the closure of `roots` to the flywheel server cache at `base` (`http://HOST:PORT/CACHE`).
+pub fn push_http(
+    db: &StoreDb,
+    roots: &[StorePath],
+    base: &str,
+    opts: &HttpPushOptions,
+) -> Result<PushReport, CacheError> {
+    let started = Instant::now();
+    let store_dir = db.store_dir().clone();
+    let closure = references_first(db.closure(roots)?, &store_dir);
+    let jobs = match opts.jobs {
+        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        n => n,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CacheError::Other(format!("starting the runtime: {e}")))?;
+    let mut report = runtime.block_on(push_async(closure, store_dir, base.trim_end_matches('/'), opts, jobs))?;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+async fn push_async(
+    closure: Vec<PathInfo>,
+    store_dir: StoreDir,
+    base: &str,
+    opts: &HttpPushOptions,
+    jobs: usize,
+) -> Result<PushReport, CacheError> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(jobs * 2)
+        .build()
+        .map_err(|e| CacheError::Other(format!("HTTP client: {e}")))?;
+    let client = Arc::new(Client { http, base: base.to_string(), token: opts.token.clone() });
+    let mut report = PushReport { closure: closure.len(), ..Default::default() };
+
+    // One question for the whole closure.
+    let all: Vec<String> = closure.iter().map(|i| store_dir.render_path(&i.path)).collect();
+    let missing: Vec<String> = with_retries(opts.attempts, || {
+        let client = client.clone();
+        let all = all.clone();
+        async move {
+            let mut req = client.http.post(format!("{}/api/v1/missing", client.base)).json(&all);
+            if let Some(t) = &client.token {
+                req = req.bearer_auth(t);
+            }
+            let resp =
+                req.send().await.map_err(|e| Failure { message: format!("{}: {e}", client.base), retry: true })?;
+            let resp = check(resp, &format!("asking {} what it lacks", client.base)).await?;
+            resp.json::<Vec<String>>()
+                .await
+                .map_err(|e| Failure { message: format!("reading the answer: {e}"), retry: false })
+        }
+    })
+    .await
+    .map_err(CacheError::Other)?;
+    let missing: HashSet<String> = missing.into_iter().collect();
+    report.present = closure.len() - missing.len();
+    tracing::info!(
+        "{} paths in the closure, {} already in the cache, {} to push",
+        closure.len(),
+        report.present,
+        missing.len()
+    );
+
+    // NARs: several at once, largest first.
+    let mut order: Vec<&PathInfo> =
+        closure.iter().filter(|i| missing.contains(&store_dir.render_path(&i.path))).collect();
+    order.sort_by_key(|i| std::cmp::Reverse(i.nar_size));
+    let total = order.len();
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(jobs));
+    let mut tasks = tokio::task::JoinSet::new();
+    for info in order {
+        let permit = semaphore.clone().acquire_owned().await.map_err(|e| CacheError::Other(e.to_string()))?;
+        let client = client.clone();
+        let info = info.clone();
+        let real = opts.real_store.join(info.path.to_basename());
+        let (level, attempts) = (opts.zstd_level, opts.attempts);
+        tasks.spawn(async move {
+            let result = with_retries(attempts, || upload_nar(client.clone(), info.clone(), real.clone(), level)).await;
+            drop(permit);
+            (info.path, result)
+        });
+    }
+    let mut uploaded: std::collections::HashMap<StorePath, Result<u64, String>> = std::collections::HashMap::new();
+    let mut done = 0;
+    while let Some(joined) = tasks.join_next().await {
+        let (path, result) = joined.map_err(|e| CacheError::Other(format!("an upload task failed: {e}")))?;
+        done += 1;
+        match &result {
+            Ok(bytes) => tracing::info!("[{done}/{total}] {} ({bytes} bytes sent)", store_dir.render_path(&path)),
+            Err(e) => tracing::warn!("[{done}/{total}] {}: {e}", store_dir.render_path(&path)),
+        }
+        uploaded.insert(path, result);
+    }
+
+    // narinfos, references first, each only when its NAR and references are in.
+    let mut in_cache: HashSet<StorePath> =
+        closure.iter().filter(|i| !missing.contains(&store_dir.render_path(&i.path))).map(|i| i.path.clone()).collect();
+    for info in closure.iter().filter(|i| missing.contains(&store_dir.render_path(&i.path))) {
+        let shown = store_dir.render_path(&info.path);
+        let sent = match uploaded.remove(&info.path) {
+            Some(Ok(sent)) => sent,
+            Some(Err(e)) => {
+                report.failed.push(PushFailure { path: shown, error: e });
+                continue;
+            }
+            None => continue,
+        };
+        if let Some(r) = info.references.iter().find(|r| *r != &info.path && !in_cache.contains(*r)) {
+            let error = format!("not advertised: its reference {} is not in the cache", store_dir.render_path(r));
+            report.failed.push(PushFailure { path: shown, error });
+            continue;
+        }
+        let text = narinfo_text(&store_dir, info).map_err(|e| CacheError::Other(format!("{shown}: {e}")))?;
+        let hash_part = info.path.to_basename()[..32].to_string();
+        let result = with_retries(opts.attempts, || {
+            let client = client.clone();
+            let text = text.clone();
+            let url = format!("{}/{hash_part}.narinfo", client.base);
+            async move {
+                let resp = client
+                    .put(url.clone())
+                    .header("content-type", "text/x-nix-narinfo")
+                    .body(text)
+                    .send()
+                    .await
+                    .map_err(|e| Failure { message: format!("{url}: {e}"), retry: true })?;
+                check(resp, &url).await.map(|_| ())
+            }
+        })
+        .await;
+        match result {
+            Ok(()) => {
+                in_cache.insert(info.path.clone());
+                report.pushed += 1;
+                report.nar_bytes += info.nar_size;
+                report.file_bytes += sent;
+            }
+            Err(e) => report.failed.push(PushFailure { path: shown, error: e }),
+        }
+    }
+    Ok(report)
+}
+
+fn nar_url(info: &PathInfo) -> Result<String, String> {
+    match &info.nar_hash {
+        NixHash::Sha256(h) => Ok(format!("nar/{}.nar.zst", nix_derivation::nixbase32::encode(h))),
+        other => Err(format!("NarHash {} is not sha256", other.to_nix_nixbase32_string())),
+    }
+}
+
+fn narinfo_text(store_dir: &StoreDir, info: &PathInfo) -> Result<Vec<u8>, String> {
+    let record =
+        NarInfo::builder_in(store_dir.clone(), info.path.clone(), nar_url(info)?, info.nar_hash.clone(), info.nar_size)
+            .compression(Compression::Zstd)
+            .references(info.references.iter().cloned())
+            .deriver(info.deriver.clone())
+            .content_address(info.ca.clone())
+            .signatures(info.signatures.iter().cloned())
+            .build()
+            .map_err(|e| e.to_string())?;
+    Ok(record.to_canonical_bytes())
+}
+
+/// Streams one path's NAR, zstd-compressed, into a PUT; returns the bytes sent.
+async fn upload_nar(client: Arc<Client>, info: PathInfo, real: PathBuf, level: i32) -> Result<u64, Failure> {
+    let url = format!("{}/{}", client.base, nar_url(&info).map_err(|e| Failure { message: e, retry: false })?);
+    let (tx, rx) = mpsc::channel::<Result<Vec<u8>, io::Error>>(4);
+    let expected = (info.nar_hash.clone(), info.nar_size);
+    // Err(Some(why)): this path cannot be pushed; Err(None): the request stopped taking data.
+    let producer = tokio::task::spawn_blocking(move || -> Result<u64, Option<String>> {
+        let writer = ChannelWriter { tx, buf: Vec::with_capacity(CHUNK), sent: 0 };
+        let stopped = |e: &dyn std::fmt::Display, broken: bool| if broken { None } else { Some(e.to_string()) };
+        let encoder = zstd::stream::write::Encoder::new(writer, level).map_err(|e| Some(e.to_string()))?;
+        let (encoder, nar) = write_nar_digested(&real, encoder).map_err(|e| {
+            let broken = e.to_string().contains("the upload stopped");
+            stopped(&e, broken)
+        })?;
+        let mut writer = encoder.finish().map_err(|e| stopped(&e, e.kind() == io::ErrorKind::BrokenPipe))?;
+        // Checked before the last chunk goes: a modified store path never completes its upload.
+        if NixHash::Sha256(nar.sha256) != expected.0 || nar.size != expected.1 {
+            let _ = writer.tx.blocking_send(Err(io::Error::other("NAR hash mismatch")));
+            return Err(Some(format!(
+                "{}: NAR hash mismatch: the store records {} ({} bytes), the contents give {} ({} bytes)",
+                real.display(),
+                expected.0.to_nix_nixbase32_string(),
+                expected.1,
+                nar.to_nix32(),
+                nar.size
+            )));
+        }
+        writer.send().map_err(|_| None)?;
+        Ok(writer.sent)
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|chunk| (chunk, rx)) });
+    let sent = client.put(url.clone()).body(reqwest::Body::wrap_stream(stream)).send().await;
+    let produced = producer.await.map_err(|e| Failure { message: e.to_string(), retry: false })?;
+    let resp = sent.map_err(|e| Failure { message: format!("{url}: {e}"), retry: true });
+    match (produced, resp) {
+        (Err(Some(why)), _) => Err(Failure { message: why, retry: false }),
+        (_, Err(e)) => Err(e),
+        (Err(None), Ok(resp)) => {
+            check(resp, &url).await?;
+            Err(Failure { message: format!("{url}: the server stopped reading the upload"), retry: true })
+        }
+        (Ok(sent), Ok(resp)) => check(resp, &url).await.map(|_| sent),
+    }
+}
