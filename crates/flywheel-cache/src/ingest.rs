@@ -83,13 +83,7 @@ pub fn ingest(raw: &Path, kind: Upload, out: &Path, level: i32) -> Result<NarRec
     let (_, nar) = inner.finish();
     let (stored, file) = encoder.finish()?.finish();
     stored.sync_all()?;
-    Ok(NarRecord {
-        nar_hash: nar.sha256,
-        nar_size: nar.size,
-        file_hash: file.sha256,
-        file_size: file.size,
-        compression: "zstd".into(),
-    })
+    Ok(stored_record(&nar, &file))
 }
 
 fn check_zstd(raw: &Path, out: &Path) -> Result<NarRecord, IngestError> {
@@ -109,13 +103,17 @@ fn check_zstd(raw: &Path, out: &Path) -> Result<NarRecord, IngestError> {
     let (_, file) = inner.finish();
     std::fs::rename(raw, out)?;
     File::open(out)?.sync_all()?;
-    Ok(NarRecord {
+    Ok(stored_record(&nar, &file))
+}
+
+fn stored_record(nar: &nar::Digested, file: &nar::Digested) -> NarRecord {
+    NarRecord {
         nar_hash: nar.sha256,
         nar_size: nar.size,
         file_hash: file.sha256,
         file_size: file.size,
         compression: "zstd".into(),
-    })
+    }
 }
 
 fn classify(e: nar::NarError) -> IngestError {
@@ -124,5 +122,37 @@ fn classify(e: nar::NarError) -> IngestError {
     } else {
         // A read error below the NAR parser is the decompressor's (or the disk's).
         IngestError::Decompress(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_and_zstd_uploads_give_the_same_nar_and_junk_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tree = dir.path().join("tree");
+        std::fs::create_dir(&tree).expect("mkdir");
+        std::fs::write(tree.join("hello"), b"hello, cache\n").expect("write");
+        let (plain, digest) = nar::write_nar_digested(&tree, Vec::new()).expect("nar");
+        let raw = dir.path().join("up.nar");
+        std::fs::write(&raw, &plain).expect("write");
+        let a = ingest(&raw, Upload::None, &dir.path().join("a"), 3).expect("plain");
+        assert_eq!((a.nar_hash, a.nar_size), (digest.sha256, digest.size));
+
+        let zst = dir.path().join("up.nar.zst");
+        std::fs::write(&zst, zstd::encode_all(plain.as_slice(), 19).expect("zstd")).expect("write");
+        let sent_size = std::fs::metadata(&zst).expect("stat").len();
+        let b = ingest(&zst, Upload::Zstd, &dir.path().join("b"), 3).expect("zstd");
+        assert_eq!((b.nar_hash, b.nar_size), (digest.sha256, digest.size));
+        assert_eq!(b.file_size, sent_size, "a zstd upload is kept as sent");
+        assert_eq!(zstd::decode_all(std::fs::File::open(dir.path().join("b")).expect("open")).expect("decode"), plain);
+
+        std::fs::write(&raw, b"nix-archive-1 and then nonsense").expect("write");
+        assert!(matches!(ingest(&raw, Upload::None, &dir.path().join("c"), 3), Err(IngestError::BadNar(_))));
+        std::fs::write(&zst, b"not zstd at all").expect("write");
+        assert!(ingest(&zst, Upload::Zstd, &dir.path().join("d"), 3).is_err());
+        assert_eq!(Upload::from_name("x.nar.bz2"), None);
     }
 }
