@@ -553,3 +553,31 @@ fn flywheel_push_is_read_back_by_nix_and_needs_a_write_token() {
     ok(nix().args(["store", "verify", "--recursive", "--no-trust", "--store"]).arg(&fresh).arg(root));
     ok(&mut cache(&data, &["verify", "--full"]));
 }
+
+#[test]
+fn push_since_sends_what_was_registered_after_a_time() {
+    let work = tempdir();
+    let w = work.path();
+    let data = w.join("data");
+    let server = Server::start(&data, &[]);
+    let write = token(&data, "write");
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() - 1;
+    // A path new to the store: what a job would have built.
+    let file = w.join(format!("built-{}-{before}", std::process::id()));
+    fs::write(&file, format!("built by a job at {before}\n")).expect("write");
+    let added = ok_str(nix_store().arg("--add").arg(&file)).trim().to_string();
+    let report: Value = serde_json::from_slice(&ok(flywheel()
+        .args(["cache", "push", "--json", "--to", &server.url("main"), "--token", &write, "--since"])
+        .arg(before.to_string())))
+    .expect("JSON");
+    assert!(report["pushed"].as_u64().is_some_and(|n| n >= 1), "{report}");
+    let hash = &Path::new(&added).file_name().and_then(|n| n.to_str()).expect("name")[..32];
+    let (code, body) = curl(&[&format!("{}/{hash}.narinfo", server.url("main"))]);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(&added), "{body}");
+    // A time that is not one: one line, exit 1.
+    let o =
+        flywheel().args(["cache", "push", "--to", &server.url("main"), "--since", "yesterday"]).output().expect("run");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(one_line_error(&o).contains("--since"));
+}

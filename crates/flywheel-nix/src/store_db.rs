@@ -123,6 +123,28 @@ impl StoreDb {
         Ok(Some(row.into_info(&self.store_dir, refs)?))
     }
 
+    /// Paths registered after `since` (seconds since the epoch): what builds and substitutions
+    /// since then added, e.g. during one CI job. Derivations (`.drv`) are left out.
+    pub fn registered_since(&self, since: i64) -> Result<Vec<StorePath>, StoreDbError> {
+        let paths = self
+            .conn
+            .prepare_cached(
+                "SELECT path FROM ValidPaths WHERE registrationTime > ?1 AND path NOT LIKE '%.drv' ORDER BY path",
+            )?
+            .query_map([since], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        paths
+            .iter()
+            .map(|p| {
+                self.store_dir.parse_path(p.as_bytes()).map_err(|e| StoreDbError::Corrupt {
+                    path: p.clone(),
+                    field: "path",
+                    value: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
     /// Whether the store holds `path`.
     pub fn is_valid(&self, path: &StorePath) -> Result<bool, StoreDbError> {
         let rendered = self.store_dir.render_path(path);

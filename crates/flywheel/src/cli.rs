@@ -238,8 +238,12 @@ pub struct PushArgs {
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Also push every path registered in the Nix database after WHEN (what a CI job built or
+    /// fetched): an RFC 3339 time or Unix seconds, e.g. recorded with `date +%s` at the job's start.
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
     /// Store paths (or symlinks to them, such as ./result) whose closures to push.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "since")]
     pub paths: Vec<PathBuf>,
 }
 

@@ -142,7 +142,18 @@ fn parse_when(when: &str, now: i64) -> anyhow::Result<i64> {
 
 fn push(args: PushArgs) -> anyhow::Result<()> {
     let store = Store::open(&args.store)?;
-    let roots = store.resolve(&args.paths)?;
+    let mut roots = store.resolve(&args.paths)?;
+    if let Some(since) = &args.since {
+        let t = match since.parse::<i64>() {
+            Ok(secs) => secs,
+            Err(_) => time::OffsetDateTime::parse(since, &time::format_description::well_known::Rfc3339)
+                .map_err(|_| anyhow::anyhow!("--since {since:?}: expected an RFC 3339 time or Unix seconds"))?
+                .unix_timestamp(),
+        };
+        let new = store.db.registered_since(t)?;
+        tracing::info!("{} paths registered since {since}", new.len());
+        roots.extend(new);
+    }
     let dir = match &args.to {
         Target::File(dir) => dir,
         Target::Http(url) => {
