@@ -443,9 +443,21 @@ fn bad_uploads_are_refused_and_nothing_becomes_visible() {
         edge,
     );
     assert_eq!(code, 200, "{body}");
+    // A narinfo GET counts as an access (for retention): recorded in the index within seconds.
+    let db = rusqlite::Connection::open(data.join("index.sqlite")).expect("open");
+    db.execute("UPDATE paths SET last_access = 0", []).expect("reset");
     let (code, body) = curl(&[&format!("{base}/{}.narinfo", hash_part(edge))]);
     assert_eq!(code, 200);
     assert!(body.contains("Sig: main-1:") && body.contains("Compression: zstd"), "{body}");
+    let started = std::time::Instant::now();
+    let last_access = loop {
+        let t: i64 = db.query_row("SELECT last_access FROM paths", [], |r| r.get(0)).expect("row");
+        if t > 0 || started.elapsed().as_secs() > 20 {
+            break t;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(last_access > 0, "the access was never recorded");
     // The NAR is served whole with its exact length, and in ranges.
     let nar_url = body.lines().find_map(|l| l.strip_prefix("URL: ")).expect("URL").to_string();
     let size: u64 =

@@ -187,7 +187,10 @@ async fn push_async(
     .await
     .map_err(CacheError::Other)?;
     let missing: HashSet<String> = missing.into_iter().collect();
-    report.present = closure.len() - missing.len();
+    // The closure split once: what the cache has, and what to push (in dependency order).
+    let (to_push, present): (Vec<&PathInfo>, Vec<&PathInfo>) =
+        closure.iter().partition(|i| missing.contains(&store_dir.render_path(&i.path)));
+    report.present = present.len();
     tracing::info!(
         "{} paths in the closure, {} already in the cache, {} to push",
         closure.len(),
@@ -196,8 +199,7 @@ async fn push_async(
     );
 
     // NARs: several at once, largest first.
-    let mut order: Vec<&PathInfo> =
-        closure.iter().filter(|i| missing.contains(&store_dir.render_path(&i.path))).collect();
+    let mut order: Vec<&PathInfo> = to_push.clone();
     order.sort_by_key(|i| std::cmp::Reverse(i.nar_size));
     let total = order.len();
     let semaphore = Arc::new(tokio::sync::Semaphore::new(jobs));
@@ -227,9 +229,8 @@ async fn push_async(
     }
 
     // narinfos, references first, each only when its NAR and references are in.
-    let mut in_cache: HashSet<StorePath> =
-        closure.iter().filter(|i| !missing.contains(&store_dir.render_path(&i.path))).map(|i| i.path.clone()).collect();
-    for info in closure.iter().filter(|i| missing.contains(&store_dir.render_path(&i.path))) {
+    let mut in_cache: HashSet<StorePath> = present.iter().map(|i| i.path.clone()).collect();
+    for info in to_push {
         let shown = store_dir.render_path(&info.path);
         let sent = match uploaded.remove(&info.path) {
             Some(Ok(sent)) => sent,

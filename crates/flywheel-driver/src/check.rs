@@ -2,7 +2,7 @@
 //! As a runner's pre-job hook it turns "Driver/library version mismatch" deep inside a job
 //! into one line, before the job starts, that names both versions and what to do.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::capability::Capabilities;
 use crate::discover::{discover, DiscoverOptions};
@@ -66,8 +66,4 @@ pub fn check(user: &Userspace, kernel_file: &Path) -> Result<String, DriverError
         kernel,
         kernel_file.display()
     ))
-}
-
-pub fn default_kernel_file() -> PathBuf {
-    PathBuf::from(KERNEL_VERSION_FILE)
 }

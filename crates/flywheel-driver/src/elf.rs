@@ -41,13 +41,6 @@ impl Arch {
             Arch::Arm64 => "aarch64-linux-gnu",
         }
     }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Arch::Amd64 => "amd64",
-            Arch::Arm64 => "arm64",
-        }
-    }
 }
 
 impl std::str::FromStr for Arch {

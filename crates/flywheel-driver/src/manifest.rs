@@ -4,7 +4,6 @@
 
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use rayon::prelude::*;
@@ -168,10 +167,6 @@ pub fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
 
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-pub fn mode_string(meta: &fs::Metadata) -> String {
-    format!("{:04o}", meta.permissions().mode() & 0o7777)
 }
 
 /// The manifest of a tree: at its root (a collected tree) or at [`IN_IMAGE_MANIFEST`] (an

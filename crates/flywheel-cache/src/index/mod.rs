@@ -179,8 +179,9 @@ pub trait Index: Send + Sync {
     fn path(&self, cache: &str, hash_part: &str) -> Result<Option<PathRecord>, IndexError>;
     /// The NAR with this NarHash, if a path the cache holds has it.
     fn nar_in_cache(&self, cache: &str, nar_hash: &[u8; 32]) -> Result<Option<NarRecord>, IndexError>;
-    /// Records an access (a narinfo GET or HEAD) for retention.
-    fn touch(&self, hash_part: &str, now: i64) -> Result<(), IndexError>;
+    /// Records accesses (narinfo GETs and HEADs: hash part, time) for retention, in one
+    /// transaction.
+    fn touch(&self, accesses: &[(String, i64)]) -> Result<(), IndexError>;
 
     // For `flywheel cache verify`:
     /// Every stored NAR the index knows.

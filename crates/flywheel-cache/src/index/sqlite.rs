@@ -378,14 +378,18 @@ impl Index for SqliteIndex {
         })
     }
 
-    fn touch(&self, hash_part: &str, now: i64) -> Result<(), IndexError> {
+    fn touch(&self, accesses: &[(String, i64)]) -> Result<(), IndexError> {
         self.with(|conn| {
-            conn.execute(
-                "UPDATE paths SET last_access = ?2 WHERE hash_part = ?1 AND last_access < ?2",
-                params![hash_part, now],
-            )
-            .map_err(db)?;
-            Ok(())
+            let tx = conn.unchecked_transaction().map_err(db)?;
+            {
+                let mut stmt = tx
+                    .prepare_cached("UPDATE paths SET last_access = ?2 WHERE hash_part = ?1 AND last_access < ?2")
+                    .map_err(db)?;
+                for (hash_part, at) in accesses {
+                    stmt.execute(params![hash_part, at]).map_err(db)?;
+                }
+            }
+            tx.commit().map_err(db)
         })
     }
 

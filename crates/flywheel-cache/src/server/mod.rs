@@ -72,6 +72,9 @@ pub(crate) struct State {
     pub caches: RwLock<HashMap<String, Arc<Cache>>>,
     pub ingest: tokio::sync::Semaphore,
     pub metrics: metrics::Metrics,
+    /// narinfo accesses not yet written to the index (hash part -> latest time): written in one
+    /// transaction every few seconds, so a read costs no disk write.
+    pub accessed: std::sync::Mutex<HashMap<String, i64>>,
 }
 
 impl State {
@@ -127,11 +130,44 @@ pub async fn serve(data: DataDir, opts: ServerOptions, ready: impl FnOnce(&Liste
         opts,
         caches: RwLock::new(HashMap::new()),
         metrics: metrics::Metrics::default(),
+        accessed: std::sync::Mutex::new(HashMap::new()),
         data,
     });
     ready(&Listening { addr, caches });
-    let app = routes::router(state);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown()).await.map_err(ServerError::Serve)
+    let flusher = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ACCESS_FLUSH);
+            loop {
+                tick.tick().await;
+                flush_accesses(&state).await;
+            }
+        })
+    };
+    let app = routes::router(state.clone());
+    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown()).await.map_err(ServerError::Serve);
+    flusher.abort();
+    flush_accesses(&state).await;
+    served
+}
+
+/// How often recorded narinfo accesses reach the index.
+const ACCESS_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn flush_accesses(state: &Arc<State>) {
+    let batch: Vec<(String, i64)> = match state.accessed.lock() {
+        Ok(mut m) => m.drain().collect(),
+        Err(_) => return,
+    };
+    if batch.is_empty() {
+        return;
+    }
+    let s = state.clone();
+    match tokio::task::spawn_blocking(move || s.index().touch(&batch)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("recording narinfo accesses: {e}"),
+        Err(e) => tracing::warn!("recording narinfo accesses: {e}"),
+    }
 }
 
 async fn shutdown() {

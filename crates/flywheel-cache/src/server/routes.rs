@@ -241,7 +241,9 @@ async fn get_narinfo(state: &Arc<State>, cache: Arc<Cache>, hash: String, head: 
     let body = blocking(state, move |s| {
         let Some(p) = s.index().path(&cache.record.name, &hash).map_err(internal)? else { return Ok(None) };
         // Nix asks for narinfos of everything it might substitute: that is the access GC counts.
-        s.index().touch(&hash, now()).map_err(internal)?;
+        if let Ok(mut accessed) = s.accessed.lock() {
+            accessed.insert(hash, now());
+        }
         render(s, &cache, &p).map(Some).map_err(internal)
     })
     .await?;
