@@ -593,3 +593,163 @@ fn push_since_sends_what_was_registered_after_a_time() {
     assert_eq!(o.status.code(), Some(1));
     assert!(one_line_error(&o).contains("--since"));
 }
+
+/// Every store path under `store` (a chroot store's root) that Nix holds as valid.
+fn valid_paths(store: &Path) -> Vec<String> {
+    let out = nix_store()
+        .arg("--store")
+        .arg(store)
+        .args(["--query", "--requisites"])
+        .args(support::fixture().paths.iter())
+        .output()
+        .expect("run");
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+#[test]
+fn flywheel_pull_realises_closures_that_flywheel_and_nix_pushed() {
+    let work = tempdir();
+    let w = work.path();
+    let data = w.join("data");
+    let server = Server::start(&data, &[]);
+    let key = server.keys[0].1.clone();
+    let url = server.url("main");
+    let root = support::fixture().root.to_string_lossy().to_string();
+    let edge = support::edge_cases().to_string_lossy().to_string();
+
+    // Nix pushes one path with its default compression (xz), flywheel the whole closure.
+    let netrc = server.netrc(w, &token(&data, "write"));
+    ok(nix_as(&w.join("pusher")).args(["copy", "--option", "netrc-file"]).arg(&netrc).args(["--to", &url, &edge]));
+    ok(flywheel().args(["cache", "push", "--to", &url, "--token", &token(&data, "write"), &root]));
+
+    // An untrusted key: refused before anything is written.
+    let wrong = w.join("wrong");
+    let o = flywheel()
+        .args(["cache", "pull", "--from", &url, "--store"])
+        .arg(&wrong)
+        .args(["--trusted-key", "other-1:H6pPj1b6bGOS4e4TaPUiE9xgWO6OOwfehTxBJSfBfm8=", &root])
+        .output()
+        .expect("run");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(one_line_error(&o).contains("no valid signature by a trusted key"), "{}", one_line_error(&o));
+    assert!(!wrong.exists());
+
+    // Direct: restored in place and registered; Nix finds every path valid with the right contents.
+    let direct = w.join("direct");
+    let report: Value = serde_json::from_slice(&ok(flywheel()
+        .args(["cache", "pull", "--json", "--from", &url, "--trusted-key", &key, "--install", "direct", "--store"])
+        .arg(&direct)
+        .arg(&root)))
+    .expect("JSON");
+    assert_eq!(report["pulled"].as_u64(), Some(support::fixture().paths.len() as u64), "{report}");
+    assert_eq!(report["install"], "direct");
+    ok(nix().args(["store", "verify", "--recursive", "--no-trust", "--store"]).arg(&direct).arg(&root));
+    assert_eq!(valid_paths(&direct).len(), support::fixture().paths.len());
+    let store_dir = direct.join("nix/store");
+    assert!(listing(&store_dir).iter().all(|p| !p.to_string_lossy().ends_with(".lock")), "lock files left");
+    // Nix's own dump of what was restored is the NAR the cache holds.
+    let dumped = ok(nix_store().arg("--store").arg(&direct).args(["--dump", &edge]));
+    assert_eq!(dumped, ok(nix_store().args(["--dump", &edge])));
+
+    // Again: nothing to do.
+    let again: Value = serde_json::from_slice(&ok(flywheel()
+        .args(["cache", "pull", "--json", "--from", &url, "--trusted-key", &key, "--store"])
+        .arg(&direct)
+        .arg(&root)))
+    .expect("JSON");
+    assert_eq!((again["pulled"].as_u64(), again["present"].as_u64()), (Some(0), Some(1)));
+
+    // Import, the way into a store behind the daemon: the path Nix pushed (xz), through nix-store --import.
+    let imported = w.join("imported");
+    let report: Value = serde_json::from_slice(&ok(flywheel()
+        .args(["cache", "pull", "--json", "--from", &url, "--trusted-key", &key, "--install", "import", "--store"])
+        .arg(&imported)
+        .arg(&edge)))
+    .expect("JSON");
+    assert_eq!(report["install"], "import");
+    assert!(report["pulled"].as_u64() >= Some(1));
+    ok(nix().args(["store", "verify", "--recursive", "--no-trust", "--store"]).arg(&imported).arg(&edge));
+}
+
+/// A plain directory served over HTTP by Python, as any static file server would serve a
+/// `nix copy --to file://` cache; stopped when dropped.
+struct StaticServer(std::process::Child, String);
+
+impl StaticServer {
+    fn start(dir: &Path) -> StaticServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let child = Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string(), "--directory"])
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 -m http.server");
+        // Stopped by Drop from here on, whether it starts or not.
+        let server = StaticServer(child, format!("http://127.0.0.1:{port}"));
+        for _ in 0..100 {
+            if curl(&["-s", "-o", "/dev/null", &format!("{}/nix-cache-info", server.1)]).0 == 200 {
+                return server;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("python3 -m http.server did not start");
+    }
+}
+
+impl Drop for StaticServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn pull_from_a_plain_nix_cache_refuses_a_tampered_nar_and_registers_nothing() {
+    let work = tempdir();
+    let w = work.path();
+    let edge = support::edge_cases().to_string_lossy().to_string();
+    let (sk, pk) = (w.join("sk"), w.join("pk"));
+    ok(nix_store().args(["--generate-binary-cache-key", "plain-1"]).arg(&sk).arg(&pk));
+    let pk = fs::read_to_string(&pk).expect("pk");
+    let files = w.join("files");
+    ok(nix().args([
+        "copy",
+        "--to",
+        &format!("file://{}?compression=none&secret-key={}", files.display(), sk.display()),
+        &edge,
+    ]));
+    let server = StaticServer::start(&files);
+
+    // Served by a plain file server, pulled and checked.
+    let good = w.join("good");
+    ok(flywheel()
+        .args(["cache", "pull", "--from", &format!("{}/", server.1), "--trusted-key", pk.trim(), "--store"])
+        .arg(&good)
+        .arg(&edge));
+    ok(nix().args(["store", "verify", "--recursive", "--no-trust", "--store"]).arg(&good).arg(&edge));
+
+    // The edge path's NAR swapped for another path's: the signature still holds, the hash does not.
+    let hash_part = &Path::new(&edge).file_name().expect("name").to_string_lossy()[..32];
+    let narinfo = fs::read_to_string(files.join(format!("{hash_part}.narinfo"))).expect("narinfo");
+    let nar_url = narinfo.lines().find_map(|l| l.strip_prefix("URL: ")).expect("URL");
+    let other = support::fixture().paths.iter().find(|p| p.to_string_lossy() != edge).expect("another path");
+    fs::write(files.join(nar_url), ok(nix_store().arg("--dump").arg(other))).expect("swap the NAR");
+    let bad = w.join("bad");
+    for install in ["direct", "import"] {
+        let o = flywheel()
+            .args(["cache", "pull", "--from", &server.1, "--trusted-key", pk.trim(), "--install", install, "--store"])
+            .arg(&bad)
+            .arg(&edge)
+            .output()
+            .expect("run");
+        assert_eq!(o.status.code(), Some(1), "{install}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("NAR hash mismatch"), "{install}: {err}");
+        assert!(valid_paths(&bad).is_empty(), "{install}: registered {:?}", valid_paths(&bad));
+        assert!(
+            !bad.join("nix/store").join(Path::new(&edge).file_name().expect("name")).exists(),
+            "{install}: left on disk"
+        );
+    }
+}

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use flywheel_nix::nar::write_nar_digested;
 use flywheel_nix::narinfo::{Compression, NarInfo};
@@ -17,6 +17,7 @@ use flywheel_nix::store_db::{references_first, PathInfo, StoreDb};
 use flywheel_nix::{NixHash, StoreDir, StorePath};
 use tokio::sync::mpsc;
 
+use crate::http::{check, with_retries, Failure};
 use crate::push::{PushFailure, PushReport};
 use crate::CacheError;
 
@@ -63,53 +64,6 @@ impl Write for ChannelWriter {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
-    }
-}
-
-/// Why one request failed, and whether trying again may help.
-struct Failure {
-    message: String,
-    retry: bool,
-}
-
-fn retryable(status: reqwest::StatusCode) -> bool {
-    status.is_server_error()
-        || status == reqwest::StatusCode::TOO_MANY_REQUESTS
-        || status == reqwest::StatusCode::REQUEST_TIMEOUT
-}
-
-async fn check(resp: reqwest::Response, what: &str) -> Result<reqwest::Response, Failure> {
-    let status = resp.status();
-    if status.is_success() {
-        return Ok(resp);
-    }
-    let body = resp.text().await.unwrap_or_default();
-    let hint = match status.as_u16() {
-        401 => " (give a token with --token or FLYWHEEL_CACHE_TOKEN)",
-        403 => " (the token needs the write scope on this cache)",
-        _ => "",
-    };
-    Err(Failure { message: format!("{what}: HTTP {status}: {}{hint}", body.trim()), retry: retryable(status) })
-}
-
-async fn with_retries<T, F, Fut>(attempts: u32, mut f: F) -> Result<T, String>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, Failure>>,
-{
-    let mut delay = Duration::from_millis(250);
-    let mut attempt = 1;
-    loop {
-        match f().await {
-            Ok(v) => return Ok(v),
-            Err(e) if e.retry && attempt < attempts.max(1) => {
-                tracing::warn!("{} (attempt {attempt}; retrying in {delay:?})", e.message);
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(8));
-                attempt += 1;
-            }
-            Err(e) => return Err(e.message),
-        }
     }
 }
 

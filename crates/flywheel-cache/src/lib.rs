@@ -6,9 +6,11 @@
 pub mod compression;
 pub mod data_dir;
 pub mod file_cache;
+mod http;
 pub mod http_push;
 pub mod index;
 pub mod ingest;
+pub mod pull;
 pub mod push;
 pub mod server;
 pub mod storage;

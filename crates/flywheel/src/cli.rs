@@ -56,7 +56,7 @@ impl Command {
     pub fn is_long_running(&self) -> bool {
         matches!(
             self,
-            Command::Cache(CacheCommand::Push(_))
+            Command::Cache(CacheCommand::Push(_) | CacheCommand::Pull(_))
                 | Command::Image(ImageCommand::Build(_) | ImageCommand::Push(_))
                 | Command::Driver(DriverCommand::Collect(_))
         )
@@ -112,6 +112,9 @@ pub enum KeyCommand {
 pub enum CacheCommand {
     /// Push the closures of store paths to a binary cache, signed.
     Push(PushArgs),
+    /// Realise store paths and their closures from a binary cache into the local store,
+    /// checking every narinfo's signature and every NAR's hash.
+    Pull(PullArgs),
     /// Create a named cache (with its own signing key) in a server's data directory.
     Create(CacheCreateArgs),
     /// Show a cache's public key (`name:base64`, for trusted-public-keys), visibility and priority.
@@ -248,6 +251,36 @@ pub struct PushArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct PullArgs {
+    /// The cache: http://HOST:PORT/CACHE (a flywheel server), or any Nix HTTP binary cache's URL.
+    #[arg(long, value_name = "URL", value_parser = parse_http_url, env = "FLYWHEEL_CACHE_URL")]
+    pub from: String,
+    /// Access token with the read scope (for private caches).
+    #[arg(long, value_name = "TOKEN", env = "FLYWHEEL_CACHE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A public key (`name:base64`, as `flywheel cache info` prints) whose signatures are
+    /// trusted; repeat for several. Default: Nix's own trusted-public-keys.
+    #[arg(long = "trusted-key", value_name = "KEY")]
+    pub trusted_keys: Vec<String>,
+    /// NAR downloads at once (0: 8).
+    #[arg(short, long, default_value_t = 0)]
+    pub jobs: usize,
+    /// How paths enter the store: `direct` (restored in place under Nix's path locks, then
+    /// registered with `nix-store --load-db`), `import` (`nix-store --import`, for a store
+    /// behind the Nix daemon), or `auto` (direct when the store is writable and no daemon).
+    #[arg(long, default_value = "auto")]
+    pub install: flywheel_cache::pull::Install,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Store paths to realise (with their closures).
+    #[arg(required = true)]
+    pub paths: Vec<String>,
+}
+
+#[derive(Args, Debug)]
 pub struct PathInfoArgs {
     /// Include the whole closure of each path.
     #[arg(short, long)]
@@ -267,6 +300,18 @@ pub struct StoreArgs {
     /// Root of a chroot store (as in `nix --store /tmp/x`); the system store by default.
     #[arg(long, value_name = "DIR", default_value = "/")]
     pub store: PathBuf,
+}
+
+fn parse_http_url(s: &str) -> Result<String, String> {
+    let rest = s.strip_prefix("http://").or_else(|| s.strip_prefix("https://"));
+    match rest {
+        Some(r) if !r.is_empty() && !r.starts_with('/') && !s.contains(['?', '#']) => {
+            Ok(s.trim_end_matches('/').to_string())
+        }
+        _ => Err(format!(
+            "{s}: expected an http:// or https:// cache URL (file:// caches are read by `nix copy --from`)"
+        )),
+    }
 }
 
 fn parse_target(s: &str) -> Result<Target, String> {

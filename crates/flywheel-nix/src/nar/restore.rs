@@ -35,6 +35,17 @@ pub struct Restored {
 /// The input must be exactly one NAR: trailing bytes are an error, as is any malformed input.
 /// On error nothing is left at `target` or beside it.
 pub fn restore<R: Read>(input: R, target: &Path) -> Result<Restored, NarError> {
+    restore_with(input, target, false)
+}
+
+/// As [`restore`], with the metadata Nix gives store paths (what its `canonicalisePathMetaData`
+/// sets): files 0444 or 0555, directories 0555, every modification time 1. A tree restored
+/// this way can be registered with `nix-store --load-db`, which does not walk it again.
+pub fn restore_canonical<R: Read>(input: R, target: &Path) -> Result<Restored, NarError> {
+    restore_with(input, target, true)
+}
+
+fn restore_with<R: Read>(input: R, target: &Path, canonical: bool) -> Result<Restored, NarError> {
     let name = target
         .file_name()
         .filter(|n| *n != OsStr::new(".") && *n != OsStr::new(".."))
@@ -57,6 +68,7 @@ pub fn restore<R: Read>(input: R, target: &Path) -> Result<Restored, NarError> {
         path: target.to_path_buf(),
         buf: vec![0; BUFFER],
         done: Restored::default(),
+        canonical,
     };
     let result = read_nar_to_end(BufReader::with_capacity(BUFFER, input), &mut r).and_then(|nar_size| {
         rustix::fs::renameat_with(&parent, &temp, &parent, name, RenameFlags::NOREPLACE).map_err(|e| {
@@ -92,14 +104,31 @@ fn temp_name(name: &OsStr) -> CString {
 }
 
 fn remove_partial(path: &Path) {
-    let result = match path.symlink_metadata() {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
-        Ok(_) => std::fs::remove_file(path),
-        Err(_) => return,
-    };
-    if let Err(e) = result {
+    if let Err(e) = remove_tree(path) {
         tracing::warn!("could not remove partial restore {}: {e}", path.display());
     }
+}
+
+/// Removes a file, symlink or directory tree, including trees with read-only directories (a
+/// canonical restore's, or a store path's): each directory is made writable before it is
+/// emptied. A missing path is not an error.
+pub fn remove_tree(path: &Path) -> io::Result<()> {
+    let meta = match path.symlink_metadata() {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !meta.is_dir() {
+        return std::fs::remove_file(path);
+    }
+    use std::os::unix::fs::PermissionsExt;
+    if meta.permissions().mode() & 0o700 != 0o700 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+    }
+    for entry in std::fs::read_dir(path)? {
+        remove_tree(&entry?.path())?;
+    }
+    std::fs::remove_dir(path)
 }
 
 struct Restorer<'p> {
@@ -111,7 +140,14 @@ struct Restorer<'p> {
     path: PathBuf,
     buf: Vec<u8>,
     done: Restored,
+    canonical: bool,
 }
+
+/// Nix's store modification time, with the access time left alone.
+const STORE_TIMES: rustix::fs::Timestamps = rustix::fs::Timestamps {
+    last_access: rustix::fs::Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_OMIT },
+    last_modification: rustix::fs::Timespec { tv_sec: 1, tv_nsec: 0 },
+};
 
 impl Restorer<'_> {
     /// The directory and name to create a node at.
@@ -145,9 +181,14 @@ impl Restorer<'_> {
     fn write_file(&mut self, name: Option<&[u8]>, executable: bool, contents: &mut dyn Read) -> Result<(), NarError> {
         let (dir, cname) = self.place(name)?;
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let create = match (self.canonical, executable) {
+            (false, _) => 0o666,
+            (true, false) => 0o444,
+            (true, true) => 0o555,
+        };
         let fd =
-            rustix::fs::openat(dir, &cname, flags, Mode::from_raw_mode(0o666)).map_err(|e| self.error(e.into()))?;
-        if executable {
+            rustix::fs::openat(dir, &cname, flags, Mode::from_raw_mode(create)).map_err(|e| self.error(e.into()))?;
+        if executable && !self.canonical {
             // As nix-store --restore: the creation mode under the umask, plus every x bit.
             let st = rustix::fs::fstat(&fd).map_err(|e| self.error(e.into()))?;
             let mode = Mode::from_raw_mode(st.st_mode & 0o7777) | Mode::XUSR | Mode::XGRP | Mode::XOTH;
@@ -163,6 +204,11 @@ impl Restorer<'_> {
             };
             file.write_all(&self.buf[..n]).map_err(|e| self.error(e))?;
             self.done.bytes += n as u64;
+        }
+        if self.canonical {
+            // The umask may have taken bits from the creation mode.
+            rustix::fs::fchmod(&file, Mode::from_raw_mode(create)).map_err(|e| self.error(e.into()))?;
+            rustix::fs::futimens(&file, &STORE_TIMES).map_err(|e| self.error(e.into()))?;
         }
         self.done.files += 1;
         Ok(())
@@ -187,6 +233,10 @@ impl Visitor for Restorer<'_> {
         self.push(name);
         let (dir, cname) = self.place(name)?;
         rustix::fs::symlinkat(target, dir, &cname).map_err(|e| self.error(e.into()))?;
+        if self.canonical {
+            rustix::fs::utimensat(dir, &cname, &STORE_TIMES, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| self.error(e.into()))?;
+        }
         self.done.symlinks += 1;
         self.pop(name);
         Ok(())
@@ -209,7 +259,13 @@ impl Visitor for Restorer<'_> {
     }
 
     fn leave_directory(&mut self) -> Result<(), NarError> {
-        self.stack.pop();
+        let dir = self.stack.pop();
+        if let (true, Some(dir)) = (self.canonical, dir) {
+            // Last, once nothing more is written into it. Renaming the finished tree into place
+            // changes neither (the parent stays the same).
+            rustix::fs::fchmod(&dir, Mode::from_raw_mode(0o555)).map_err(|e| self.error(e.into()))?;
+            rustix::fs::futimens(&dir, &STORE_TIMES).map_err(|e| self.error(e.into()))?;
+        }
         // The root directory's path is the target itself; only entries were pushed.
         if !self.stack.is_empty() {
             self.path.pop();

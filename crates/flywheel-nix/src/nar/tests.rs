@@ -133,6 +133,30 @@ proptest! {
     }
 
     #[test]
+    fn canonical_restore_has_store_metadata(t in tree()) {
+        use std::os::unix::fs::MetadataExt;
+        let bytes = oracle(&t);
+        let work = tempfile::tempdir().unwrap();
+        let dst = work.path().join("dst");
+        restore_canonical(&bytes[..], &dst).unwrap();
+        prop_assert_eq!(write_nar(&dst, Vec::new()).unwrap(), bytes);
+        let mut stack = vec![dst.clone()];
+        while let Some(p) = stack.pop() {
+            let m = fs::symlink_metadata(&p).unwrap();
+            prop_assert_eq!(m.mtime(), 1, "{}", p.display());
+            if m.is_dir() {
+                prop_assert_eq!(m.mode() & 0o7777, 0o555);
+                stack.extend(fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+            } else if m.is_file() {
+                let mode = m.mode() & 0o7777;
+                prop_assert!(mode == 0o444 || mode == 0o555, "{:o}", mode);
+            }
+        }
+        remove_tree(&dst).unwrap();
+        prop_assert!(!dst.exists());
+    }
+
+    #[test]
     fn every_truncation_is_refused(t in tree(), cut in any::<prop::sample::Index>()) {
         let bytes = oracle(&t);
         let at = cut.index(bytes.len());

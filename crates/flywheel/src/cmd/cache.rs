@@ -4,7 +4,8 @@ use flywheel_nix::keys::SecretKey;
 
 use super::{human_bytes, Store};
 use crate::cli::{
-    CacheCommand, CacheCreateArgs, CacheInfoArgs, PushArgs, ServeArgs, TokenCommand, TokenCreateArgs, VerifyArgs,
+    CacheCommand, CacheCreateArgs, CacheInfoArgs, PullArgs, PushArgs, ServeArgs, TokenCommand, TokenCreateArgs,
+    VerifyArgs,
 };
 use flywheel_cache::data_dir::{CacheInfo, DataDir};
 use flywheel_cache::index::Visibility;
@@ -12,6 +13,7 @@ use flywheel_cache::index::Visibility;
 pub fn run(command: CacheCommand) -> anyhow::Result<()> {
     match command {
         CacheCommand::Push(args) => push(args),
+        CacheCommand::Pull(args) => pull(args),
         CacheCommand::Create(args) => create(args),
         CacheCommand::Info(args) => info(args),
         CacheCommand::Token(TokenCommand::Create(args)) => token_create(args),
@@ -182,6 +184,75 @@ fn push(args: PushArgs) -> anyhow::Result<()> {
     let report = flywheel_cache::push(&store.db, &roots, &cache, &key, &opts)?;
 
     push_summary(&args, &dir.display().to_string(), &report)
+}
+
+fn pull(args: PullArgs) -> anyhow::Result<()> {
+    let url = &args.from;
+    let store_dir = flywheel_nix::store_path::default_store_dir();
+    let roots = args
+        .paths
+        .iter()
+        .map(|p| store_dir.parse_path(p.trim_end_matches('/').as_bytes()).map_err(|e| anyhow::anyhow!("{p}: {e}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let keys = if args.trusted_keys.is_empty() { nix_trusted_keys()? } else { args.trusted_keys.clone() };
+    let trusted_keys = keys
+        .iter()
+        .map(|k| {
+            flywheel_nix::keys::PublicKey::parse(k)
+                .map(|p| p.0)
+                .map_err(|e| anyhow::anyhow!("--trusted-key {k:?}: {e}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let store = flywheel_cache::pull::LocalStore::new(&args.store.store, store_dir);
+    let opts = flywheel_cache::pull::PullOptions {
+        jobs: args.jobs,
+        trusted_keys,
+        token: args.token.clone(),
+        attempts: 5,
+        install: args.install,
+    };
+    let report = flywheel_cache::pull::pull(&store, &roots, url, &opts)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    let rate = report.nar_bytes as f64 / report.seconds.max(1e-6) / 1e6;
+    eprintln!(
+        "pulled {} paths from {url} ({} NAR, {} downloaded) in {:.1} s ({rate:.0} MB/s of NAR, {}); {} of {} were already in the store",
+        report.pulled,
+        human_bytes(report.nar_bytes),
+        human_bytes(report.file_bytes),
+        report.seconds,
+        report.install,
+        report.present,
+        report.closure
+    );
+    if !report.failed.is_empty() {
+        for f in &report.failed {
+            eprintln!("  not pulled: {}: {}", f.path, f.error);
+        }
+        bail!("{} paths could not be pulled", report.failed.len());
+    }
+    Ok(())
+}
+
+/// Nix's own trusted-public-keys (`nix show-config`), for a pull given no --trusted-key.
+fn nix_trusted_keys() -> anyhow::Result<Vec<String>> {
+    let out = std::process::Command::new("nix")
+        .args(["--extra-experimental-features", "nix-command", "show-config", "--json"])
+        .output()
+        .context("no --trusted-key given, and running `nix show-config` for Nix's trusted-public-keys failed")?;
+    if !out.status.success() {
+        bail!("no --trusted-key given, and `nix show-config` failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let config: serde_json::Value = serde_json::from_slice(&out.stdout).context("reading `nix show-config --json`")?;
+    let keys: Vec<String> = config["trusted-public-keys"]["value"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    if keys.is_empty() {
+        bail!("no --trusted-key given, and Nix trusts no public keys (trusted-public-keys is empty)");
+    }
+    Ok(keys)
 }
 
 fn push_summary(args: &PushArgs, to: &str, report: &flywheel_cache::PushReport) -> anyhow::Result<()> {

@@ -1,0 +1,51 @@
+//! What the push and pull clients share: HTTP failures sorted into worth retrying or not,
+//! and retries with backoff.
+
+use std::time::Duration;
+
+/// Why one request failed, and whether trying again may help.
+pub(crate) struct Failure {
+    pub message: String,
+    pub retry: bool,
+}
+
+fn retryable(status: reqwest::StatusCode) -> bool {
+    status.is_server_error()
+        || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+        || status == reqwest::StatusCode::REQUEST_TIMEOUT
+}
+
+pub(crate) async fn check(resp: reqwest::Response, what: &str) -> Result<reqwest::Response, Failure> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let body = resp.text().await.unwrap_or_default();
+    let hint = match status.as_u16() {
+        401 => " (give a token with --token or FLYWHEEL_CACHE_TOKEN)",
+        403 => " (the token lacks the scope this needs on this cache)",
+        _ => "",
+    };
+    Err(Failure { message: format!("{what}: HTTP {status}: {}{hint}", body.trim()), retry: retryable(status) })
+}
+
+pub(crate) async fn with_retries<T, F, Fut>(attempts: u32, mut f: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Failure>>,
+{
+    let mut delay = Duration::from_millis(250);
+    let mut attempt = 1;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.retry && attempt < attempts.max(1) => {
+                tracing::warn!("{} (attempt {attempt}; retrying in {delay:?})", e.message);
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(8));
+                attempt += 1;
+            }
+            Err(e) => return Err(e.message),
+        }
+    }
+}

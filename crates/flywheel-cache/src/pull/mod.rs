@@ -1,0 +1,430 @@
+//! `flywheel cache pull --from URL PATH...`: realises paths from a binary cache (a flywheel
+//! server or any Nix HTTP cache) into the local store, faster than Nix's own substitution.
+//!
+//! 1. The closure is walked with many narinfo requests in flight; paths the store already
+//!    holds are not asked for, nor their references. Every narinfo must carry a signature by
+//!    a trusted key, for the path it claims to be.
+//! 2. NARs download in parallel, largest first; each is decompressed and hashed as it arrives
+//!    and goes straight into the store under Nix's lock for that path (or, when the store is
+//!    not ours to write, into a spool file). A NAR whose hash or size differs from its
+//!    narinfo's is removed and downloaded again, then refused.
+//! 3. Everything is registered at once (`nix-store --load-db`), or imported references first
+//!    (`nix-store --import`). A path is registered only when its whole closure is: a failed
+//!    download never leaves a valid path with a missing reference.
+
+mod fetch;
+mod local;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use flywheel_nix::narinfo::{Compression, NarInfo, TrustedPublicKey};
+use flywheel_nix::store_db::{references_first, PathInfo};
+use flywheel_nix::{NixHash, StoreDir, StorePath};
+use tokio::task::JoinSet;
+
+pub use local::{Install, LocalStore, PathLock};
+
+use crate::http::{check, with_retries, Failure};
+use crate::CacheError;
+
+#[derive(Clone, Debug)]
+pub struct PullOptions {
+    /// NAR downloads at once; 0 picks 8.
+    pub jobs: usize,
+    /// A narinfo is accepted only with a valid signature by one of these.
+    pub trusted_keys: Vec<TrustedPublicKey>,
+    /// Bearer token, for private caches.
+    pub token: Option<String>,
+    /// Attempts per request for failures worth retrying.
+    pub attempts: u32,
+    pub install: Install,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct PullReport {
+    /// Paths in the closure of what was asked for, as far as it was walked (the references of
+    /// paths already in the store are not).
+    pub closure: usize,
+    /// Of those, already in the store.
+    pub present: usize,
+    pub pulled: usize,
+    pub nar_bytes: u64,
+    /// Bytes downloaded (compressed).
+    pub file_bytes: u64,
+    pub seconds: f64,
+    /// `direct` or `import`.
+    pub install: String,
+    pub failed: Vec<crate::PushFailure>,
+}
+
+/// A path to fetch: what its narinfo says.
+#[derive(Clone)]
+struct Wanted {
+    info: PathInfo,
+    url: String,
+    compression: Compression,
+}
+
+/// Pulls the closures of `roots` from the cache at `base` (`http://HOST:PORT/CACHE`) into `store`.
+pub fn pull(store: &LocalStore, roots: &[StorePath], base: &str, opts: &PullOptions) -> Result<PullReport, CacheError> {
+    let started = Instant::now();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CacheError::Other(format!("starting the runtime: {e}")))?;
+    let mut report = runtime.block_on(pull_async(store, roots, base.trim_end_matches('/'), opts))?;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+struct Remote {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+    store_dir: StoreDir,
+    keys: Vec<TrustedPublicKey>,
+    attempts: u32,
+}
+
+impl Remote {
+    async fn get(&self, url: &str) -> Result<reqwest::Response, Failure> {
+        let mut req = self.http.get(url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.map_err(|e| Failure { message: format!("{url}: {e}"), retry: true })?;
+        check(resp, url).await
+    }
+
+    async fn text(&self, url: &str) -> Result<Vec<u8>, String> {
+        with_retries(self.attempts, || async {
+            let resp = self.get(url).await?;
+            resp.bytes().await.map(|b| b.to_vec()).map_err(|e| Failure { message: format!("{url}: {e}"), retry: true })
+        })
+        .await
+    }
+
+    /// The narinfo of `path`, checked: it describes `path`, and a trusted key signed it.
+    async fn narinfo(&self, path: &StorePath) -> Result<Wanted, String> {
+        let shown = self.store_dir.render_path(path);
+        let url = format!("{}/{}.narinfo", self.base, &path.to_basename()[..32]);
+        let body = self.text(&url).await.map_err(|e| {
+            if e.contains("HTTP 404") {
+                format!("{shown} is not in the cache {}", self.base)
+            } else {
+                e
+            }
+        })?;
+        let info = NarInfo::parse_in(&self.store_dir, &body).map_err(|e| format!("{url}: not a valid narinfo: {e}"))?;
+        if info.store_path() != path {
+            return Err(format!(
+                "{url}: the narinfo is for {}, not {shown}",
+                self.store_dir.render_path(info.store_path())
+            ));
+        }
+        if !info.has_valid_signature(&self.store_dir, &self.keys) {
+            let signers: Vec<&str> = info.signatures().iter().map(|s| s.key_name.as_str()).collect();
+            let trusted: Vec<&str> = self.keys.iter().map(|k| k.name.as_str()).collect();
+            return Err(format!(
+                "{shown}: no valid signature by a trusted key (signed by: {}; trusted: {})",
+                if signers.is_empty() { "nobody".to_string() } else { signers.join(", ") },
+                trusted.join(", ")
+            ));
+        }
+        let url =
+            if info.url().contains("://") { info.url().to_string() } else { format!("{}/{}", self.base, info.url()) };
+        Ok(Wanted {
+            info: PathInfo {
+                path: path.clone(),
+                nar_hash: info.nar_hash().clone(),
+                nar_size: info.nar_size(),
+                references: info.references().clone(),
+                deriver: info.deriver().cloned(),
+                registration_time: 0,
+                ultimate: false,
+                signatures: info.signatures().to_vec(),
+                ca: info.content_address().cloned(),
+            },
+            url,
+            compression: info.compression().clone(),
+        })
+    }
+}
+
+async fn pull_async(
+    store: &LocalStore,
+    roots: &[StorePath],
+    base: &str,
+    opts: &PullOptions,
+) -> Result<PullReport, CacheError> {
+    let jobs = if opts.jobs == 0 { 8 } else { opts.jobs };
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .map_err(|e| CacheError::Other(format!("HTTP client: {e}")))?;
+    let remote = Arc::new(Remote {
+        http,
+        base: base.to_string(),
+        token: opts.token.clone(),
+        store_dir: store.store_dir.clone(),
+        keys: opts.trusted_keys.clone(),
+        attempts: opts.attempts,
+    });
+    if opts.trusted_keys.is_empty() {
+        return Err(CacheError::Other("no trusted keys: give --trusted-key (the cache's public key)".into()));
+    }
+    let info = remote.text(&format!("{base}/nix-cache-info")).await.map_err(CacheError::Other)?;
+    let info = String::from_utf8_lossy(&info);
+    if let Some(dir) = info.lines().find_map(|l| l.strip_prefix("StoreDir:")) {
+        if dir.trim() != store.store_dir.as_str() {
+            return Err(CacheError::StoreDirMismatch {
+                cache: dir.trim().to_string(),
+                ours: store.store_dir.to_string(),
+            });
+        }
+    }
+
+    // 1. The closure, minus what the store has.
+    let db = store.db()?;
+    let mut report = PullReport::default();
+    let mut seen: HashSet<StorePath> = HashSet::new();
+    let mut queue: Vec<StorePath> = roots.to_vec();
+    let mut wanted: Vec<Wanted> = Vec::new();
+    let mut walking = JoinSet::new();
+    let lookups = Arc::new(tokio::sync::Semaphore::new(32));
+    loop {
+        for path in queue.drain(..) {
+            if !seen.insert(path.clone()) {
+                continue;
+            }
+            report.closure += 1;
+            if let Some(db) = &db {
+                if db.is_valid(&path)? {
+                    report.present += 1;
+                    continue;
+                }
+            }
+            let (remote, lookups) = (remote.clone(), lookups.clone());
+            walking.spawn(async move {
+                let _permit = lookups.acquire_owned().await;
+                remote.narinfo(&path).await
+            });
+        }
+        let Some(joined) = walking.join_next().await else { break };
+        let w = joined.map_err(|e| CacheError::Other(e.to_string()))?.map_err(CacheError::Other)?;
+        queue.extend(w.info.references.iter().filter(|r| **r != w.info.path).cloned());
+        wanted.push(w);
+    }
+    drop(db);
+    let install = store.resolve(opts.install);
+    report.install = match install {
+        Install::Import => "import",
+        _ => "direct",
+    }
+    .to_string();
+    tracing::info!(
+        "{} paths in the closure, {} already in the store, {} to pull ({} of NAR; installing: {})",
+        report.closure,
+        report.present,
+        wanted.len(),
+        flywheel_nix::human_bytes(wanted.iter().map(|w| w.info.nar_size).sum()),
+        report.install
+    );
+    if wanted.is_empty() {
+        return Ok(report);
+    }
+    if !store.real_store.exists() && store.root != std::path::Path::new("/") {
+        std::fs::create_dir_all(&store.real_store)
+            .map_err(|e| CacheError::Io { path: store.real_store.clone(), source: e })?;
+    }
+
+    // 2. The NARs, largest first.
+    let spool = match install {
+        Install::Import => Some(
+            tempfile::Builder::new()
+                .prefix("flywheel-pull-")
+                .tempdir()
+                .map_err(|e| CacheError::Io { path: std::env::temp_dir(), source: e })?,
+        ),
+        _ => None,
+    };
+    let spool_dir = spool.as_ref().map(|d| d.path().to_path_buf());
+    let mut order: Vec<Wanted> = wanted.clone();
+    order.sort_by_key(|w| std::cmp::Reverse(w.info.nar_size));
+    let total = order.len();
+    let downloads = Arc::new(tokio::sync::Semaphore::new(jobs));
+    let mut tasks = JoinSet::new();
+    for w in order {
+        let permit = downloads.clone().acquire_owned().await.map_err(|e| CacheError::Other(e.to_string()))?;
+        let remote = remote.clone();
+        let into = match &spool_dir {
+            Some(dir) => Into::Spool(dir.join(w.info.path.to_basename())),
+            None => Into::Store(store.clone()),
+        };
+        tasks.spawn(async move {
+            let result = fetch_one(&remote, &w, into).await;
+            drop(permit);
+            (w.info.path, result)
+        });
+    }
+    let mut fetched: HashMap<StorePath, Arrived> = HashMap::new();
+    let mut done = 0;
+    while let Some(joined) = tasks.join_next().await {
+        let (path, result) = joined.map_err(|e| CacheError::Other(format!("a download task failed: {e}")))?;
+        done += 1;
+        let shown = store.store_dir.render_path(&path);
+        match result {
+            Ok(f) => {
+                tracing::info!("[{done}/{total}] {shown} ({} downloaded)", flywheel_nix::human_bytes(f.file_bytes));
+                fetched.insert(path, f);
+            }
+            Err(error) => {
+                tracing::warn!("[{done}/{total}] {shown}: {error}");
+                report.failed.push(crate::PushFailure { path: shown, error });
+            }
+        }
+    }
+
+    // 3. Registered or imported: only paths whose whole closure arrived.
+    let ordered = references_first(wanted.into_iter().map(|w| w.info).collect(), &store.store_dir);
+    let pulled: HashSet<&StorePath> = ordered.iter().map(|i| &i.path).collect();
+    let mut complete: HashSet<&StorePath> = HashSet::new();
+    let mut ready: Vec<&PathInfo> = Vec::new();
+    for info in &ordered {
+        let Some(arrived) = fetched.get(&info.path) else { continue };
+        if arrived.already_valid {
+            complete.insert(&info.path);
+            continue;
+        }
+        // A reference outside this pull was already valid when the walk saw it.
+        if info.references.iter().all(|r| *r == info.path || !pulled.contains(r) || complete.contains(r)) {
+            complete.insert(&info.path);
+            ready.push(info);
+        } else {
+            let shown = store.store_dir.render_path(&info.path);
+            report
+                .failed
+                .push(crate::PushFailure { path: shown, error: "not registered: a path it refers to failed".into() });
+        }
+    }
+    let registered = match &spool_dir {
+        None => store.register(&ready),
+        Some(dir) => store.import(&ready, |info| std::fs::File::open(dir.join(info.path.to_basename()))),
+    };
+    if spool_dir.is_none() {
+        // Restored trees that were not registered go, while their locks are still held.
+        let kept: HashSet<&StorePath> =
+            if registered.is_ok() { ready.iter().map(|i| &i.path).collect() } else { HashSet::new() };
+        for (path, arrived) in &fetched {
+            if !arrived.already_valid && !kept.contains(path) {
+                if let Err(e) = flywheel_nix::nar::remove_tree(&store.target(path)) {
+                    tracing::warn!("removing {}: {e}", store.target(path).display());
+                }
+            }
+        }
+    }
+    registered?;
+    for info in &ready {
+        report.pulled += 1;
+        report.nar_bytes += info.nar_size;
+        report.file_bytes += fetched.get(&info.path).map(|f| f.file_bytes).unwrap_or(0);
+    }
+    // Releases the path locks.
+    drop(fetched);
+    Ok(report)
+}
+
+/// Where a download goes.
+enum Into {
+    /// Straight into the store, under the path's lock.
+    Store(LocalStore),
+    /// Into a spool file, for `nix-store --import`.
+    Spool(std::path::PathBuf),
+}
+
+/// One path downloaded and checked; in direct mode, its lock is held until registration.
+struct Arrived {
+    file_bytes: u64,
+    /// Another Nix added the path while this pull was under way.
+    already_valid: bool,
+    _lock: Option<PathLock>,
+}
+
+async fn fetch_one(remote: &Arc<Remote>, w: &Wanted, into: Into) -> Result<Arrived, String> {
+    let NixHash::Sha256(expected) = w.info.nar_hash.clone() else {
+        return Err("NarHash is not sha256".into());
+    };
+    let (target, lock, direct) = match into {
+        Into::Spool(file) => (file, None, false),
+        Into::Store(store) => {
+            let target = store.target(&w.info.path);
+            let path = w.info.path.clone();
+            let t = target.clone();
+            let locked = tokio::task::spawn_blocking(move || -> Result<(PathLock, bool), String> {
+                let lock = PathLock::acquire(&t).map_err(|e| format!("locking {}: {e}", t.display()))?;
+                if t.symlink_metadata().is_err() {
+                    return Ok((lock, false));
+                }
+                // Under the lock, a tree at the path is either valid (added meanwhile) or left by
+                // a pull or build that stopped before registering it, and never used.
+                let valid = match store.db().map_err(|e| e.to_string())? {
+                    Some(db) => db.is_valid(&path).map_err(|e| e.to_string())?,
+                    None => false,
+                };
+                if !valid {
+                    flywheel_nix::nar::remove_tree(&t)
+                        .map_err(|e| format!("removing the invalid {}: {e}", t.display()))?;
+                }
+                Ok((lock, valid))
+            })
+            .await
+            .map_err(|e| e.to_string())??;
+            if locked.1 {
+                return Ok(Arrived { file_bytes: 0, already_valid: true, _lock: Some(locked.0) });
+            }
+            (target, Some(locked.0), true)
+        }
+    };
+    let size = w.info.nar_size;
+    let result = with_retries(remote.attempts, || {
+        let target = target.clone();
+        let compression = w.compression.clone();
+        async move {
+            let t = target.clone();
+            let sink = move |nar: &mut dyn std::io::Read| -> Result<(), String> {
+                if direct {
+                    flywheel_nix::nar::restore_canonical(nar, &t).map(|_| ()).map_err(|e| e.to_string())
+                } else {
+                    let mut file = std::fs::File::create(&t).map_err(|e| format!("{}: {e}", t.display()))?;
+                    std::io::copy(nar, &mut file).map(|_| ()).map_err(|e| format!("{}: {e}", t.display()))
+                }
+            };
+            let got = fetch::download(&remote.http, remote.token.as_deref(), &w.url, compression, sink).await;
+            let got = match got {
+                Ok(g) => g,
+                Err(e) => {
+                    let _ = flywheel_nix::nar::remove_tree(&target);
+                    return Err(e);
+                }
+            };
+            if got.nar.sha256 != expected || got.nar.size != size {
+                let _ = flywheel_nix::nar::remove_tree(&target);
+                return Err(Failure {
+                    message: format!(
+                        "{}: NAR hash mismatch: the narinfo says {} ({size} bytes), the download gives {} ({} bytes)",
+                        w.url,
+                        w.info.nar_hash.to_nix_nixbase32_string(),
+                        got.nar.to_nix32(),
+                        got.nar.size
+                    ),
+                    retry: true,
+                });
+            }
+            Ok(got.file_bytes)
+        }
+    })
+    .await?;
+    Ok(Arrived { file_bytes: result, already_valid: false, _lock: lock })
+}
