@@ -23,7 +23,7 @@ pub(crate) async fn check(resp: reqwest::Response, what: &str) -> Result<reqwest
     let body = resp.text().await.unwrap_or_default();
     let hint = match status.as_u16() {
         401 => " (give a token with --token or FLYWHEEL_CACHE_TOKEN)",
-        403 => " (the token lacks the scope this needs on this cache)",
+        403 => " (the token needs the write scope on this cache to push, the read scope to pull)",
         _ => "",
     };
     Err(Failure { message: format!("{what}: HTTP {status}: {}{hint}", body.trim()), retry: retryable(status) })
