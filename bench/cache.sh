@@ -6,7 +6,7 @@
 #      (both sign; the server also decompresses and rechecks every NAR);
 #   2. narinfo GETs per second, cycling through every path of the closure (wrk and a Lua script),
 #      with 1 connection and with 16: the flywheel server vs nginx serving that `nix copy` directory;
-#   3. NAR download throughput with 16 connections (wrk), each server its own NARs
+#   3. NAR download throughput with 16 connections and with 1 (wrk), each server its own NARs
 #      (the narinfos' URL lines), cycling through all of them;
 #   4. `nix copy --from` each server into an empty chroot store, with require-sigs;
 #   5. when the binary has `flywheel cache pull`: it against `nix copy --from`, both from the
@@ -70,8 +70,11 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2fx", a / b}'; }
 mb() { awk -v b="$1" 'BEGIN {printf "%.1f MB", b / 1e6}'; }
 progress() { echo "bench/cache.sh: $*" >&2; }
 nixc() { nix --extra-experimental-features nix-command "$@"; }
-# Removes a directory that may hold a store (read-only directories).
-rmtree() { chmod -R u+w "$1" 2>/dev/null || true; rm -rf "$1"; }
+# nix with its progress lines in $work/nix.log, shown when it fails.
+nixq() { nixc "$@" 2>> "$work/nix.log" || { tail -5 "$work/nix.log" >&2; return 1; }; }
+# Removes a directory that may hold a store (read-only directories), and syncs, so that the
+# next timed command does not pay for the deletion.
+rmtree() { chmod -R u+w "$1" 2>/dev/null || true; rm -rf "$1"; sync; }
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 # Nix keeps narinfos (and its idea of what a cache holds) in $XDG_CACHE_HOME/nix: a fresh one
 # per command, so that every run really asks the cache.
@@ -150,10 +153,11 @@ EOT
 # result to a Nix with require-sigs.
 nix-store --generate-binary-cache-key bench-1 "$work/sk" "$work/pk"
 filecache=$work/filecache
-nix_push() { rm -rf "$filecache"; XDG_CACHE_HOME=$(fresh_xdg) nixc copy --to "file://$filecache?compression=zstd&secret-key=$work/sk" "$root"; }
+nix_push() { XDG_CACHE_HOME=$(fresh_xdg) nixq copy --to "file://$filecache?compression=zstd&secret-key=$work/sk" "$root"; }
 declare -a t_push_nix t_push_fw
 for i in $(seq "$runs"); do
   progress "push, run $i of $runs"
+  rmtree "$filecache"
   t_push_nix+=("$(time_ns nix_push)")
   rmtree "$work/data"
   start_flywheel "$work/data"
@@ -249,7 +253,7 @@ wrk_run() {
   fi
   awk -v r="$r" -v b="$b" -v us="$us" 'BEGIN {printf "%.0f %.1f\n", r / (us / 1e6), b / us}'
 }
-declare -a q1_ng q1_fw q16_ng q16_fw nar_ng nar_fw
+declare -a q1_ng q1_fw q16_ng q16_fw nar_ng nar_fw nar1_ng nar1_fw
 for i in $(seq "$runs"); do
   progress "narinfo and NAR requests, run $i of $runs"
   q1_ng+=("$(wrk_run ng-narinfo "$ng_url" 1 1 | cut -d' ' -f1)")
@@ -258,6 +262,8 @@ for i in $(seq "$runs"); do
   q16_fw+=("$(wrk_run fw-narinfo "$fw_host" 2 16 | cut -d' ' -f1)")
   nar_ng+=("$(wrk_run ng-nar "$ng_url" 2 16 | cut -d' ' -f2)")
   nar_fw+=("$(wrk_run fw-nar "$fw_host" 2 16 | cut -d' ' -f2)")
+  nar1_ng+=("$(wrk_run ng-nar "$ng_url" 1 1 | cut -d' ' -f2)")
+  nar1_fw+=("$(wrk_run fw-nar "$fw_host" 1 1 | cut -d' ' -f2)")
 done
 m_q1_ng=$(printf '%s\n' "${q1_ng[@]}" | median)
 m_q1_fw=$(printf '%s\n' "${q1_fw[@]}" | median)
@@ -265,13 +271,15 @@ m_q16_ng=$(printf '%s\n' "${q16_ng[@]}" | median)
 m_q16_fw=$(printf '%s\n' "${q16_fw[@]}" | median)
 m_nar_ng=$(printf '%s\n' "${nar_ng[@]}" | median)
 m_nar_fw=$(printf '%s\n' "${nar_fw[@]}" | median)
+m_nar1_ng=$(printf '%s\n' "${nar1_ng[@]}" | median)
+m_nar1_fw=$(printf '%s\n' "${nar1_fw[@]}" | median)
 
 # 4 and 5. Into empty chroot stores; each result is checked once (every path there, contents
 # matching their NarHash).
 have_pull=no
 "$fw" cache pull --help > /dev/null 2>&1 && have_pull=yes
 [ "$have_pull" = yes ] || progress "pull: not built yet"
-copy_from() { XDG_CACHE_HOME=$(fresh_xdg) nixc copy --from "$1" --to "$2" --option require-sigs true --option trusted-public-keys "$trusted" "$root"; }
+copy_from() { XDG_CACHE_HOME=$(fresh_xdg) nixq copy --from "$1" --to "$2" --option require-sigs true --option trusted-public-keys "$trusted" "$root"; }
 pull() { XDG_CACHE_HOME=$(fresh_xdg) "$fw" cache pull --from "$fw_url" --trusted-key "$fw_key" --store "$1" "$root"; }
 check_store() {
   local n
@@ -321,8 +329,9 @@ narinfo GETs, cycling through all ${#paths[@]}              nginx req/s   flywhe
   16 connections (wrk -t2 -c16)                      $m_q16_ng         $m_q16_fw            $(ratio "$m_q16_fw" "$m_q16_ng")
   narinfos that agree (path, NarHash, NarSize, References, signed): $narinfo_ok of ${#paths[@]}
 
-NAR downloads, 16 connections (wrk -t2 -c16)        nginx MB/s    flywheel MB/s    flywheel/nginx (goal >= 0.8)
-  cycling through each server's own NAR files        $m_nar_ng        $m_nar_fw           $(ratio "$m_nar_fw" "$m_nar_ng")
+NAR downloads, cycling through each server's own   nginx MB/s    flywheel MB/s    flywheel/nginx (goal >= 0.8)
+  16 connections (wrk -t2 -c16)                      $m_nar_ng        $m_nar_fw           $(ratio "$m_nar_fw" "$m_nar_ng")
+  1 connection (wrk -t1 -c1)                         $m_nar1_ng        $m_nar1_fw           $(ratio "$m_nar1_fw" "$m_nar1_ng")
   the NAR files: nginx $(mb "$ng_nar_files") (nix copy's zstd), flywheel $(mb "$fw_nar_files") (flywheel push's zstd)
 
 nix copy --from into an empty chroot store (require-sigs)   time      flywheel/nginx (goal <= 1.1)

@@ -753,3 +753,146 @@ fn pull_from_a_plain_nix_cache_refuses_a_tampered_nar_and_registers_nothing() {
         );
     }
 }
+
+/// A new store path holding `text` (unique per call), added with Nix.
+fn new_store_path(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let file = dir.join(name);
+    fs::write(&file, format!("{text} {:?} {}", std::time::SystemTime::now(), std::process::id())).expect("write");
+    PathBuf::from(ok_str(nix_store().arg("--add").arg(&file)).trim())
+}
+
+#[test]
+fn a_config_file_sets_caches_upstream_filter_listings_and_logs() {
+    let work = tempdir();
+    let w = work.path();
+    let (up_sk, up_pk) = (w.join("up.sk"), w.join("up.pk"));
+    ok(nix_store().args(["--generate-binary-cache-key", "upstream-1"]).arg(&up_sk).arg(&up_pk));
+    let up_pk = fs::read_to_string(&up_pk).expect("pk");
+    let config = w.join("cache.toml");
+    fs::write(
+        &config,
+        format!(
+            "data = \"data\"\nmax-requests-per-client = 4\n[caches.main]\nupstream-keys = [\"{}\"]\n\
+             [caches.pr]\nvisibility = \"private\"\npriority = 41\n",
+            up_pk.trim()
+        ),
+    )
+    .expect("config");
+    let data = w.join("data");
+    let server = Server::start(&data, &["--config", config.to_str().expect("utf-8")]);
+    let url = server.url("main");
+
+    // The caches the file declares, with their settings; admin commands find the data through it.
+    let pr: Value = serde_json::from_slice(&ok(flywheel()
+        .args(["cache", "info", "--json", "--cache", "pr", "--config"])
+        .arg(&config)
+        .env_remove("FLYWHEEL_CACHE_DATA")))
+    .expect("JSON");
+    assert_eq!((pr["visibility"].as_str(), pr["priority"].as_u64()), (Some("private"), Some(41)), "{pr}");
+    assert_eq!(curl(&[&format!("{}/nix-cache-info", server.url("pr"))]).0, 401);
+
+    // A path upstream signed is declined (Nix's copy still succeeds, and fetches it upstream).
+    let upstream = new_store_path(w, "upstream.txt", "from upstream");
+    ok(nix().args(["store", "sign", "--key-file"]).arg(&up_sk).arg(&upstream));
+    let ours = new_store_path(w, "ours.txt", "built here");
+    let netrc = server.netrc(w, &token(&data, "write"));
+    let root = &support::fixture().root;
+    ok(nix_as(&w.join("pusher"))
+        .args(["copy", "--option", "netrc-file"])
+        .arg(&netrc)
+        .args(["--to", &format!("{url}?compression=zstd&write-nar-listing=true")])
+        .arg(&upstream)
+        .arg(&ours)
+        .arg(root));
+    let hash_part = |p: &Path| p.file_name().and_then(|n| n.to_str()).map(|n| n[..32].to_string()).expect("store path");
+    assert_eq!(curl(&[&format!("{url}/{}.narinfo", hash_part(&upstream))]).0, 404);
+    assert_eq!(curl(&[&format!("{url}/{}.narinfo", hash_part(&ours))]).0, 200);
+    let (_, metrics) = curl(&[&format!("{}/metrics", server.base)]);
+    assert!(metrics.contains("flywheel_cache_upstream_declined_total 1"), "{metrics}");
+
+    // It counts as present: a path referring to it is accepted, and push has nothing to send.
+    let (hash, size) = nix_store_hash_size(&ours);
+    let nar = nar_of(&ours, &w.join("ours.nar"));
+    let write = format!("Authorization: Bearer {}", token(&data, "write"));
+    let (code, body) = curl(&[
+        "-X",
+        "PUT",
+        "--data-binary",
+        &format!("@{}", nar.display()),
+        "-H",
+        &write,
+        &format!("{url}/nar/again.nar"),
+    ]);
+    assert_eq!(code, 200, "{body}");
+    let report: Value = serde_json::from_slice(&ok(flywheel()
+        .args(["cache", "push", "--json", "--to", &url, "--token", &token(&data, "write")])
+        .arg(&upstream)))
+    .expect("JSON");
+    assert_eq!((report["pushed"].as_u64(), report["present"].as_u64()), (Some(0), Some(1)), "{report}");
+    let upstream_name = upstream.file_name().and_then(|n| n.to_str()).expect("name").to_string();
+    let text = narinfo_for(&ours, "nar/again.nar", &hash, size, &upstream_name);
+    let (code, body) =
+        curl(&["-X", "PUT", "--data-binary", &text, "-H", &write, &format!("{url}/{}.narinfo", hash_part(&ours))]);
+    assert_eq!(code, 200, "a reference to an upstream path is no hole in the closure: {body}");
+
+    // `.ls` listings Nix wrote, served once the path is there.
+    let (code, listing) = curl(&[&format!("{url}/{}.ls", hash_part(root))]);
+    assert_eq!(code, 200);
+    let listing: Value = serde_json::from_str(&listing).expect("JSON listing");
+    assert_eq!(listing["version"], 1);
+
+    // Build logs: uploaded with a write token, read back by `nix log`.
+    let drv = ok_str(nix_store().args(["--query", "--deriver"]).arg(root)).trim().to_string();
+    let drv_name = Path::new(&drv).file_name().and_then(|n| n.to_str()).expect("drv").to_string();
+    let log_url = format!("{url}/log/{drv_name}");
+    assert_eq!(curl(&["-X", "PUT", "--data-binary", "the build said hello", &log_url]).0, 401);
+    assert_eq!(curl(&["-X", "PUT", "--data-binary", "x", "-H", &write, &format!("{url}/log/..%2Fescape")]).0, 400);
+    assert_eq!(curl(&["-X", "PUT", "--data-binary", "the build said hello", "-H", &write, &log_url]).0, 200);
+    let log = ok_str(nix_as(&w.join("reader")).args(["log", "--store", &url]).arg(root));
+    assert_eq!(log.trim(), "the build said hello");
+
+    // One client with more downloads in flight than max-requests-per-client: the extra ones
+    // wait their turn (counted), and every one completes in full.
+    let big = support::fixture().paths.iter().max_by_key(|p| nix_store_hash_size(p).1).expect("a path");
+    let (_, narinfo) = curl(&[&format!("{url}/{}.narinfo", hash_part(big))]);
+    let nar_url = format!("{url}/{}", narinfo.lines().find_map(|l| l.strip_prefix("URL: ")).expect("URL"));
+    let file_size: u64 =
+        narinfo.lines().find_map(|l| l.strip_prefix("FileSize: ")).expect("FileSize").parse().expect("size");
+    let waits = || -> u64 {
+        let (_, metrics) = curl(&[&format!("{}/metrics", server.base)]);
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("flywheel_cache_client_waits_total "))
+            .and_then(|v| v.parse().ok())
+            .expect("client_waits metric")
+    };
+    let waits_before = waits();
+    // Each download takes about two seconds.
+    let rate = (file_size / 2).max(1024).to_string();
+    let downloads: Vec<_> = (0..6)
+        .map(|_| {
+            Command::new("curl")
+                .args([
+                    "-sS",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code} %{size_download}",
+                    "--limit-rate",
+                    &rate,
+                    &nar_url,
+                ])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("curl")
+        })
+        .collect();
+    for d in downloads {
+        let out = d.wait_with_output().expect("curl");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), format!("200 {file_size}"));
+    }
+    let waited = waits() - waits_before;
+    assert!(waited >= 2, "six downloads at once with a limit of four: {waited} waited");
+
+    ok(flywheel().args(["cache", "verify", "--config"]).arg(&config).env_remove("FLYWHEEL_CACHE_DATA"));
+}

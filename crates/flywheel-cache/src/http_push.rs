@@ -213,12 +213,17 @@ async fn push_async(
                     .send()
                     .await
                     .map_err(|e| Failure { message: format!("{url}: {e}"), retry: true })?;
-                check(resp, &url).await.map(|_| ())
+                let resp = check(resp, &url).await?;
+                Ok(resp.headers().get("x-flywheel-declined").is_some())
             }
         })
         .await;
         match result {
-            Ok(()) => {
+            Ok(true) => {
+                in_cache.insert(info.path.clone());
+                report.upstream += 1;
+            }
+            Ok(false) => {
                 in_cache.insert(info.path.clone());
                 report.pushed += 1;
                 report.nar_bytes += info.nar_size;

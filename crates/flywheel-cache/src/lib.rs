@@ -4,6 +4,7 @@
 //! its NAR and its references).
 
 pub mod compression;
+pub mod config;
 pub mod data_dir;
 pub mod file_cache;
 mod http;

@@ -39,6 +39,8 @@ pub struct PushReport {
     pub present: usize,
     /// Paths uploaded now.
     pub pushed: usize,
+    /// Paths the server declined because an upstream cache (cache.nixos.org) signed them.
+    pub upstream: usize,
     /// Uncompressed NAR bytes uploaded.
     pub nar_bytes: u64,
     /// Compressed bytes uploaded.

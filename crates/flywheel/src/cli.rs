@@ -144,19 +144,43 @@ pub struct VerifyArgs {
 pub struct ServeArgs {
     #[command(flatten)]
     pub data: DataArgs,
-    /// Address to listen on (port 0: any free port; the URLs printed name the real one).
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:5480")]
-    pub listen: std::net::SocketAddr,
-    /// The largest NAR upload accepted, in bytes (compressed as sent).
-    #[arg(long, value_name = "BYTES", default_value_t = 64 << 30)]
-    pub max_nar_bytes: u64,
+    /// Address to listen on (port 0: any free port; the URLs printed name the real one)
+    /// [default: 127.0.0.1:5480].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// The largest NAR upload accepted, compressed as sent: bytes, or with a unit (64GiB)
+    /// [default: 64GiB].
+    #[arg(long, value_name = "SIZE", value_parser = flywheel_cache::config::parse_size)]
+    pub max_nar_bytes: Option<u64>,
+    /// Requests one client address may have in progress at once; more wait [default: 64].
+    #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_requests_per_client: Option<usize>,
 }
 
 #[derive(Args, Debug)]
 pub struct DataArgs {
-    /// The server's data directory (index and NARs).
-    #[arg(long, value_name = "DIR", env = "FLYWHEEL_CACHE_DATA", default_value = "flywheel-cache")]
-    pub data: PathBuf,
+    /// The server's data directory (index and NARs) [default: the config's `data`, else
+    /// ./flywheel-cache].
+    #[arg(long, value_name = "DIR", env = "FLYWHEEL_CACHE_DATA")]
+    pub data: Option<PathBuf>,
+    /// The server's config file (TOML: data, listen, limits, caches with their visibility,
+    /// priority and upstream keys; docs/cache-server.md).
+    #[arg(long, value_name = "FILE", env = "FLYWHEEL_CACHE_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+impl DataArgs {
+    pub fn config(&self) -> anyhow::Result<Option<flywheel_cache::config::Config>> {
+        self.config.as_deref().map(flywheel_cache::config::Config::load).transpose().map_err(Into::into)
+    }
+
+    /// The data directory: --data, else the config file's, else ./flywheel-cache.
+    pub fn dir(&self) -> anyhow::Result<PathBuf> {
+        if let Some(d) = &self.data {
+            return Ok(d.clone());
+        }
+        Ok(self.config()?.and_then(|c| c.data).unwrap_or_else(|| PathBuf::from("flywheel-cache")))
+    }
 }
 
 #[derive(Args, Debug)]

@@ -26,7 +26,7 @@ pub enum IndexError {
 }
 
 /// Who may read a cache without a token.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Visibility {
     /// Anyone may read (narinfos, NARs, listings).
@@ -145,6 +145,15 @@ pub struct PathRecord {
     pub sigs: Vec<String>,
 }
 
+/// A small file kept in the index: a `<hash>.ls` listing or a `log/<drv>` build log, as sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredFile {
+    pub body: Vec<u8>,
+    pub content_type: String,
+    /// The `Content-Encoding` it was sent with (Nix's `ls-compression`, `log-compression`).
+    pub content_encoding: Option<String>,
+}
+
 /// What adding a path did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Added {
@@ -175,6 +184,20 @@ pub trait Index: Send + Sync {
     /// and the membership; `upload` (its URL) is then forgotten. A path the server already has
     /// keeps its first NAR.
     fn add_path(&self, cache: &str, path: &PathRecord, upload: Option<&str>, now: i64) -> Result<Added, IndexError>;
+    /// Sets a cache's visibility and priority (from the server's config file).
+    fn configure_cache(&self, name: &str, visibility: Visibility, priority: u32) -> Result<(), IndexError>;
+    /// Records that `cache` declined `store_path` because `key_name`, an upstream key, signed
+    /// it: it counts as present for closure checks; `upload` (its NAR's URL) is forgotten.
+    fn record_upstream(
+        &self,
+        cache: &str,
+        store_path: &str,
+        key_name: &str,
+        upload: Option<&str>,
+        now: i64,
+    ) -> Result<(), IndexError>;
+    fn put_file(&self, cache: &str, name: &str, file: &StoredFile, now: i64) -> Result<(), IndexError>;
+    fn file(&self, cache: &str, name: &str) -> Result<Option<StoredFile>, IndexError>;
     /// The path with this hash part, if the cache holds it.
     fn path(&self, cache: &str, hash_part: &str) -> Result<Option<PathRecord>, IndexError>;
     /// The NAR with this NarHash, if a path the cache holds has it.

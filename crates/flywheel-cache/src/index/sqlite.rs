@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{Added, CacheRecord, Index, IndexError, NarRecord, PathRecord, Scope, TokenRecord};
+use super::{Added, CacheRecord, Index, IndexError, NarRecord, PathRecord, Scope, StoredFile, TokenRecord, Visibility};
 
 /// The migrations, in order; migration N brings the schema to version N+1.
 const MIGRATIONS: &[&str] = &[
@@ -76,6 +76,28 @@ const MIGRATIONS: &[&str] = &[
         compression TEXT NOT NULL,
         created_at  INTEGER NOT NULL,
         PRIMARY KEY (cache, url)
+    ) WITHOUT ROWID;
+    ",
+    // 2: paths a cache declined because an upstream cache (cache.nixos.org) signed them: they
+    // count as present for the closure checks, and Nix fetches them from upstream. And the
+    // small files Nix uploads beside NARs: `<hash>.ls` listings and `log/<drv>` build logs.
+    "
+    CREATE TABLE upstream (
+        cache       INTEGER NOT NULL REFERENCES caches(id) ON DELETE CASCADE,
+        hash_part   TEXT NOT NULL,
+        store_path  TEXT NOT NULL,
+        key_name    TEXT NOT NULL,
+        recorded_at INTEGER NOT NULL,
+        PRIMARY KEY (cache, hash_part)
+    ) WITHOUT ROWID;
+    CREATE TABLE files (
+        cache       INTEGER NOT NULL REFERENCES caches(id) ON DELETE CASCADE,
+        name        TEXT NOT NULL,
+        body        BLOB NOT NULL,
+        content_type TEXT NOT NULL,
+        content_encoding TEXT,
+        created_at  INTEGER NOT NULL,
+        PRIMARY KEY (cache, name)
     ) WITHOUT ROWID;
     ",
 ];
@@ -299,7 +321,8 @@ impl Index for SqliteIndex {
             let id = cache_id(conn, cache)?;
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT 1 FROM paths p JOIN members m ON m.path = p.id WHERE m.cache = ?1 AND p.hash_part = ?2",
+                    "SELECT 1 FROM paths p JOIN members m ON m.path = p.id WHERE m.cache = ?1 AND p.hash_part = ?2
+                     UNION ALL SELECT 1 FROM upstream u WHERE u.cache = ?1 AND u.hash_part = ?2",
                 )
                 .map_err(db)?;
             let mut out = Vec::new();
@@ -314,6 +337,72 @@ impl Index for SqliteIndex {
 
     fn add_path(&self, cache: &str, path: &PathRecord, upload: Option<&str>, now: i64) -> Result<Added, IndexError> {
         self.with(|conn| Self::add_path_tx(conn, cache, path, upload, now))
+    }
+
+    fn configure_cache(&self, name: &str, visibility: Visibility, priority: u32) -> Result<(), IndexError> {
+        self.with(|conn| {
+            let n = conn
+                .execute(
+                    "UPDATE caches SET visibility = ?2, priority = ?3 WHERE name = ?1",
+                    params![name, visibility.as_str(), priority],
+                )
+                .map_err(db)?;
+            if n == 0 {
+                return Err(IndexError::NoSuchCache(name.to_string()));
+            }
+            Ok(())
+        })
+    }
+
+    fn record_upstream(
+        &self,
+        cache: &str,
+        store_path: &str,
+        key_name: &str,
+        upload: Option<&str>,
+        now: i64,
+    ) -> Result<(), IndexError> {
+        self.with(|conn| {
+            let tx = conn.unchecked_transaction().map_err(db)?;
+            let id = cache_id(&tx, cache)?;
+            tx.execute(
+                "INSERT INTO upstream (cache, hash_part, store_path, key_name, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (cache, hash_part) DO UPDATE SET key_name = excluded.key_name, recorded_at = excluded.recorded_at",
+                params![id, hash_part_of(store_path)?, store_path, key_name, now],
+            )
+            .map_err(db)?;
+            if let Some(url) = upload {
+                tx.execute("DELETE FROM uploads WHERE cache = ?1 AND url = ?2", params![id, url]).map_err(db)?;
+            }
+            tx.commit().map_err(db)
+        })
+    }
+
+    fn put_file(&self, cache: &str, name: &str, file: &StoredFile, now: i64) -> Result<(), IndexError> {
+        self.with(|conn| {
+            let id = cache_id(conn, cache)?;
+            conn.execute(
+                "INSERT INTO files (cache, name, body, content_type, content_encoding, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (cache, name) DO UPDATE SET body = excluded.body, content_type = excluded.content_type,
+                   content_encoding = excluded.content_encoding, created_at = excluded.created_at",
+                params![id, name, file.body, file.content_type, file.content_encoding, now],
+            )
+            .map_err(db)?;
+            Ok(())
+        })
+    }
+
+    fn file(&self, cache: &str, name: &str) -> Result<Option<StoredFile>, IndexError> {
+        self.with(|conn| {
+            conn.query_row(
+                "SELECT f.body, f.content_type, f.content_encoding FROM files f JOIN caches c ON c.id = f.cache
+                 WHERE c.name = ?1 AND f.name = ?2",
+                params![cache, name],
+                |r| Ok(StoredFile { body: r.get(0)?, content_type: r.get(1)?, content_encoding: r.get(2)? }),
+            )
+            .optional()
+            .map_err(db)
+        })
     }
 
     fn path(&self, cache: &str, hash_part: &str) -> Result<Option<PathRecord>, IndexError> {
@@ -423,6 +512,8 @@ impl Index for SqliteIndex {
                      WHERE r.reference != p.store_path AND NOT EXISTS (
                        SELECT 1 FROM paths p2 JOIN members m2 ON m2.path = p2.id
                        WHERE p2.store_path = r.reference AND m2.cache = m.cache)
+                     AND NOT EXISTS (
+                       SELECT 1 FROM upstream u WHERE u.cache = m.cache AND u.store_path = r.reference)
                      ORDER BY 1, 2, 3",
                 )
                 .map_err(db)?;

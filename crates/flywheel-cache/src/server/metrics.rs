@@ -13,6 +13,8 @@ pub struct Metrics {
     pub bytes_out: AtomicU64,
     pub narinfo_hits: AtomicU64,
     pub narinfo_misses: AtomicU64,
+    pub upstream_declined: AtomicU64,
+    pub client_waits: AtomicU64,
 }
 
 /// The route a request path belongs to, as a label with few values.
@@ -24,6 +26,9 @@ pub fn route_of(path: &str) -> &'static str {
         _ if item == "nix-cache-info" => "nix-cache-info",
         _ if item.ends_with(".narinfo") => "narinfo",
         _ if item.starts_with("nar/") => "nar",
+        _ if item.ends_with(".ls") => "ls",
+        _ if item.starts_with("log/") => "log",
+        _ if item.starts_with("api/") => "api",
         _ => "other",
     }
 }
@@ -77,6 +82,18 @@ impl Metrics {
             "narinfo requests answered 404.",
             self.narinfo_misses.load(Ordering::Relaxed),
         );
+        counter(
+            &mut out,
+            "flywheel_cache_upstream_declined_total",
+            "narinfo uploads declined because an upstream key signed the path.",
+            self.upstream_declined.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "flywheel_cache_client_waits_total",
+            "Requests that waited because their client had max-requests-per-client in progress.",
+            self.client_waits.load(Ordering::Relaxed),
+        );
         gauge(&mut out, "flywheel_cache_paths", "Store paths the server holds.", paths);
         gauge(&mut out, "flywheel_cache_memberships", "(cache, path) pairs: paths summed over caches.", memberships);
         gauge(
@@ -99,6 +116,8 @@ mod tests {
         assert_eq!(route_of("/main/0123.narinfo"), "narinfo");
         assert_eq!(route_of("/pr/nar/abc.nar.zst"), "nar");
         assert_eq!(route_of("/metrics"), "metrics");
+        assert_eq!(route_of("/main/0123.ls"), "ls");
+        assert_eq!(route_of("/main/log/0123-x.drv"), "log");
         assert_eq!(route_of("/anything/else"), "other");
     }
 }

@@ -7,13 +7,15 @@ mod auth;
 mod metrics;
 mod routes;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use flywheel_nix::keys::SecretKey;
+use flywheel_nix::narinfo::TrustedPublicKey;
 use flywheel_nix::StoreDir;
 
+use crate::config::CacheConfig;
 use crate::data_dir::{DataDir, DataError};
 use crate::index::{CacheRecord, Index, IndexError};
 use crate::storage::dir::DirStorage;
@@ -32,6 +34,13 @@ pub struct ServerOptions {
     pub zstd_level: i32,
     /// Uploads decompressed, checked and recompressed at once (the rest wait).
     pub ingest_jobs: usize,
+    /// The largest `.ls` listing or build log accepted.
+    pub max_file_bytes: usize,
+    /// Requests one client address may have in progress at once (a response counts until its
+    /// body is sent); more wait their turn, up to `CLIENT_WAIT`, then get 503.
+    pub max_requests_per_client: usize,
+    /// Caches the config file declares: created when missing, their settings applied at start.
+    pub caches: BTreeMap<String, CacheConfig>,
 }
 
 impl Default for ServerOptions {
@@ -42,6 +51,9 @@ impl Default for ServerOptions {
             max_narinfo_bytes: 1 << 20,
             zstd_level: 3,
             ingest_jobs: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            max_file_bytes: 16 << 20,
+            max_requests_per_client: 64,
+            caches: BTreeMap::new(),
         }
     }
 }
@@ -56,12 +68,16 @@ pub enum ServerError {
     Data(#[from] DataError),
     #[error(transparent)]
     Index(#[from] IndexError),
+    #[error("cache {cache}: {message}")]
+    Config { cache: String, message: String },
 }
 
 /// A cache with its parsed signing key.
 pub(crate) struct Cache {
     pub record: CacheRecord,
     pub key: SecretKey,
+    /// Paths signed by one of these are declined (the config's `upstream-keys`).
+    pub upstream: Vec<TrustedPublicKey>,
 }
 
 pub(crate) struct State {
@@ -75,6 +91,8 @@ pub(crate) struct State {
     /// narinfo accesses not yet written to the index (hash part -> latest time): written in one
     /// transaction every few seconds, so a read costs no disk write.
     pub accessed: std::sync::Mutex<HashMap<String, i64>>,
+    /// Each client address's share of `max_requests_per_client`.
+    pub clients: std::sync::Mutex<HashMap<std::net::IpAddr, Arc<tokio::sync::Semaphore>>>,
 }
 
 impl State {
@@ -90,7 +108,9 @@ impl State {
         let Some(record) = self.index().cache(name)? else { return Ok(None) };
         let key = SecretKey::parse(&record.secret_key)
             .map_err(|e| IndexError::Db(format!("cache {name}: its signing key: {e}")))?;
-        let cache = Arc::new(Cache { record, key });
+        // Checked when the config was loaded.
+        let upstream = self.opts.caches.get(name).and_then(|c| c.upstream().ok()).unwrap_or_default();
+        let cache = Arc::new(Cache { record, key, upstream });
         if let Ok(mut m) = self.caches.write() {
             m.insert(name.to_string(), cache.clone());
         }
@@ -108,9 +128,17 @@ pub struct Listening {
 /// public `main`. `ready` is called once the socket is bound (with the port, when the address
 /// asked for port 0).
 pub async fn serve(data: DataDir, opts: ServerOptions, ready: impl FnOnce(&Listening)) -> Result<(), ServerError> {
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    for (name, c) in &opts.caches {
+        c.upstream().map_err(|message| ServerError::Config { cache: name.clone(), message })?;
+        if data.index().cache(name)?.is_some() {
+            data.index().configure_cache(name, c.visibility, c.priority)?;
+        } else {
+            data.create_cache(name, c.visibility, c.priority, None, now)?;
+        }
+    }
     if data.index().caches()?.is_empty() {
-        let now =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
         data.create_cache("main", crate::index::Visibility::Public, crate::data_dir::DEFAULT_PRIORITY, None, now)?;
     }
     let cleaned = data.clean_tmp()?;
@@ -131,6 +159,7 @@ pub async fn serve(data: DataDir, opts: ServerOptions, ready: impl FnOnce(&Liste
         caches: RwLock::new(HashMap::new()),
         metrics: metrics::Metrics::default(),
         accessed: std::sync::Mutex::new(HashMap::new()),
+        clients: std::sync::Mutex::new(HashMap::new()),
         data,
     });
     ready(&Listening { addr, caches });
@@ -145,7 +174,10 @@ pub async fn serve(data: DataDir, opts: ServerOptions, ready: impl FnOnce(&Liste
         })
     };
     let app = routes::router(state.clone());
-    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown()).await.map_err(ServerError::Serve);
+    let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown())
+        .await
+        .map_err(ServerError::Serve);
     flusher.abort();
     flush_accesses(&state).await;
     served

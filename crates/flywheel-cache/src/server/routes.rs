@@ -10,27 +10,85 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{Request, State as AxState};
+use axum::extract::{ConnectInfo, Request, State as AxState};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use flywheel_nix::narinfo::{self, Compression, FileRef, NarInfo};
 use flywheel_nix::store_db::PathInfo;
 use flywheel_nix::{CAHash, NixHash};
+use futures_util::StreamExt;
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 use tower::ServiceExt;
 
 use super::auth::{authorize, Denied};
 use super::{Cache, State};
-use crate::index::{NarRecord, PathRecord, Scope};
+use crate::index::{NarRecord, PathRecord, Scope, StoredFile};
 use crate::ingest::{self, Upload};
 use crate::storage::NarStorage;
 
 const NIX32: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
 
 pub fn router(state: Arc<State>) -> Router {
-    Router::new().fallback(dispatch).with_state(state)
+    Router::new()
+        .fallback(dispatch)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), per_client))
+        .with_state(state)
+}
+
+/// How long a request waits for its client's turn before it gets 503.
+const CLIENT_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Bounds the requests one client address has in progress, bodies included: a client that
+/// opens hundreds of connections gets served at the same pace as one that opens a few.
+async fn per_client(
+    AxState(state): AxState<Arc<State>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let max = state.opts.max_requests_per_client.max(1);
+    let semaphore = match state.clients.lock() {
+        Ok(mut clients) => {
+            if clients.len() > 4096 {
+                // Forget idle clients (no request holds their semaphore).
+                clients.retain(|_, s| Arc::strong_count(s) > 1);
+            }
+            clients.entry(peer.ip()).or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(max))).clone()
+        }
+        Err(_) => return internal("the client table is poisoned"),
+    };
+    let permit = match semaphore.clone().try_acquire_owned() {
+        Ok(p) => p,
+        Err(_) => {
+            state.metrics.client_waits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            match tokio::time::timeout(CLIENT_WAIT, semaphore.acquire_owned()).await {
+                Ok(Ok(p)) => p,
+                _ => {
+                    let mut r = text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("too many requests in progress from {} (at most {max})", peer.ip()),
+                    );
+                    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                    return r;
+                }
+            }
+        }
+    };
+    let (mut parts, body) = next.run(req).await.into_parts();
+    // The permit goes with the body, so a download counts until it is sent; the body's exact
+    // length, which the stream would hide, goes in the header.
+    if !parts.headers.contains_key(header::CONTENT_LENGTH) {
+        if let Some(n) = axum::body::HttpBody::size_hint(&body).exact() {
+            parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+    }
+    let body = Body::from_stream(body.into_data_stream().map(move |chunk| {
+        let _held = &permit;
+        chunk
+    }));
+    Response::from_parts(parts, body)
 }
 
 fn now() -> i64 {
@@ -162,6 +220,36 @@ async fn route(state: &Arc<State>, req: Request) -> Result<Response, Response> {
             _ => Err(method_not_allowed()),
         };
     }
+    if let Some(hash) = item.strip_suffix(".ls") {
+        if !is_nix32(hash, 32) {
+            return Err(text(StatusCode::BAD_REQUEST, format!("malformed listing name {item:?}")));
+        }
+        let hash = hash.to_string();
+        return match method {
+            Method::GET | Method::HEAD => {
+                get_file(state, cache, item.to_string(), Some(hash), method == Method::HEAD).await
+            }
+            Method::PUT => put_file(state, cache, item.to_string(), req).await,
+            _ => Err(method_not_allowed()),
+        };
+    }
+    if let Some(drv) = item.strip_prefix("log/") {
+        // `log/<drv basename>`: a store path's base name, as Nix names build logs.
+        let valid = drv.len() > 33
+            && drv.len() <= 255
+            && is_nix32(&drv[..32], 32)
+            && drv.as_bytes()[32] == b'-'
+            && drv[33..].bytes().all(|b| b.is_ascii_alphanumeric() || b"+-._?=".contains(&b))
+            && !drv[33..].starts_with('.');
+        if !valid {
+            return Err(text(StatusCode::BAD_REQUEST, format!("malformed log name {drv:?}")));
+        }
+        return match method {
+            Method::GET | Method::HEAD => get_file(state, cache, item.to_string(), None, method == Method::HEAD).await,
+            Method::PUT => put_file(state, cache, item.to_string(), req).await,
+            _ => Err(method_not_allowed()),
+        };
+    }
     if let Some(name) = item.strip_prefix("nar/") {
         let valid = !name.is_empty()
             && name.len() <= 128
@@ -275,6 +363,19 @@ async fn put_narinfo(state: &Arc<State>, cache: Arc<Cache>, hash: String, req: R
         };
         let url = info.url().to_string();
         let cache_name = cache.record.name.clone();
+        if let Some(key) = cache.upstream.iter().find(|k| info.has_valid_signature(&s.store_dir, std::slice::from_ref(*k)))
+        {
+            // Declined with a success: Nix would stop the whole copy on an error, and it fetches
+            // this path from upstream anyway. Closure checks count the path as present.
+            s.index().record_upstream(&cache_name, &store_path, &key.name, Some(&url), now()).map_err(internal)?;
+            s.metrics.upstream_declined.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut r = text(
+                StatusCode::OK,
+                format!("not stored: {store_path} is signed by the upstream key {}; Nix fetches it from there", key.name),
+            );
+            r.headers_mut().insert("x-flywheel-declined", HeaderValue::from_static("upstream"));
+            return Ok(r);
+        }
         let nar: NarRecord = match s.index().upload(&cache_name, &url).map_err(internal)? {
             Some(n) => n,
             None => match s.index().nar(claimed).map_err(internal)? {
@@ -397,6 +498,59 @@ async fn put_nar(state: &Arc<State>, cache: Arc<Cache>, name: String, req: Reque
             nar.file_size = size;
         }
         s.index().record_upload(&cache.record.name, &format!("nar/{name}"), &nar, now()).map_err(internal)?;
+        Ok(text(StatusCode::OK, "ok"))
+    })
+    .await
+}
+
+/// `GET|HEAD <hash>.ls` (only once the path is in the cache) and `log/<drv>`: as uploaded.
+async fn get_file(
+    state: &Arc<State>,
+    cache: Arc<Cache>,
+    name: String,
+    member: Option<String>,
+    head: bool,
+) -> Result<Response, Response> {
+    let file = blocking(state, move |s| {
+        if let Some(hash) = member {
+            if s.index().path(&cache.record.name, &hash).map_err(internal)?.is_none() {
+                return Ok(None);
+            }
+        }
+        s.index().file(&cache.record.name, &name).map_err(internal)
+    })
+    .await?;
+    let Some(file) = file else { return Err(text(StatusCode::NOT_FOUND, "not found")) };
+    let mut builder = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, file.content_type)
+        .header(header::CONTENT_LENGTH, file.body.len());
+    if let Some(enc) = file.content_encoding {
+        builder = builder.header(header::CONTENT_ENCODING, enc);
+    }
+    builder.body(if head { Body::empty() } else { Body::from(file.body) }).map_err(internal)
+}
+
+/// `PUT <hash>.ls` and `PUT log/<drv>`: kept as sent (with their Content-Encoding), up to
+/// `max_file_bytes`.
+async fn put_file(state: &Arc<State>, cache: Arc<Cache>, name: String, req: Request) -> Result<Response, Response> {
+    let (content_type, content_encoding) = {
+        let header_text =
+            |h: header::HeaderName| req.headers().get(h).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let default_type = if name.ends_with(".ls") { "application/json" } else { "text/plain; charset=utf-8" };
+        (
+            header_text(header::CONTENT_TYPE).unwrap_or_else(|| default_type.to_string()),
+            header_text(header::CONTENT_ENCODING).filter(|e| e != "identity"),
+        )
+    };
+    let limit = state.opts.max_file_bytes;
+    let body = axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|_| text(StatusCode::PAYLOAD_TOO_LARGE, format!("a listing or log is at most {limit} bytes")))?;
+    state.metrics.bytes_in.fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    blocking(state, move |s| {
+        let file = StoredFile { body: body.to_vec(), content_type, content_encoding };
+        s.index().put_file(&cache.record.name, &name, &file, now()).map_err(internal)?;
         Ok(text(StatusCode::OK, "ok"))
     })
     .await

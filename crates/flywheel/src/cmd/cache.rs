@@ -23,10 +23,11 @@ pub fn run(command: CacheCommand) -> anyhow::Result<()> {
 }
 
 fn verify(a: VerifyArgs) -> anyhow::Result<()> {
-    if !a.data.data.join(flywheel_cache::data_dir::INDEX_FILE).is_file() {
-        bail!("{}: no cache data directory here", a.data.data.display());
+    let dir = a.data.dir()?;
+    if !dir.join(flywheel_cache::data_dir::INDEX_FILE).is_file() {
+        bail!("{}: no cache data directory here", dir.display());
     }
-    let data = open_data(&a.data.data)?;
+    let data = open_data(&dir)?;
     let report = flywheel_cache::verify::verify(data.index(), &data.storage(), a.full)?;
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -45,17 +46,33 @@ fn verify(a: VerifyArgs) -> anyhow::Result<()> {
         );
     }
     if !report.ok() {
-        bail!("{} problems in {}", report.problems.len(), a.data.data.display());
+        bail!("{} problems in {}", report.problems.len(), dir.display());
     }
     Ok(())
 }
 
 fn serve(a: ServeArgs) -> anyhow::Result<()> {
     use flywheel_cache::server::{self, ServerOptions};
-    let data = open_data(&a.data.data)?;
-    let opts = ServerOptions { listen: a.listen, max_nar_bytes: a.max_nar_bytes, ..ServerOptions::default() };
+    let config = a.data.config()?.unwrap_or_default();
+    let dir = a.data.dir()?;
+    let data = open_data(&dir)?;
+    let defaults = ServerOptions::default();
+    // Flags, then the config file, then the defaults.
+    let opts = ServerOptions {
+        listen: a.listen.or(config.listen).unwrap_or(defaults.listen),
+        max_nar_bytes: a.max_nar_bytes.or(config.max_nar_bytes.map(|s| s.bytes())).unwrap_or(defaults.max_nar_bytes),
+        max_narinfo_bytes: config.max_narinfo_bytes.map_or(defaults.max_narinfo_bytes, |s| s.bytes() as usize),
+        max_file_bytes: config.max_file_bytes.map_or(defaults.max_file_bytes, |s| s.bytes() as usize),
+        max_requests_per_client: a
+            .max_requests_per_client
+            .or(config.max_requests_per_client)
+            .unwrap_or(defaults.max_requests_per_client),
+        zstd_level: config.zstd_level.unwrap_or(defaults.zstd_level),
+        ingest_jobs: config.ingest_jobs.unwrap_or(defaults.ingest_jobs),
+        caches: config.caches,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
-    let dir = a.data.data.display().to_string();
+    let dir = dir.display().to_string();
     runtime.block_on(server::serve(data, opts, |l| {
         use std::io::Write as _;
         let mut out = std::io::stdout().lock();
@@ -90,7 +107,7 @@ fn print_info(info: &CacheInfo, json: bool) -> anyhow::Result<()> {
 fn create(a: CacheCreateArgs) -> anyhow::Result<()> {
     // A bad name creates no data directory.
     flywheel_cache::data_dir::check_cache_name(&a.name)?;
-    let data = open_data(&a.data.data)?;
+    let data = open_data(&a.data.dir()?)?;
     let visibility = if a.private { Visibility::Private } else { Visibility::Public };
     let info = data.create_cache(&a.name, visibility, a.priority, a.key_name.as_deref(), now())?;
     eprintln!("created {} cache {} (priority {}); its public key:", info.visibility.as_str(), info.name, info.priority);
@@ -98,20 +115,22 @@ fn create(a: CacheCreateArgs) -> anyhow::Result<()> {
 }
 
 fn info(a: CacheInfoArgs) -> anyhow::Result<()> {
-    if !a.data.data.join(flywheel_cache::data_dir::INDEX_FILE).is_file() {
-        bail!("{}: no cache data directory here (flywheel cache create makes one)", a.data.data.display());
+    let dir = a.data.dir()?;
+    if !dir.join(flywheel_cache::data_dir::INDEX_FILE).is_file() {
+        bail!("{}: no cache data directory here (flywheel cache create makes one)", dir.display());
     }
-    let data = open_data(&a.data.data)?;
+    let data = open_data(&dir)?;
     print_info(&data.cache_info(&a.cache)?, a.json)
 }
 
 fn token_create(a: TokenCreateArgs) -> anyhow::Result<()> {
     let now = now();
     let expires_at = a.expires.as_deref().map(|w| parse_when(w, now)).transpose()?;
-    if !a.data.data.join(flywheel_cache::data_dir::INDEX_FILE).is_file() {
-        bail!("{}: no cache data directory here (flywheel cache create makes one)", a.data.data.display());
+    let dir = a.data.dir()?;
+    if !dir.join(flywheel_cache::data_dir::INDEX_FILE).is_file() {
+        bail!("{}: no cache data directory here (flywheel cache create makes one)", dir.display());
     }
-    let data = open_data(&a.data.data)?;
+    let data = open_data(&dir)?;
     let token = data.create_token(&a.cache, a.scope, expires_at, a.description.as_deref(), now)?;
     println!("{token}");
     Ok(())
@@ -261,7 +280,7 @@ fn push_summary(args: &PushArgs, to: &str, report: &flywheel_cache::PushReport) 
     }
     let rate = report.nar_bytes as f64 / report.seconds.max(1e-6) / 1e6;
     eprintln!(
-        "pushed {} of {} paths to {} ({} NAR, {} {}) in {:.1} s ({rate:.0} MB/s of NAR); {} were already there",
+        "pushed {} of {} paths to {} ({} NAR, {} {}) in {:.1} s ({rate:.0} MB/s of NAR); {} were already there{}",
         report.pushed,
         report.closure,
         to,
@@ -269,7 +288,12 @@ fn push_summary(args: &PushArgs, to: &str, report: &flywheel_cache::PushReport) 
         human_bytes(report.file_bytes),
         args.compression,
         report.seconds,
-        report.present
+        report.present,
+        if report.upstream > 0 {
+            format!(", {} declined as upstream's (signed by an upstream key)", report.upstream)
+        } else {
+            String::new()
+        }
     );
     if !report.failed.is_empty() {
         for f in &report.failed {

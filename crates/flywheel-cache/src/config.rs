@@ -1,0 +1,225 @@
+//! `flywheel cache serve --config FILE`: the server's settings and its caches, in TOML.
+//!
+//! ```toml
+//! data = "/var/lib/flywheel-cache"     # relative paths are relative to this file
+//! listen = "0.0.0.0:5480"
+//! max-nar-bytes = "64GiB"
+//! max-requests-per-client = 64
+//!
+//! [caches.main]
+//! visibility = "public"
+//! priority = 30
+//! # Paths these keys signed are declined: Nix fetches them from there anyway.
+//! upstream-keys = ["cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="]
+//!
+//! [caches.pr]
+//! visibility = "private"
+//! ```
+//!
+//! Every field is optional; flags given on the command line win over the file.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use flywheel_nix::keys::PublicKey;
+use flywheel_nix::narinfo::TrustedPublicKey;
+use serde::Deserialize;
+
+use crate::index::Visibility;
+
+/// cache.nixos.org's public key, the usual upstream.
+pub const CACHE_NIXOS_ORG_KEY: &str = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    /// The data directory.
+    pub data: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    /// The largest NAR upload, as sent (compressed).
+    pub max_nar_bytes: Option<Size>,
+    pub max_narinfo_bytes: Option<Size>,
+    /// The largest `.ls` listing or build log.
+    pub max_file_bytes: Option<Size>,
+    /// Requests one client address may have in progress at once; more wait their turn.
+    pub max_requests_per_client: Option<usize>,
+    /// zstd level of stored NARs (1-19).
+    pub zstd_level: Option<i32>,
+    /// Uploads checked and recompressed at once.
+    pub ingest_jobs: Option<usize>,
+    #[serde(default)]
+    pub caches: BTreeMap<String, CacheConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CacheConfig {
+    #[serde(default = "public")]
+    pub visibility: Visibility,
+    #[serde(default = "default_priority")]
+    pub priority: u32,
+    /// Public keys (`name:base64`) of upstream caches: a path one of them signed is declined.
+    #[serde(default)]
+    pub upstream_keys: Vec<String>,
+}
+
+fn public() -> Visibility {
+    Visibility::Public
+}
+
+fn default_priority() -> u32 {
+    crate::data_dir::DEFAULT_PRIORITY
+}
+
+/// A byte count: a number, or a string with a unit (`512KiB`, `64MiB`, `64GiB`, or K, M, G).
+#[derive(Clone, Copy, Debug)]
+pub struct Size(pub u64);
+
+impl Size {
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Size;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a size: a number of bytes, or a string such as \"64GiB\"")
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Size, E> {
+                u64::try_from(n).map(Size).map_err(|_| E::custom("a size cannot be negative"))
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Size, E> {
+                Ok(Size(n))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Size, E> {
+                parse_size(s).map(Size).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?}: expected a size such as 1048576, 512KiB or 64GiB"))?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "K" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        "T" | "TiB" => 40,
+        other => return Err(format!("{s:?}: unknown unit {other:?} (B, KiB, MiB, GiB, TiB)")),
+    };
+    n.checked_mul(1u64 << shift).ok_or_else(|| format!("{s:?}: too large"))
+}
+
+impl Config {
+    /// Reads and checks `path`; a relative `data` is taken relative to the file's folder.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let invalid = |message: String| ConfigError::Invalid { path: path.to_path_buf(), message };
+        // toml's messages span several lines (with a caret); the first names what is wrong.
+        let mut config: Config = toml::from_str(&text).map_err(|e| {
+            let first = e.message().lines().next().unwrap_or("invalid TOML").to_string();
+            match e.span() {
+                Some(span) => invalid(format!("line {}: {first}", text[..span.start].lines().count().max(1))),
+                None => invalid(first),
+            }
+        })?;
+        if let Some(data) = &config.data {
+            if data.is_relative() {
+                let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                config.data = Some(base.join(data));
+            }
+        }
+        if let Some(level) = config.zstd_level {
+            if !(1..=19).contains(&level) {
+                return Err(invalid(format!("zstd-level {level}: expected 1 to 19")));
+            }
+        }
+        if config.max_requests_per_client == Some(0) {
+            return Err(invalid("max-requests-per-client must be at least 1".into()));
+        }
+        for (name, cache) in &config.caches {
+            crate::data_dir::check_cache_name(name).map_err(|e| invalid(format!("[caches.{name}]: {e}")))?;
+            cache.upstream().map_err(|e| invalid(format!("[caches.{name}]: {e}")))?;
+        }
+        Ok(config)
+    }
+}
+
+impl CacheConfig {
+    pub fn upstream(&self) -> Result<Vec<TrustedPublicKey>, String> {
+        self.upstream_keys
+            .iter()
+            .map(|k| PublicKey::parse(k).map(|p| p.0).map_err(|e| format!("upstream key {k:?}: {e}")))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(&path)
+    }
+
+    #[test]
+    fn reads_every_setting_and_resolves_data_beside_the_file() {
+        let c = load(&format!(
+            "data = \"d\"\nlisten = \"127.0.0.1:1\"\nmax-nar-bytes = \"2GiB\"\nmax-requests-per-client = 4\n\
+             [caches.main]\nupstream-keys = [\"{CACHE_NIXOS_ORG_KEY}\"]\n[caches.pr]\nvisibility = \"private\"\npriority = 41\n"
+        ))
+        .unwrap();
+        assert!(c.data.unwrap().ends_with("d"));
+        assert_eq!(c.max_nar_bytes.unwrap().bytes(), 2 << 30);
+        assert_eq!(c.caches["main"].visibility, Visibility::Public);
+        assert_eq!(c.caches["main"].upstream().unwrap()[0].name, "cache.nixos.org-1");
+        assert_eq!((c.caches["pr"].visibility, c.caches["pr"].priority), (Visibility::Private, 41));
+    }
+
+    #[test]
+    fn mistakes_are_named_on_one_line() {
+        for (text, expect) in [
+            ("listen = 5", "line 1"),
+            ("unknown-field = 1", "unknown field"),
+            ("[caches.nar]", "server's own routes"),
+            ("[caches.main]\nupstream-keys = [\"nope\"]", "upstream key"),
+            ("max-nar-bytes = \"5 parsecs\"", "unknown unit"),
+            ("zstd-level = 30", "1 to 19"),
+        ] {
+            let e = load(text).unwrap_err().to_string();
+            assert!(e.contains(expect), "{text}: {e}");
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("10").unwrap(), 10);
+        assert_eq!(parse_size("1KiB").unwrap(), 1024);
+        assert_eq!(parse_size("3M").unwrap(), 3 << 20);
+        assert!(parse_size("G").is_err());
+        assert!(parse_size("99999999999TiB").is_err());
+    }
+}
