@@ -118,6 +118,11 @@ impl LocalStore {
                 text.push('\n');
             }
         }
+        // The restored files reach the disk before Nix records them valid: after a power cut, a
+        // registered path is whole (Nix itself does not sync store files).
+        let dir =
+            File::open(&self.real_store).map_err(|e| CacheError::Io { path: self.real_store.clone(), source: e })?;
+        rustix::fs::syncfs(&dir).map_err(|e| CacheError::Io { path: self.real_store.clone(), source: e.into() })?;
         self.run_with_input(self.nix_store().arg("--load-db"), |stdin| stdin.write_all(text.as_bytes()))
     }
 
