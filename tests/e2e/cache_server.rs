@@ -659,6 +659,31 @@ fn flywheel_pull_realises_closures_that_flywheel_and_nix_pushed() {
     .expect("JSON");
     assert_eq!((again["pulled"].as_u64(), again["present"].as_u64()), (Some(0), Some(1)));
 
+    // Two pulls of the same closure into one store at once: both finish (they take Nix's path
+    // locks in one order), and every path is whole and registered once.
+    let shared = w.join("shared");
+    let pulls: Vec<_> = (0..2)
+        .map(|_| {
+            flywheel()
+                .args(["cache", "pull", "--json", "--from", &url, "--trusted-key", &key, "--store"])
+                .arg(&shared)
+                .arg(&root)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    let mut pulled = 0;
+    for p in pulls {
+        let out = p.wait_with_output().expect("pull");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let r: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        pulled += r["pulled"].as_u64().expect("pulled");
+    }
+    assert_eq!(pulled, support::fixture().paths.len() as u64, "each path pulled by exactly one of the two");
+    ok(nix().args(["store", "verify", "--recursive", "--no-trust", "--store"]).arg(&shared).arg(&root));
+
     // Import, the way into a store behind the daemon: the path Nix pushed (xz), through nix-store --import.
     let imported = w.join("imported");
     let report: Value = serde_json::from_slice(&ok(flywheel()

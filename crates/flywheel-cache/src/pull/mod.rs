@@ -251,7 +251,19 @@ async fn pull_async(
         _ => None,
     };
     let spool_dir = spool.as_ref().map(|d| d.path().to_path_buf());
-    let mut order: Vec<Wanted> = wanted.clone();
+    // Direct: every path's lock first, in path order as Nix takes several at once, so a
+    // concurrent pull or build of an overlapping closure waits instead of deadlocking.
+    let (locks, already_valid) = match install {
+        Install::Direct => {
+            let (store, mut paths) = (store.clone(), wanted.iter().map(|w| w.info.path.clone()).collect::<Vec<_>>());
+            paths.sort_by(|a, b| a.to_basename().cmp(&b.to_basename()));
+            tokio::task::spawn_blocking(move || lock_all(&store, &paths))
+                .await
+                .map_err(|e| CacheError::Other(e.to_string()))??
+        }
+        _ => (Vec::new(), HashSet::new()),
+    };
+    let mut order: Vec<Wanted> = wanted.iter().filter(|w| !already_valid.contains(&w.info.path)).cloned().collect();
     order.sort_by_key(|w| std::cmp::Reverse(w.info.nar_size));
     let total = order.len();
     let downloads = Arc::new(tokio::sync::Semaphore::new(jobs));
@@ -259,26 +271,26 @@ async fn pull_async(
     for w in order {
         let permit = downloads.clone().acquire_owned().await.map_err(|e| CacheError::Other(e.to_string()))?;
         let remote = remote.clone();
-        let into = match &spool_dir {
-            Some(dir) => Into::Spool(dir.join(w.info.path.to_basename())),
-            None => Into::Store(store.clone()),
+        let (target, direct) = match &spool_dir {
+            Some(dir) => (dir.join(w.info.path.to_basename()), false),
+            None => (store.target(&w.info.path), true),
         };
         tasks.spawn(async move {
-            let result = fetch_one(&remote, &w, into).await;
+            let result = fetch_one(&remote, &w, target, direct).await;
             drop(permit);
             (w.info.path, result)
         });
     }
-    let mut fetched: HashMap<StorePath, Arrived> = HashMap::new();
+    let mut fetched: HashMap<StorePath, u64> = HashMap::new();
     let mut done = 0;
     while let Some(joined) = tasks.join_next().await {
         let (path, result) = joined.map_err(|e| CacheError::Other(format!("a download task failed: {e}")))?;
         done += 1;
         let shown = store.store_dir.render_path(&path);
         match result {
-            Ok(f) => {
-                tracing::info!("[{done}/{total}] {shown} ({} downloaded)", flywheel_nix::human_bytes(f.file_bytes));
-                fetched.insert(path, f);
+            Ok(file_bytes) => {
+                tracing::info!("[{done}/{total}] {shown} ({} downloaded)", flywheel_nix::human_bytes(file_bytes));
+                fetched.insert(path, file_bytes);
             }
             Err(error) => {
                 tracing::warn!("[{done}/{total}] {shown}: {error}");
@@ -293,9 +305,11 @@ async fn pull_async(
     let mut complete: HashSet<&StorePath> = HashSet::new();
     let mut ready: Vec<&PathInfo> = Vec::new();
     for info in &ordered {
-        let Some(arrived) = fetched.get(&info.path) else { continue };
-        if arrived.already_valid {
+        if already_valid.contains(&info.path) {
             complete.insert(&info.path);
+            continue;
+        }
+        if !fetched.contains_key(&info.path) {
             continue;
         }
         // A reference outside this pull was already valid when the walk saw it.
@@ -317,8 +331,8 @@ async fn pull_async(
         // Restored trees that were not registered go, while their locks are still held.
         let kept: HashSet<&StorePath> =
             if registered.is_ok() { ready.iter().map(|i| &i.path).collect() } else { HashSet::new() };
-        for (path, arrived) in &fetched {
-            if !arrived.already_valid && !kept.contains(path) {
+        for path in fetched.keys() {
+            if !kept.contains(path) {
                 if let Err(e) = flywheel_nix::nar::remove_tree(&store.target(path)) {
                     tracing::warn!("removing {}: {e}", store.target(path).display());
                 }
@@ -329,63 +343,50 @@ async fn pull_async(
     for info in &ready {
         report.pulled += 1;
         report.nar_bytes += info.nar_size;
-        report.file_bytes += fetched.get(&info.path).map(|f| f.file_bytes).unwrap_or(0);
+        report.file_bytes += fetched.get(&info.path).copied().unwrap_or(0);
     }
-    // Releases the path locks.
-    drop(fetched);
+    drop(locks);
     Ok(report)
 }
 
-/// Where a download goes.
-enum Into {
-    /// Straight into the store, under the path's lock.
-    Store(LocalStore),
-    /// Into a spool file, for `nix-store --import`.
-    Spool(std::path::PathBuf),
+/// Locks `paths` (in the order given) and clears the way for each: a tree already at a path is
+/// either valid (added since the walk: not pulled again) or left by a pull or build that
+/// stopped before registering it (removed). Raises the open-file limit to hold the locks.
+fn lock_all(store: &LocalStore, paths: &[StorePath]) -> Result<(Vec<PathLock>, HashSet<StorePath>), CacheError> {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum };
+        let _ = rustix::process::setrlimit(rustix::process::Resource::Nofile, raised);
+    }
+    let mut locks = Vec::with_capacity(paths.len());
+    let mut valid = HashSet::new();
+    let mut db = None;
+    for path in paths {
+        let target = store.target(path);
+        let lock = PathLock::acquire(&target).map_err(|e| CacheError::Io { path: target.clone(), source: e })?;
+        if target.symlink_metadata().is_ok() {
+            if db.is_none() {
+                db = store.db()?;
+            }
+            if let Some(db) = &db {
+                if db.is_valid(path)? {
+                    valid.insert(path.clone());
+                    locks.push(lock);
+                    continue;
+                }
+            }
+            flywheel_nix::nar::remove_tree(&target).map_err(|e| CacheError::Io { path: target.clone(), source: e })?;
+        }
+        locks.push(lock);
+    }
+    Ok((locks, valid))
 }
 
-/// One path downloaded and checked; in direct mode, its lock is held until registration.
-struct Arrived {
-    file_bytes: u64,
-    /// Another Nix added the path while this pull was under way.
-    already_valid: bool,
-    _lock: Option<PathLock>,
-}
-
-async fn fetch_one(remote: &Arc<Remote>, w: &Wanted, into: Into) -> Result<Arrived, String> {
+/// Downloads one path's NAR into the store (`direct`, the path's lock held by the caller) or a
+/// spool file, checked against its narinfo; returns the bytes downloaded.
+async fn fetch_one(remote: &Arc<Remote>, w: &Wanted, target: std::path::PathBuf, direct: bool) -> Result<u64, String> {
     let NixHash::Sha256(expected) = w.info.nar_hash.clone() else {
         return Err("NarHash is not sha256".into());
-    };
-    let (target, lock, direct) = match into {
-        Into::Spool(file) => (file, None, false),
-        Into::Store(store) => {
-            let target = store.target(&w.info.path);
-            let path = w.info.path.clone();
-            let t = target.clone();
-            let locked = tokio::task::spawn_blocking(move || -> Result<(PathLock, bool), String> {
-                let lock = PathLock::acquire(&t).map_err(|e| format!("locking {}: {e}", t.display()))?;
-                if t.symlink_metadata().is_err() {
-                    return Ok((lock, false));
-                }
-                // Under the lock, a tree at the path is either valid (added meanwhile) or left by
-                // a pull or build that stopped before registering it, and never used.
-                let valid = match store.db().map_err(|e| e.to_string())? {
-                    Some(db) => db.is_valid(&path).map_err(|e| e.to_string())?,
-                    None => false,
-                };
-                if !valid {
-                    flywheel_nix::nar::remove_tree(&t)
-                        .map_err(|e| format!("removing the invalid {}: {e}", t.display()))?;
-                }
-                Ok((lock, valid))
-            })
-            .await
-            .map_err(|e| e.to_string())??;
-            if locked.1 {
-                return Ok(Arrived { file_bytes: 0, already_valid: true, _lock: Some(locked.0) });
-            }
-            (target, Some(locked.0), true)
-        }
     };
     let size = w.info.nar_size;
     let result = with_retries(remote.attempts, || {
@@ -426,5 +427,5 @@ async fn fetch_one(remote: &Arc<Remote>, w: &Wanted, into: Into) -> Result<Arriv
         }
     })
     .await?;
-    Ok(Arrived { file_bytes: result, already_valid: false, _lock: lock })
+    Ok(result)
 }
