@@ -256,7 +256,7 @@ async fn pull_async(
     let (locks, already_valid) = match install {
         Install::Direct => {
             let (store, mut paths) = (store.clone(), wanted.iter().map(|w| w.info.path.clone()).collect::<Vec<_>>());
-            paths.sort_by(|a, b| a.to_basename().cmp(&b.to_basename()));
+            paths.sort_by_key(|p| p.to_basename());
             tokio::task::spawn_blocking(move || lock_all(&store, &paths))
                 .await
                 .map_err(|e| CacheError::Other(e.to_string()))??
