@@ -21,7 +21,7 @@ use crate::http::{check, with_retries, Failure};
 use crate::push::{PushFailure, PushReport};
 use crate::CacheError;
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct HttpPushOptions {
     /// Uploads at once (each one dumps and compresses a path); 0 means one per CPU.
     pub jobs: usize,
@@ -31,6 +31,7 @@ pub struct HttpPushOptions {
     pub token: Option<String>,
     /// Attempts per request for failures worth retrying (connection errors, 5xx, 429).
     pub attempts: u32,
+    pub progress: Option<crate::progress::ProgressFn>,
 }
 
 const CHUNK: usize = 1 << 20;
@@ -156,25 +157,29 @@ async fn push_async(
     let mut order: Vec<&PathInfo> = to_push.clone();
     order.sort_by_key(|i| std::cmp::Reverse(i.nar_size));
     let total = order.len();
+    let tracker = crate::progress::Tracker::new(opts.progress.clone(), total, order.iter().map(|i| i.nar_size).sum());
     let semaphore = Arc::new(tokio::sync::Semaphore::new(jobs));
     let mut tasks = tokio::task::JoinSet::new();
+    // All spawned at once, so completions are seen as they happen; the semaphore (first come,
+    // first served) keeps `jobs` running, largest first.
     for info in order {
-        let permit = semaphore.clone().acquire_owned().await.map_err(|e| CacheError::Other(e.to_string()))?;
+        let semaphore = semaphore.clone();
         let client = client.clone();
         let info = info.clone();
         let real = opts.real_store.join(info.path.to_basename());
         let (level, attempts) = (opts.zstd_level, opts.attempts);
         tasks.spawn(async move {
+            let Ok(_permit) = semaphore.acquire_owned().await else {
+                return (info.path, 0, Err("the upload pool closed".to_string()));
+            };
             let result = with_retries(attempts, || upload_nar(client.clone(), info.clone(), real.clone(), level)).await;
-            drop(permit);
-            (info.path, result)
+            (info.path, info.nar_size, result)
         });
     }
     let mut uploaded: std::collections::HashMap<StorePath, Result<u64, String>> = std::collections::HashMap::new();
-    let mut done = 0;
     while let Some(joined) = tasks.join_next().await {
-        let (path, result) = joined.map_err(|e| CacheError::Other(format!("an upload task failed: {e}")))?;
-        done += 1;
+        let (path, nar_size, result) = joined.map_err(|e| CacheError::Other(format!("an upload task failed: {e}")))?;
+        let done = tracker.path_done(nar_size);
         match &result {
             Ok(bytes) => tracing::info!("[{done}/{total}] {} ({bytes} bytes sent)", store_dir.render_path(&path)),
             Err(e) => tracing::warn!("[{done}/{total}] {}: {e}", store_dir.render_path(&path)),

@@ -11,6 +11,7 @@ mod http;
 pub mod http_push;
 pub mod index;
 pub mod ingest;
+pub mod progress;
 pub mod pull;
 pub mod push;
 pub mod server;

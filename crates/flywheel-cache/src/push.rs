@@ -21,13 +21,14 @@ use crate::compression::Compression;
 use crate::file_cache::FileCache;
 use crate::CacheError;
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PushOptions {
     pub compression: Compression,
     /// Paths compressed at once; 0 means one per CPU.
     pub jobs: usize,
     /// Where the store's files are on disk: the store directory itself, or inside a chroot store.
     pub real_store: PathBuf,
+    pub progress: Option<crate::progress::ProgressFn>,
 }
 
 /// What a push did.
@@ -82,8 +83,8 @@ pub fn push(
         .num_threads(opts.jobs)
         .build()
         .map_err(|e| CacheError::Other(format!("starting workers: {e}")))?;
-    let done = std::sync::atomic::AtomicUsize::new(0);
     let total = missing.len();
+    let tracker = crate::progress::Tracker::new(opts.progress.clone(), total, missing.iter().map(|i| i.nar_size).sum());
     // Largest first, so one big path does not run alone at the end.
     let mut order: Vec<&PathInfo> = missing.clone();
     order.sort_by_key(|i| std::cmp::Reverse(i.nar_size));
@@ -92,7 +93,7 @@ pub fn push(
             .par_iter()
             .map(|info| {
                 let result = upload_nar(info, cache, opts);
-                let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                let n = tracker.path_done(info.nar_size);
                 match &result {
                     Ok(file) => tracing::info!(
                         "[{n}/{total}] {} ({} -> {} bytes)",

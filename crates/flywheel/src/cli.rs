@@ -56,9 +56,7 @@ impl Command {
     pub fn is_long_running(&self) -> bool {
         matches!(
             self,
-            Command::Cache(CacheCommand::Push(_) | CacheCommand::Pull(_))
-                | Command::Image(ImageCommand::Build(_) | ImageCommand::Push(_))
-                | Command::Driver(DriverCommand::Collect(_))
+            Command::Image(ImageCommand::Build(_) | ImageCommand::Push(_)) | Command::Driver(DriverCommand::Collect(_))
         )
     }
 }

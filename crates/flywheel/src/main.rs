@@ -19,6 +19,8 @@ fn main() -> ExitCode {
         }
     };
     init_logging(cli.verbose, cli.command.is_long_running(), cli.command.is_server());
+    // Push and pull draw a progress bar on a terminal; with -v, the log lines say it instead.
+    cmd::BARS.store(cli.verbose == 0, std::sync::atomic::Ordering::Relaxed);
     match cmd::run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -29,7 +29,7 @@ pub use local::{Install, LocalStore, PathLock};
 use crate::http::{check, with_retries, Failure};
 use crate::CacheError;
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PullOptions {
     /// NAR downloads at once; 0 picks 8.
     pub jobs: usize,
@@ -40,6 +40,7 @@ pub struct PullOptions {
     /// Attempts per request for failures worth retrying.
     pub attempts: u32,
     pub install: Install,
+    pub progress: Option<crate::progress::ProgressFn>,
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -266,26 +267,30 @@ async fn pull_async(
     let mut order: Vec<Wanted> = wanted.iter().filter(|w| !already_valid.contains(&w.info.path)).cloned().collect();
     order.sort_by_key(|w| std::cmp::Reverse(w.info.nar_size));
     let total = order.len();
+    let tracker =
+        crate::progress::Tracker::new(opts.progress.clone(), total, order.iter().map(|w| w.info.nar_size).sum());
     let downloads = Arc::new(tokio::sync::Semaphore::new(jobs));
     let mut tasks = JoinSet::new();
+    // All spawned at once, so completions are seen as they happen; the semaphore (first come,
+    // first served) keeps `jobs` running, largest first.
     for w in order {
-        let permit = downloads.clone().acquire_owned().await.map_err(|e| CacheError::Other(e.to_string()))?;
-        let remote = remote.clone();
+        let (downloads, remote) = (downloads.clone(), remote.clone());
         let (target, direct) = match &spool_dir {
             Some(dir) => (dir.join(w.info.path.to_basename()), false),
             None => (store.target(&w.info.path), true),
         };
         tasks.spawn(async move {
-            let result = fetch_one(&remote, &w, target, direct).await;
-            drop(permit);
-            (w.info.path, result)
+            let result = match downloads.acquire_owned().await {
+                Ok(_permit) => fetch_one(&remote, &w, target, direct).await,
+                Err(_) => Err("the download pool closed".to_string()),
+            };
+            (w.info.path, w.info.nar_size, result)
         });
     }
     let mut fetched: HashMap<StorePath, u64> = HashMap::new();
-    let mut done = 0;
     while let Some(joined) = tasks.join_next().await {
-        let (path, result) = joined.map_err(|e| CacheError::Other(format!("a download task failed: {e}")))?;
-        done += 1;
+        let (path, nar_size, result) = joined.map_err(|e| CacheError::Other(format!("a download task failed: {e}")))?;
+        let done = tracker.path_done(nar_size);
         let shown = store.store_dir.render_path(&path);
         match result {
             Ok(file_bytes) => {

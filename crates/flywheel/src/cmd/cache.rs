@@ -182,12 +182,14 @@ fn push(args: PushArgs) -> anyhow::Result<()> {
                 flywheel_cache::Compression::Zstd { level } => level,
                 flywheel_cache::Compression::None => 3,
             };
+            let (_bar, progress) = super::Bar::new("pushed");
             let opts = flywheel_cache::http_push::HttpPushOptions {
                 jobs: args.jobs,
                 zstd_level: level,
                 real_store: store.real_store.clone(),
                 token: args.token.clone(),
                 attempts: 5,
+                progress,
             };
             let report = flywheel_cache::http_push::push_http(&store.db, &roots, url, &opts)?;
             return push_summary(&args, url, &report);
@@ -199,8 +201,11 @@ fn push(args: PushArgs) -> anyhow::Result<()> {
     let key = SecretKey::read_file(key_file).with_context(|| format!("reading signing key {}", key_file.display()))?;
     let cache = FileCache::open_or_create(dir, store.db.store_dir().clone())
         .with_context(|| format!("opening cache {}", dir.display()))?;
-    let opts = PushOptions { compression: args.compression, jobs: args.jobs, real_store: store.real_store.clone() };
+    let (bar, progress) = super::Bar::new("pushed");
+    let opts =
+        PushOptions { compression: args.compression, jobs: args.jobs, real_store: store.real_store.clone(), progress };
     let report = flywheel_cache::push(&store.db, &roots, &cache, &key, &opts)?;
+    drop(bar);
 
     push_summary(&args, &dir.display().to_string(), &report)
 }
@@ -223,14 +228,17 @@ fn pull(args: PullArgs) -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let store = flywheel_cache::pull::LocalStore::new(&args.store.store, store_dir);
+    let (bar, progress) = super::Bar::new("pulled");
     let opts = flywheel_cache::pull::PullOptions {
         jobs: args.jobs,
         trusted_keys,
         token: args.token.clone(),
         attempts: 5,
         install: args.install,
+        progress,
     };
     let report = flywheel_cache::pull::pull(&store, &roots, url, &opts)?;
+    drop(bar);
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     }

@@ -43,3 +43,40 @@ impl Store {
 }
 
 pub use flywheel_nix::human_bytes;
+
+/// Whether progress bars may be drawn (no -v).
+pub static BARS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// A progress bar for a push or pull, on stderr when it is a terminal (the one-line summary
+/// stays either way). The bar is finished and cleared when dropped.
+pub struct Bar(Option<indicatif::ProgressBar>);
+
+impl Bar {
+    pub fn new(verb: &'static str) -> (Bar, Option<flywheel_cache::progress::ProgressFn>) {
+        let wanted = BARS.load(std::sync::atomic::Ordering::Relaxed);
+        if !wanted || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            return (Bar(None), None);
+        }
+        let bar = indicatif::ProgressBar::new(0);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} of NAR, {binary_bytes_per_sec}, {elapsed}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        let shown = bar.clone();
+        let report = std::sync::Arc::new(move |p: flywheel_cache::progress::Progress| {
+            shown.set_length(p.bytes_total);
+            shown.set_position(p.bytes_done);
+            shown.set_message(format!("{verb} {}/{} paths", p.paths_done, p.paths_total));
+        });
+        (Bar(Some(bar)), Some(report))
+    }
+}
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        if let Some(b) = &self.0 {
+            b.finish_and_clear();
+        }
+    }
+}
