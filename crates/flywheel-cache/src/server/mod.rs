@@ -5,6 +5,7 @@
 
 mod auth;
 mod metrics;
+mod rendered;
 mod routes;
 
 use std::collections::{BTreeMap, HashMap};
@@ -91,6 +92,8 @@ pub(crate) struct State {
     /// narinfo accesses not yet written to the index (hash part -> latest time): written in one
     /// transaction every few seconds, so a read costs no disk write.
     pub accessed: std::sync::Mutex<HashMap<String, i64>>,
+    /// Signed narinfos as served, by (cache, hash part).
+    pub rendered: rendered::Rendered,
     /// Each client address's share of `max_requests_per_client`.
     pub clients: std::sync::Mutex<HashMap<std::net::IpAddr, Arc<tokio::sync::Semaphore>>>,
 }
@@ -100,9 +103,14 @@ impl State {
         self.data.index()
     }
 
+    /// The cache named `name` if it was read before (no index query).
+    pub fn known_cache(&self, name: &str) -> Option<Arc<Cache>> {
+        self.caches.read().ok().and_then(|m| m.get(name).cloned())
+    }
+
     /// The cache named `name`, read from the index once and kept.
     pub fn cache(&self, name: &str) -> Result<Option<Arc<Cache>>, IndexError> {
-        if let Some(c) = self.caches.read().ok().and_then(|m| m.get(name).cloned()) {
+        if let Some(c) = self.known_cache(name) {
             return Ok(Some(c));
         }
         let Some(record) = self.index().cache(name)? else { return Ok(None) };
@@ -160,6 +168,7 @@ pub async fn serve(data: DataDir, opts: ServerOptions, ready: impl FnOnce(&Liste
         metrics: metrics::Metrics::default(),
         accessed: std::sync::Mutex::new(HashMap::new()),
         clients: std::sync::Mutex::new(HashMap::new()),
+        rendered: rendered::Rendered::new(RENDERED_NARINFOS),
         data,
     });
     ready(&Listening { addr, caches });
@@ -174,6 +183,13 @@ pub async fn serve(data: DataDir, opts: ServerOptions, ready: impl FnOnce(&Liste
         })
     };
     let app = routes::router(state.clone());
+    // Small responses (narinfos, the ends of NARs) go out at once, not after the peer's
+    // delayed ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY: {e}");
+        }
+    });
     let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown())
         .await
@@ -182,6 +198,9 @@ pub async fn serve(data: DataDir, opts: ServerOptions, ready: impl FnOnce(&Liste
     flush_accesses(&state).await;
     served
 }
+
+/// Signed narinfos kept in memory (about 1 KiB each).
+const RENDERED_NARINFOS: usize = 65_536;
 
 /// How often recorded narinfo accesses reach the index.
 const ACCESS_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);

@@ -30,12 +30,18 @@ use crate::storage::NarStorage;
 
 const NIX32: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
 
+/// Read size when serving NARs: fewer, larger reads and writes than tower-http's 64 KiB.
+const NAR_CHUNK: usize = 1 << 20;
+
 pub fn router(state: Arc<State>) -> Router {
     Router::new()
         .fallback(dispatch)
         .layer(axum::middleware::from_fn_with_state(state.clone(), per_client))
         .with_state(state)
 }
+
+/// Bodies up to this size are in memory and sent at once.
+const SMALL_BODY: u64 = 1 << 20;
 
 /// How long a request waits for its client's turn before it gets 503.
 const CLIENT_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
@@ -76,11 +82,17 @@ async fn per_client(
             }
         }
     };
-    let (mut parts, body) = next.run(req).await.into_parts();
-    // The permit goes with the body, so a download counts until it is sent; the body's exact
-    // length, which the stream would hide, goes in the header.
-    if !parts.headers.contains_key(header::CONTENT_LENGTH) {
-        if let Some(n) = axum::body::HttpBody::size_hint(&body).exact() {
+    let response = next.run(req).await;
+    // A small body in memory goes out whole at once (one write with the headers): its permit
+    // can go now. A larger one (a NAR) takes the permit with it, so a download counts until it
+    // is sent; its exact length, which the stream would hide, goes in the header.
+    let exact = axum::body::HttpBody::size_hint(response.body()).exact();
+    if exact.is_some_and(|n| n <= SMALL_BODY) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    if let Some(n) = exact {
+        if !parts.headers.contains_key(header::CONTENT_LENGTH) {
             parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
         }
     }
@@ -177,7 +189,10 @@ async fn route(state: &Arc<State>, req: Request) -> Result<Response, Response> {
         return Err(text(StatusCode::BAD_REQUEST, format!("malformed cache name {cache_name:?}")));
     }
     let name = cache_name.to_string();
-    let cache = blocking(state, move |s| s.cache(&name).map_err(internal)).await?;
+    let cache = match state.known_cache(&name) {
+        Some(c) => Some(c),
+        None => blocking(state, move |s| s.cache(&name).map_err(internal)).await?,
+    };
     let Some(cache) = cache else {
         return Err(text(StatusCode::NOT_FOUND, format!("no cache named {cache_name}")));
     };
@@ -185,17 +200,22 @@ async fn route(state: &Arc<State>, req: Request) -> Result<Response, Response> {
     let needed = if method == Method::GET || method == Method::HEAD { Scope::Read } else { Scope::Write };
     let headers = req.headers().clone();
     let c = cache.clone();
-    blocking(state, move |s| {
-        authorize(s, &c, &headers, needed, now()).map_err(|d| match d {
-            Denied::Unauthenticated(why) => {
-                let mut r = text(StatusCode::UNAUTHORIZED, why);
-                r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"flywheel\""));
-                r
-            }
-            Denied::Forbidden(why) => text(StatusCode::FORBIDDEN, why),
+    // Reads of a public cache need no token: no index query.
+    let public_read = needed == Scope::Read && cache.record.visibility == crate::index::Visibility::Public;
+    if !public_read {
+        blocking(state, move |s| {
+            authorize(s, &c, &headers, needed, now()).map_err(|d| match d {
+                Denied::Unauthenticated(why) => {
+                    let mut r = text(StatusCode::UNAUTHORIZED, why);
+                    r.headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"flywheel\""));
+                    r
+                }
+                Denied::Forbidden(why) => text(StatusCode::FORBIDDEN, why),
+            })
         })
-    })
-    .await?;
+        .await?;
+    }
 
     if item == "nix-cache-info" {
         return match method {
@@ -326,15 +346,27 @@ fn render(state: &State, cache: &Cache, p: &PathRecord) -> Result<Vec<u8>, Strin
 }
 
 async fn get_narinfo(state: &Arc<State>, cache: Arc<Cache>, hash: String, head: bool) -> Result<Response, Response> {
-    let body = blocking(state, move |s| {
-        let Some(p) = s.index().path(&cache.record.name, &hash).map_err(internal)? else { return Ok(None) };
-        // Nix asks for narinfos of everything it might substitute: that is the access GC counts.
-        if let Ok(mut accessed) = s.accessed.lock() {
-            accessed.insert(hash, now());
+    let body = match state.rendered.get(&cache.record.name, &hash) {
+        Some(body) => {
+            // Nix asks for narinfos of everything it might substitute: that is the access GC counts.
+            if let Ok(mut accessed) = state.accessed.lock() {
+                accessed.insert(hash, now());
+            }
+            Some(body)
         }
-        render(s, &cache, &p).map(Some).map_err(internal)
-    })
-    .await?;
+        None => {
+            blocking(state, move |s| {
+                let Some(p) = s.index().path(&cache.record.name, &hash).map_err(internal)? else { return Ok(None) };
+                let body = axum::body::Bytes::from(render(s, &cache, &p).map_err(internal)?);
+                s.rendered.insert(&cache.record.name, &hash, body.clone());
+                if let Ok(mut accessed) = s.accessed.lock() {
+                    accessed.insert(hash, now());
+                }
+                Ok(Some(body))
+            })
+            .await?
+        }
+    };
     let Some(body) = body else { return Err(text(StatusCode::NOT_FOUND, "no such path in this cache")) };
     let len = body.len();
     let body = if head { Body::empty() } else { Body::from(body) };
@@ -445,6 +477,7 @@ async fn get_nar(state: &Arc<State>, cache: Arc<Cache>, name: String, req: Reque
                 file,
                 &"application/x-nix-nar".parse().map_err(internal)?,
             )
+            .with_buf_chunk_size(NAR_CHUNK)
             .oneshot(req)
             .await
             .map_err(internal)?;
@@ -463,6 +496,12 @@ async fn put_nar(state: &Arc<State>, cache: Arc<Cache>, name: String, req: Reque
 
     // Stream the body to disk, counting: never the whole NAR in memory.
     let limit = state.opts.max_nar_bytes;
+    // A declared length over the limit is refused before the body is read (a client that sent
+    // `Expect: 100-continue` then sends none of it).
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(text(StatusCode::PAYLOAD_TOO_LARGE, format!("a NAR upload is at most {limit} bytes")));
+    }
     let mut file = tokio::fs::File::create(&raw).await.map_err(internal)?;
     let mut body = req.into_body();
     let mut received = 0u64;
