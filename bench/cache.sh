@@ -154,11 +154,18 @@ EOT
 nix-store --generate-binary-cache-key bench-1 "$work/sk" "$work/pk"
 filecache=$work/filecache
 nix_push() { XDG_CACHE_HOME=$(fresh_xdg) nixq copy --to "file://$filecache?compression=zstd&secret-key=$work/sk" "$root"; }
-declare -a t_push_nix t_push_fw
+declare -a t_push_nix t_push_fw t_push_fw1
 for i in $(seq "$runs"); do
   progress "push, run $i of $runs"
   rmtree "$filecache"
   t_push_nix+=("$(time_ns nix_push)")
+  # Also at zstd level 1 (faster, larger), into a cache of its own.
+  rmtree "$work/data1"
+  start_flywheel "$work/data1"
+  token=$("$fw" cache token create --data "$work/data1" --cache main --scope write)
+  t_push_fw1+=("$(time_ns "$fw" cache push --compression zstd:1 --to "$fw_url" --token "$token" "$root")")
+  stop_flywheel
+  fw1_nar_files=$(du -sb --apparent-size "$work/data1/nar" | cut -f1)
   rmtree "$work/data"
   start_flywheel "$work/data"
   token=$("$fw" cache token create --data "$work/data" --cache main --scope write)
@@ -167,6 +174,7 @@ for i in $(seq "$runs"); do
 done
 m_push_nix=$(printf '%s\n' "${t_push_nix[@]}" | median)
 m_push_fw=$(printf '%s\n' "${t_push_fw[@]}" | median)
+m_push_fw1=$(printf '%s\n' "${t_push_fw1[@]}" | median)
 "$fw" cache verify --data "$work/data" > "$work/verify.out" 2>&1 && verify="consistent" || verify="INCONSISTENT (exit $?): $(tail -1 "$work/verify.out")"
 
 # Both servers up, on the last run's caches.
@@ -322,6 +330,7 @@ command: $cmdline   (medians of $runs; wrk ${seconds} s each)
 push into an empty cache                                           time      nix/flywheel (goal >= 2)
   nix copy --to 'file://DIR?compression=zstd&secret-key=...'       $(secs "$m_push_nix")    1.00x
   flywheel cache push --to http://127.0.0.1:PORT/main              $(secs "$m_push_fw")    $(ratio "$m_push_nix" "$m_push_fw")
+  the same with --compression zstd:1 ($(mb "$fw1_nar_files") stored)      $(secs "$m_push_fw1")    $(ratio "$m_push_nix" "$m_push_fw1")
   the server's data afterwards (flywheel cache verify): $verify
 
 narinfo GETs, cycling through all ${#paths[@]}              nginx req/s   flywheel req/s   flywheel/nginx (goal >= 1)

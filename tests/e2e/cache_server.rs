@@ -779,6 +779,13 @@ fn pull_from_a_plain_nix_cache_refuses_a_tampered_nar_and_registers_nothing() {
     }
 }
 
+fn rand_bit() -> bool {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() & 1 == 1)
+        .unwrap_or(false)
+}
+
 /// A new store path holding `text` (unique per call), added with Nix.
 fn new_store_path(dir: &Path, name: &str, text: &str) -> PathBuf {
     let file = dir.join(name);
@@ -918,6 +925,36 @@ fn a_config_file_sets_caches_upstream_filter_listings_and_logs() {
     }
     let waited = waits() - waits_before;
     assert!(waited >= 2, "six downloads at once with a limit of four: {waited} waited");
+
+    // Clients that hang up in the middle of downloads (closing with unread data: a reset) cost
+    // the server nothing but those requests; it used to die of SIGPIPE.
+    let host = server.host_port().to_string();
+    let request = format!("GET {} HTTP/1.1\r\nHost: {host}\r\n\r\n", nar_url.trim_start_matches(&server.base));
+    for _ in 0..4 {
+        let hangups: Vec<_> = (0..16)
+            .map(|_| {
+                let (host, request) = (host.clone(), request.clone());
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    for _ in 0..20 {
+                        if let Ok(mut c) = std::net::TcpStream::connect(&host) {
+                            let _ = c.write_all(request.as_bytes());
+                            let _ = c.read(&mut [0u8; 100]);
+                            // Half the time with the rest of the response unread (a reset),
+                            // half the time after reading some more (the server is mid-write).
+                            if rand_bit() {
+                                let _ = c.read(&mut vec![0u8; 1 << 20]);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for h in hangups {
+            let _ = h.join();
+        }
+    }
+    assert_eq!(curl(&[&format!("{}/healthz", server.base)]).0, 200, "the server survives clients that hang up");
 
     ok(flywheel().args(["cache", "verify", "--config"]).arg(&config).env_remove("FLYWHEEL_CACHE_DATA"));
 }

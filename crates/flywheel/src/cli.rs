@@ -52,6 +52,15 @@ impl Command {
         matches!(self, Command::Cache(CacheCommand::Serve(_)))
     }
 
+    /// Whether the command reads or writes network sockets (a server, or an HTTP client).
+    pub fn uses_sockets(&self) -> bool {
+        matches!(
+            self,
+            Command::Cache(CacheCommand::Serve(_) | CacheCommand::Push(_) | CacheCommand::Pull(_))
+                | Command::Image(ImageCommand::Push(_))
+        )
+    }
+
     /// Whether the command can take minutes (and so shows progress on a terminal).
     pub fn is_long_running(&self) -> bool {
         matches!(

@@ -9,7 +9,6 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    restore_sigpipe();
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -18,6 +17,11 @@ fn main() -> ExitCode {
             return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
         }
     };
+    // Commands on sockets keep SIGPIPE ignored: a peer that hangs up mid-response is an error
+    // for that request (EPIPE), not the end of the server.
+    if !cli.command.uses_sockets() {
+        restore_sigpipe();
+    }
     init_logging(cli.verbose, cli.command.is_long_running(), cli.command.is_server());
     // Push and pull draw a progress bar on a terminal; with -v, the log lines say it instead.
     cmd::BARS.store(cli.verbose == 0, std::sync::atomic::Ordering::Relaxed);
@@ -54,7 +58,7 @@ fn init_logging(verbose: u8, progress: bool, server: bool) {
 }
 
 /// Rust ignores SIGPIPE, so `flywheel nar dump P | head -c 100` would end in a "Broken pipe"
-/// error; like other Unix tools, die quietly instead.
+/// error; like other Unix tools, die quietly instead. Called before any thread exists.
 #[allow(unsafe_code)]
 fn restore_sigpipe() {
     // SAFETY: called first in main, before any thread exists; SIG_DFL is a valid disposition.
