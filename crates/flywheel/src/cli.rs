@@ -301,6 +301,10 @@ pub struct PullArgs {
     /// behind the Nix daemon), or `auto` (direct when the store is writable and no daemon).
     #[arg(long, default_value = "auto")]
     pub install: flywheel_cache::pull::Install,
+    /// Do not sync the store's filesystem before registering the pulled paths (Nix's own
+    /// substitution does not): faster, for runners whose store does not outlive a power cut.
+    #[arg(long)]
+    pub no_sync: bool,
     #[command(flatten)]
     pub store: StoreArgs,
     /// Print the report as JSON on stdout.

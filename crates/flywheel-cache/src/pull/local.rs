@@ -91,7 +91,7 @@ impl LocalStore {
     /// Registers restored paths (references first or not: one transaction) with
     /// `nix-store --load-db`, which takes the hashes as given and does not walk the trees
     /// again: they were checked while restoring, with the metadata Nix gives store paths.
-    pub fn register(&self, infos: &[&PathInfo]) -> Result<(), CacheError> {
+    pub fn register(&self, infos: &[&PathInfo], sync: bool) -> Result<(), CacheError> {
         if infos.is_empty() {
             return Ok(());
         }
@@ -120,9 +120,11 @@ impl LocalStore {
         }
         // The restored files reach the disk before Nix records them valid: after a power cut, a
         // registered path is whole (Nix itself does not sync store files).
-        let dir =
-            File::open(&self.real_store).map_err(|e| CacheError::Io { path: self.real_store.clone(), source: e })?;
-        rustix::fs::syncfs(&dir).map_err(|e| CacheError::Io { path: self.real_store.clone(), source: e.into() })?;
+        if sync {
+            let dir = File::open(&self.real_store)
+                .map_err(|e| CacheError::Io { path: self.real_store.clone(), source: e })?;
+            rustix::fs::syncfs(&dir).map_err(|e| CacheError::Io { path: self.real_store.clone(), source: e.into() })?;
+        }
         self.run_with_input(self.nix_store().arg("--load-db"), |stdin| stdin.write_all(text.as_bytes()))
     }
 

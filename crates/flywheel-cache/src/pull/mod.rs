@@ -40,6 +40,9 @@ pub struct PullOptions {
     /// Attempts per request for failures worth retrying.
     pub attempts: u32,
     pub install: Install,
+    /// Sync the store's filesystem before registering (direct): after a power cut, a registered
+    /// path is whole. Nix's own substitution does not; an ephemeral CI runner need not either.
+    pub sync: bool,
     pub progress: Option<crate::progress::ProgressFn>,
 }
 
@@ -329,7 +332,7 @@ async fn pull_async(
         }
     }
     let registered = match &spool_dir {
-        None => store.register(&ready),
+        None => store.register(&ready, opts.sync),
         Some(dir) => store.import(&ready, |info| std::fs::File::open(dir.join(info.path.to_basename()))),
     };
     if spool_dir.is_none() {

@@ -235,6 +235,7 @@ fn pull(args: PullArgs) -> anyhow::Result<()> {
         token: args.token.clone(),
         attempts: 5,
         install: args.install,
+        sync: !args.no_sync,
         progress,
     };
     let report = flywheel_cache::pull::pull(&store, &roots, url, &opts)?;
