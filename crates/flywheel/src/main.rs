@@ -22,7 +22,8 @@ fn main() -> ExitCode {
     if !cli.command.uses_sockets() {
         restore_sigpipe();
     }
-    init_logging(cli.verbose, cli.command.is_long_running(), cli.command.is_server());
+    // Held to the end: dropping it flushes the log lines a server has queued.
+    let _log_guard = init_logging(cli.verbose, cli.command.is_long_running(), cli.command.is_server());
     // Push and pull draw a progress bar on a terminal; with -v, the log lines say it instead.
     cmd::BARS.store(cli.verbose == 0, std::sync::atomic::Ordering::Relaxed);
     match cmd::run(cli.command) {
@@ -37,7 +38,7 @@ fn main() -> ExitCode {
 
 /// `progress`: a command that can run for minutes shows its progress lines on a terminal even
 /// without `-v`, so a person is not left looking at nothing.
-fn init_logging(verbose: u8, progress: bool, server: bool) {
+fn init_logging(verbose: u8, progress: bool, server: bool) -> Option<tracing_appender::non_blocking::WorkerGuard> {
     let stderr_is_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let default = match verbose {
         0 if server => "warn,flywheel_cache=info",
@@ -48,13 +49,23 @@ fn init_logging(verbose: u8, progress: bool, server: bool) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
         .with_target(verbose >= 2)
         .with_ansi(stderr_is_terminal)
-        .without_time()
-        .init();
+        .without_time();
+    if server {
+        // A server's line per request goes through a queue to a writer thread, so a request
+        // does not wait on stderr; only a full queue (the writer far behind) makes it wait, and
+        // no line is dropped.
+        let (writer, guard) =
+            tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(false).finish(std::io::stderr());
+        builder.with_writer(writer).init();
+        Some(guard)
+    } else {
+        builder.with_writer(std::io::stderr).init();
+        None
+    }
 }
 
 /// Rust ignores SIGPIPE, so `flywheel nar dump P | head -c 100` would end in a "Broken pipe"

@@ -4,6 +4,7 @@
 //! visible (docs/cache-server.md).
 
 mod auth;
+mod mapped;
 mod metrics;
 mod rendered;
 mod routes;

@@ -470,6 +470,7 @@ async fn get_nar(state: &Arc<State>, cache: Arc<Cache>, name: String, req: Reque
     match found {
         None => Err(text(StatusCode::NOT_FOUND, "no such NAR in this cache")),
         Some(Err(())) => Ok(StatusCode::OK.into_response()),
+        Some(Ok(file)) if is_plain_get(&req) => super::mapped::serve(file).await.map_err(internal),
         Some(Ok(file)) => {
             // ServeFile answers HEAD, ranges and conditional requests, always with the exact length
             // of a complete file (stored NARs are renamed into place whole).
@@ -484,6 +485,21 @@ async fn get_nar(state: &Arc<State>, cache: Arc<Cache>, name: String, req: Reque
             Ok(served.map(Body::new))
         }
     }
+}
+
+/// A whole-file GET: no range, no condition (what Nix sends for a NAR).
+fn is_plain_get(req: &Request) -> bool {
+    req.method() == Method::GET
+        && ![
+            header::RANGE,
+            header::IF_MATCH,
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+            header::IF_UNMODIFIED_SINCE,
+            header::IF_RANGE,
+        ]
+        .iter()
+        .any(|h| req.headers().contains_key(h))
 }
 
 async fn put_nar(state: &Arc<State>, cache: Arc<Cache>, name: String, req: Request) -> Result<Response, Response> {
