@@ -753,6 +753,22 @@ fn pull_from_a_plain_nix_cache_refuses_a_tampered_nar_and_registers_nothing() {
         .arg(&good)
         .arg(&edge));
     ok(nix().args(["store", "verify", "--recursive", "--no-trust", "--store"]).arg(&good).arg(&edge));
+    // Without --trusted-key, Nix's own trusted-public-keys decide.
+    let nix_trusts = w.join("nix-trusts");
+    ok(flywheel()
+        .args(["cache", "pull", "--from", &server.1, "--store"])
+        .arg(&nix_trusts)
+        .arg(&edge)
+        .env("NIX_CONFIG", format!("trusted-public-keys = {}", pk.trim())));
+    ok(nix().args(["store", "verify", "--recursive", "--no-trust", "--store"]).arg(&nix_trusts).arg(&edge));
+    let o = flywheel()
+        .args(["cache", "pull", "--from", &server.1, "--store"])
+        .arg(w.join("untrusted"))
+        .arg(&edge)
+        .env("NIX_CONFIG", "trusted-public-keys = other-1:H6pPj1b6bGOS4e4TaPUiE9xgWO6OOwfehTxBJSfBfm8=")
+        .output()
+        .expect("run");
+    assert!(one_line_error(&o).contains("no valid signature by a trusted key"), "{}", one_line_error(&o));
 
     // The edge path's NAR swapped for another path's: the signature still holds, the hash does not.
     let hash_part = &Path::new(&edge).file_name().expect("name").to_string_lossy()[..32];
