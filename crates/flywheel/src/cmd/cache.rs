@@ -222,9 +222,11 @@ fn pull(args: PullArgs) -> anyhow::Result<()> {
     let trusted_keys = keys
         .iter()
         .map(|k| {
-            flywheel_nix::keys::PublicKey::parse(k)
-                .map(|p| p.0)
-                .map_err(|e| anyhow::anyhow!("--trusted-key {k:?}: {e}"))
+            flywheel_nix::keys::PublicKey::parse(k).map(|p| p.0).map_err(|e| {
+                // The key error's cause says what is wrong with it.
+                let why = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+                anyhow::anyhow!("--trusted-key {k:?}: {why} (expected name:base64, as `flywheel cache info` prints)")
+            })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let store = flywheel_cache::pull::LocalStore::new(&args.store.store, store_dir);
