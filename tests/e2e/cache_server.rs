@@ -877,6 +877,36 @@ fn a_config_file_sets_caches_upstream_filter_listings_and_logs() {
         .arg(&upstream)))
     .expect("JSON");
     assert_eq!((report["pushed"].as_u64(), report["present"].as_u64()), (Some(0), Some(1)), "{report}");
+    // flywheel's push asks the cache for its upstream keys: an upstream path gets its narinfo
+    // (declined, recorded) and no NAR upload.
+    let nar_puts = || {
+        let (_, metrics) = curl(&[&format!("{}/metrics", server.base)]);
+        metrics
+            .lines()
+            .filter(|l| l.contains("route=\"nar\",method=\"PUT\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum::<u64>()
+    };
+    let puts_before = nar_puts();
+    let upstream2 = new_store_path(w, "upstream2.txt", "from upstream too");
+    ok(nix().args(["store", "sign", "--key-file"]).arg(&up_sk).arg(&upstream2));
+    let report: Value = serde_json::from_slice(&ok(flywheel()
+        .args(["cache", "push", "--json", "--to", &url, "--token", &token(&data, "write")])
+        .arg(&upstream2)))
+    .expect("JSON");
+    assert_eq!((report["pushed"].as_u64(), report["upstream"].as_u64()), (Some(0), Some(1)), "{report}");
+    assert_eq!(nar_puts(), puts_before, "no NAR uploaded for an upstream path");
+    assert_eq!(curl(&[&format!("{url}/{}.narinfo", hash_part(&upstream2))]).0, 404);
+    let missing = curl(&[
+        "-X",
+        "POST",
+        "--data-binary",
+        &serde_json::to_string(&[upstream2.to_string_lossy()]).expect("JSON"),
+        &format!("{url}/api/v1/missing"),
+        "-H",
+        &write,
+    ]);
+    assert_eq!(missing, (200, "[]".to_string()), "recorded as upstream's, so not missing");
     let upstream_name = upstream.file_name().and_then(|n| n.to_str()).expect("name").to_string();
     let text = narinfo_for(&ours, "nar/again.nar", &hash, size, &upstream_name);
     let (code, body) =

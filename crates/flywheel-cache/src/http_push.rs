@@ -146,6 +146,17 @@ async fn push_async(
     let (to_push, present): (Vec<&PathInfo>, Vec<&PathInfo>) =
         closure.iter().partition(|i| missing.contains(&store_dir.render_path(&i.path)));
     report.present = present.len();
+    // Paths an upstream key of the cache signed get their narinfo only (the server declines
+    // them and records them as upstream's): their NARs are not worth sending.
+    let upstream_keys = upstream_keys(&client).await;
+    let upstream: HashSet<StorePath> = to_push
+        .iter()
+        .filter(|i| {
+            let fingerprint = i.fingerprint(&store_dir);
+            i.signatures.iter().any(|s| s.verify(fingerprint.as_bytes(), &upstream_keys).unwrap_or(false))
+        })
+        .map(|i| i.path.clone())
+        .collect();
     tracing::info!(
         "{} paths in the closure, {} already in the cache, {} to push",
         closure.len(),
@@ -154,7 +165,7 @@ async fn push_async(
     );
 
     // NARs: several at once, largest first.
-    let mut order: Vec<&PathInfo> = to_push.clone();
+    let mut order: Vec<&PathInfo> = to_push.iter().filter(|i| !upstream.contains(&i.path)).copied().collect();
     order.sort_by_key(|i| std::cmp::Reverse(i.nar_size));
     let total = order.len();
     let tracker = crate::progress::Tracker::new(opts.progress.clone(), total, order.iter().map(|i| i.nar_size).sum());
@@ -193,6 +204,7 @@ async fn push_async(
         let shown = store_dir.render_path(&info.path);
         let sent = match uploaded.remove(&info.path) {
             Some(Ok(sent)) => sent,
+            None if upstream.contains(&info.path) => 0,
             Some(Err(e)) => {
                 report.failed.push(PushFailure { path: shown, error: e });
                 continue;
@@ -238,6 +250,19 @@ async fn push_async(
         }
     }
     Ok(report)
+}
+
+/// The cache's upstream keys; none when the server does not say (an older flywheel).
+async fn upstream_keys(client: &Client) -> Vec<flywheel_nix::narinfo::TrustedPublicKey> {
+    let mut req = client.http.get(format!("{}/api/v1/upstream-keys", client.base));
+    if let Some(t) = &client.token {
+        req = req.bearer_auth(t);
+    }
+    let keys: Vec<String> = match req.send().await {
+        Ok(resp) if resp.status().is_success() => resp.json().await.unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    keys.iter().filter_map(|k| flywheel_nix::keys::PublicKey::parse(k).ok().map(|p| p.0)).collect()
 }
 
 fn nar_url(info: &PathInfo) -> Result<String, String> {

@@ -14,6 +14,7 @@ use axum::extract::{ConnectInfo, Request, State as AxState};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use flywheel_nix::keys::PublicKey;
 use flywheel_nix::narinfo::{self, Compression, FileRef, NarInfo};
 use flywheel_nix::store_db::PathInfo;
 use flywheel_nix::{CAHash, NixHash};
@@ -220,6 +221,18 @@ async fn route(state: &Arc<State>, req: Request) -> Result<Response, Response> {
     if item == "nix-cache-info" {
         return match method {
             Method::GET | Method::HEAD => Ok(cache_info(&cache)),
+            _ => Err(method_not_allowed()),
+        };
+    }
+    if item == "api/v1/upstream-keys" {
+        // The cache's upstream keys, so `flywheel cache push` sends no NAR for a path the cache
+        // would decline.
+        return match method {
+            Method::GET => {
+                let keys: Vec<String> = cache.upstream.iter().map(|k| PublicKey(k.clone()).to_nix_string()).collect();
+                let body = serde_json::to_vec(&keys).map_err(internal)?;
+                Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response())
+            }
             _ => Err(method_not_allowed()),
         };
     }
