@@ -931,7 +931,15 @@ fn a_config_file_sets_caches_upstream_filter_listings_and_logs() {
 
     // One client with more downloads in flight than max-requests-per-client: the extra ones
     // wait their turn (counted), and every one completes in full.
-    let big = support::fixture().paths.iter().max_by_key(|p| nix_store_hash_size(p).1).expect("a path");
+    // One query for every path's NarSize, in the order given.
+    let paths = &support::fixture().paths;
+    let sizes = ok_str(nix_store().args(["--query", "--size"]).args(paths));
+    let big = paths
+        .iter()
+        .zip(sizes.lines().map(|l| l.trim().parse::<u64>().expect("size")))
+        .max_by_key(|(_, size)| *size)
+        .map(|(p, _)| p)
+        .expect("a path");
     let (_, narinfo) = curl(&[&format!("{url}/{}.narinfo", hash_part(big))]);
     let nar_url = format!("{url}/{}", narinfo.lines().find_map(|l| l.strip_prefix("URL: ")).expect("URL"));
     let file_size: u64 =

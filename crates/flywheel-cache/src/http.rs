@@ -49,3 +49,11 @@ where
         }
     }
 }
+
+/// `req` with the bearer token, when there is one.
+pub(crate) fn with_token(req: reqwest::RequestBuilder, token: Option<&str>) -> reqwest::RequestBuilder {
+    match token {
+        Some(t) => req.bearer_auth(t),
+        None => req,
+    }
+}

@@ -17,7 +17,7 @@ use flywheel_nix::store_db::{references_first, PathInfo, StoreDb};
 use flywheel_nix::{NixHash, StoreDir, StorePath};
 use tokio::sync::mpsc;
 
-use crate::http::{check, with_retries, Failure};
+use crate::http::{check, with_retries, with_token, Failure};
 use crate::push::{PushFailure, PushReport};
 use crate::CacheError;
 
@@ -76,11 +76,7 @@ struct Client {
 
 impl Client {
     fn put(&self, url: String) -> reqwest::RequestBuilder {
-        let req = self.http.put(url);
-        match &self.token {
-            Some(t) => req.bearer_auth(t),
-            None => req,
-        }
+        with_token(self.http.put(url), self.token.as_deref())
     }
 }
 
@@ -127,10 +123,8 @@ async fn push_async(
         let client = client.clone();
         let all = all.clone();
         async move {
-            let mut req = client.http.post(format!("{}/api/v1/missing", client.base)).json(&all);
-            if let Some(t) = &client.token {
-                req = req.bearer_auth(t);
-            }
+            let req = with_token(client.http.post(format!("{}/api/v1/missing", client.base)), client.token.as_deref())
+                .json(&all);
             let resp =
                 req.send().await.map_err(|e| Failure { message: format!("{}: {e}", client.base), retry: true })?;
             let resp = check(resp, &format!("asking {} what it lacks", client.base)).await?;
@@ -254,10 +248,7 @@ async fn push_async(
 
 /// The cache's upstream keys; none when the server does not say (an older flywheel).
 async fn upstream_keys(client: &Client) -> Vec<flywheel_nix::narinfo::TrustedPublicKey> {
-    let mut req = client.http.get(format!("{}/api/v1/upstream-keys", client.base));
-    if let Some(t) = &client.token {
-        req = req.bearer_auth(t);
-    }
+    let req = with_token(client.http.get(format!("{}/api/v1/upstream-keys", client.base)), client.token.as_deref());
     let keys: Vec<String> = match req.send().await {
         Ok(resp) if resp.status().is_success() => resp.json().await.unwrap_or_default(),
         _ => Vec::new(),

@@ -34,6 +34,16 @@ impl Upload {
     }
 }
 
+/// `input` decompressed: what the server does with an upload, and the pull client with a
+/// download.
+pub fn decoder<'a>(kind: Upload, input: impl Read + Send + 'a) -> io::Result<Box<dyn Read + Send + 'a>> {
+    Ok(match kind {
+        Upload::None => Box::new(input),
+        Upload::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(input)),
+        Upload::Zstd => Box::new(zstd::stream::read::Decoder::new(input)?),
+    })
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error("not a valid NAR: {0}")]
@@ -66,13 +76,7 @@ pub fn ingest(raw: &Path, kind: Upload, out: &Path, level: i32) -> Result<NarRec
         return check_zstd(raw, out);
     }
     let file = BufReader::with_capacity(1 << 20, File::open(raw)?);
-    let decoded: Box<dyn Read> = match kind {
-        Upload::None => Box::new(file),
-        Upload::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(file)),
-        Upload::Zstd => Box::new(
-            zstd::stream::read::Decoder::with_buffer(file).map_err(|e| IngestError::Decompress(e.to_string()))?,
-        ),
-    };
+    let decoded = decoder(kind, file).map_err(|e| IngestError::Decompress(e.to_string()))?;
     let stored = File::create(out)?;
     let encoder = zstd::stream::write::Encoder::new(HashingWriter::new(stored), level)?;
     let mut tee = Tee { inner: HashingReader::new(decoded), out: encoder };

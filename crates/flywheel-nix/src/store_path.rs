@@ -29,6 +29,12 @@ pub fn default_store_dir() -> StoreDir {
     std::env::var("NIX_STORE_DIR").ok().and_then(|d| StoreDir::new(d).ok()).unwrap_or_default()
 }
 
+/// Where the files of the store `store_dir` are on disk for a store rooted at `root` (`/` for
+/// the system store, or a chroot store's root as in `nix --store /tmp/x`).
+pub fn real_store(root: &Path, store_dir: &StoreDir) -> PathBuf {
+    root.join(store_dir.as_str().trim_start_matches('/'))
+}
+
 /// Why a command-line argument does not name a store path.
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {

@@ -10,7 +10,8 @@ use flywheel_nix::narinfo::Compression;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::http::{check, Failure};
+use crate::http::{check, with_token, Failure};
+use crate::ingest::Upload;
 
 /// Reads the chunks a download task sends.
 struct ChannelReader {
@@ -34,12 +35,13 @@ impl Read for ChannelReader {
 }
 
 fn decoder<'a>(compression: &Compression, input: impl Read + Send + 'a) -> Result<Box<dyn Read + Send + 'a>, String> {
-    Ok(match compression {
-        Compression::None => Box::new(input),
-        Compression::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(input)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(input).map_err(|e| e.to_string())?),
+    let kind = match compression {
+        Compression::None => Upload::None,
+        Compression::Xz => Upload::Xz,
+        Compression::Zstd => Upload::Zstd,
         other => return Err(format!("NARs compressed with {other:?} are not supported (xz, zstd or none)")),
-    })
+    };
+    crate::ingest::decoder(kind, input).map_err(|e| e.to_string())
 }
 
 /// One download's NAR digest and the bytes received.
@@ -57,11 +59,10 @@ pub(crate) async fn download(
     compression: Compression,
     sink: impl FnOnce(&mut dyn Read) -> Result<(), String> + Send + 'static,
 ) -> Result<Fetched, Failure> {
-    let mut req = http.get(url);
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let resp = req.send().await.map_err(|e| Failure { message: format!("{url}: {e}"), retry: true })?;
+    let resp = with_token(http.get(url), token)
+        .send()
+        .await
+        .map_err(|e| Failure { message: format!("{url}: {e}"), retry: true })?;
     let resp = check(resp, url).await?;
     let (tx, rx) = mpsc::channel::<Result<Bytes, io::Error>>(16);
     let consumer = tokio::task::spawn_blocking(move || -> Result<Digested, String> {

@@ -8,6 +8,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use flywheel_nix::nar::write_string;
 use flywheel_nix::store_db::{PathInfo, StoreDb};
 use flywheel_nix::{NixHash, StoreDir, StorePath};
 
@@ -47,7 +48,7 @@ pub struct LocalStore {
 
 impl LocalStore {
     pub fn new(root: &Path, store_dir: StoreDir) -> Self {
-        let real_store = root.join(store_dir.as_str().trim_start_matches('/'));
+        let real_store = flywheel_nix::store_path::real_store(root, &store_dir);
         LocalStore { root: root.to_path_buf(), store_dir, real_store }
     }
 
@@ -140,13 +141,13 @@ impl LocalStore {
                 write_u64(stdin, 1)?;
                 io::copy(&mut nar(info)?, stdin)?;
                 write_u64(stdin, EXPORT_MAGIC)?;
-                write_str(stdin, self.store_dir.render_path(&info.path).as_bytes())?;
+                write_string(stdin, self.store_dir.render_path(&info.path).as_bytes())?;
                 write_u64(stdin, info.references.len() as u64)?;
                 for r in &info.references {
-                    write_str(stdin, self.store_dir.render_path(r).as_bytes())?;
+                    write_string(stdin, self.store_dir.render_path(r).as_bytes())?;
                 }
                 let deriver = info.deriver.as_ref().map(|d| self.store_dir.render_path(d)).unwrap_or_default();
-                write_str(stdin, deriver.as_bytes())?;
+                write_string(stdin, deriver.as_bytes())?;
                 // No legacy signature.
                 write_u64(stdin, 0)?;
             }
@@ -192,13 +193,6 @@ fn write_u64(w: &mut dyn Write, n: u64) -> io::Result<()> {
     w.write_all(&n.to_le_bytes())
 }
 
-fn write_str(w: &mut dyn Write, s: &[u8]) -> io::Result<()> {
-    write_u64(w, s.len() as u64)?;
-    w.write_all(s)?;
-    let pad = (8 - s.len() % 8) % 8;
-    w.write_all(&[0u8; 8][..pad])
-}
-
 /// Nix's lock on a store path (`<path>.lock`, flock), held while the path is written and
 /// registered, so a Nix adding the same path at the same time waits, then finds it valid.
 pub struct PathLock {
@@ -233,16 +227,6 @@ impl Drop for PathLock {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn export_strings_are_padded_to_eight_bytes() {
-        let mut out = Vec::new();
-        write_str(&mut out, b"abc").unwrap();
-        assert_eq!(out, [3, 0, 0, 0, 0, 0, 0, 0, b'a', b'b', b'c', 0, 0, 0, 0, 0]);
-        out.clear();
-        write_str(&mut out, b"12345678").unwrap();
-        assert_eq!(out.len(), 16);
-    }
 
     #[test]
     fn a_released_lock_is_taken_again() {

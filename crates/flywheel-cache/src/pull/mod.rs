@@ -26,7 +26,7 @@ use tokio::task::JoinSet;
 
 pub use local::{Install, LocalStore, PathLock};
 
-use crate::http::{check, with_retries, Failure};
+use crate::http::{check, with_retries, with_token, Failure};
 use crate::CacheError;
 
 #[derive(Clone)]
@@ -94,11 +94,10 @@ struct Remote {
 
 impl Remote {
     async fn get(&self, url: &str) -> Result<reqwest::Response, Failure> {
-        let mut req = self.http.get(url);
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await.map_err(|e| Failure { message: format!("{url}: {e}"), retry: true })?;
+        let resp = with_token(self.http.get(url), self.token.as_deref())
+            .send()
+            .await
+            .map_err(|e| Failure { message: format!("{url}: {e}"), retry: true })?;
         check(resp, url).await
     }
 

@@ -1,6 +1,6 @@
 //! Signed narinfos as served, kept in memory so a repeated GET costs no index query and no
 //! signature. A narinfo never changes while its path stays in its cache; whatever removes a
-//! path from a cache (GC) must `forget` it here.
+//! path from a cache (GC, issue 6) must also drop its entry here.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -47,15 +47,6 @@ impl Rendered {
             }
         }
     }
-
-    #[allow(dead_code)] // GC (issue 6) removes paths from caches.
-    pub fn forget(&self, cache: &str, hash: &str) {
-        if let Ok(mut inner) = self.inner.lock() {
-            let key = (cache.to_string(), hash.to_string());
-            inner.map.remove(&key);
-            inner.order.retain(|k| *k != key);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -71,7 +62,5 @@ mod tests {
         assert_eq!(r.get("main", "a"), None);
         assert_eq!(r.get("main", "b").as_deref(), Some(&b"2"[..]));
         assert_eq!(r.get("pr", "a").as_deref(), Some(&b"3"[..]));
-        r.forget("pr", "a");
-        assert_eq!(r.get("pr", "a"), None);
     }
 }

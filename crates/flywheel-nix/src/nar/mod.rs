@@ -28,7 +28,7 @@ use std::path::PathBuf;
 pub use hashing::{Digested, HashingReader, HashingWriter};
 pub use reader::{read_nar, read_nar_to_end, validate, Validate, Visitor};
 pub use restore::{remove_tree, restore, restore_canonical, Restored};
-pub use wire::{check_entry_name, MAX_DEPTH, MAX_NAME_LEN, MAX_TARGET_LEN};
+pub use wire::{check_entry_name, write_string, MAX_DEPTH, MAX_NAME_LEN, MAX_TARGET_LEN};
 pub use writer::{hash_path, hash_paths, write_nar, write_nar_digested};
 
 /// Why a NAR could not be written, read or restored.

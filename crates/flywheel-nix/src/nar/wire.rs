@@ -31,7 +31,9 @@ pub(crate) fn padding(len: u64) -> usize {
     ((8 - (len % 8)) % 8) as usize
 }
 
-pub(crate) fn write_string<W: Write + ?Sized>(w: &mut W, bytes: &[u8]) -> io::Result<()> {
+/// A Nix wire-format string: its length as a little-endian u64, the bytes, zeros to a multiple
+/// of 8 (NARs and the `nix-store --export` format both use it).
+pub fn write_string<W: Write + ?Sized>(w: &mut W, bytes: &[u8]) -> io::Result<()> {
     w.write_all(&(bytes.len() as u64).to_le_bytes())?;
     w.write_all(bytes)?;
     w.write_all(&ZEROS[..padding(bytes.len() as u64)])

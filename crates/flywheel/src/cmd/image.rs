@@ -49,7 +49,7 @@ fn build(a: ImageBuildArgs) -> anyhow::Result<()> {
     let store = if spec.needs_store_db(store_dir.as_str()) { Some(Store::open(&a.store)?) } else { None };
     let resolved =
         plan::resolve_closure(&spec, store.as_ref().map(|s| &s.db), &store_dir).context("reading the closure")?;
-    let real_store = a.store.store.join(store_dir.as_str().trim_start_matches('/'));
+    let real_store = flywheel_nix::store_path::real_store(&a.store.store, &store_dir);
     let layers =
         plan::plan_layers(&spec, &resolved.closure, &real_store, spec.max_layers(), spec.layering.unwrap_or_default())
             .context("planning the layers")?;

@@ -33,7 +33,7 @@ impl Store {
     pub fn open(args: &StoreArgs) -> anyhow::Result<Self> {
         let store_dir: StoreDir = store_path::default_store_dir();
         let db = StoreDb::open_root(&args.store, store_dir.clone())?;
-        let real_store = args.store.join(store_dir.as_str().trim_start_matches('/'));
+        let real_store = store_path::real_store(&args.store, &store_dir);
         Ok(Self { db, real_store })
     }
 
