@@ -929,8 +929,7 @@ fn a_config_file_sets_caches_upstream_filter_listings_and_logs() {
     let log = ok_str(nix_as(&w.join("reader")).args(["log", "--store", &url]).arg(root));
     assert_eq!(log.trim(), "the build said hello");
 
-    // One client with more downloads in flight than max-requests-per-client: the extra ones
-    // wait their turn (counted), and every one completes in full.
+    // The largest fixture path, for the clients that hang up below.
     // One query for every path's NarSize, in the order given.
     let paths = &support::fixture().paths;
     let sizes = ok_str(nix_store().args(["--query", "--size"]).args(paths));
@@ -942,10 +941,39 @@ fn a_config_file_sets_caches_upstream_filter_listings_and_logs() {
         .expect("a path");
     let (_, narinfo) = curl(&[&format!("{url}/{}.narinfo", hash_part(big))]);
     let nar_url = format!("{url}/{}", narinfo.lines().find_map(|l| l.strip_prefix("URL: ")).expect("URL"));
-    let file_size: u64 =
+
+    // One client with more downloads in flight than max-requests-per-client: the extra ones
+    // wait their turn (counted), and every one completes in full.
+    // A NAR larger than what the kernel buffers for a connection on both ends, so a download
+    // that is not read holds its permit until it is.
+    let sysctl_max = |name: &str| -> u64 {
+        fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
+            .ok()
+            .and_then(|t| t.split_whitespace().last().and_then(|v| v.parse().ok()))
+            .unwrap_or(32 << 20)
+    };
+    let big_size = sysctl_max("tcp_wmem") + sysctl_max("tcp_rmem") + (16 << 20);
+    let big_file = w.join("incompressible.bin");
+    {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut bytes = Vec::with_capacity(usize::try_from(big_size).expect("size"));
+        while (bytes.len() as u64) < big_size {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            bytes.extend_from_slice(&state.to_le_bytes());
+        }
+        fs::write(&big_file, bytes).expect("write");
+    }
+    let big = PathBuf::from(ok_str(nix_store().arg("--add").arg(&big_file)).trim());
+    ok(nix_as(&w.join("pusher")).args(["copy", "--option", "netrc-file"]).arg(&netrc).args(["--to", &url]).arg(&big));
+    let (_, narinfo) = curl(&[&format!("{url}/{}.narinfo", hash_part(&big))]);
+    let big_nar = format!("{url}/{}", narinfo.lines().find_map(|l| l.strip_prefix("URL: ")).expect("URL"));
+    let big_file_size: u64 =
         narinfo.lines().find_map(|l| l.strip_prefix("FileSize: ")).expect("FileSize").parse().expect("size");
+    // The metrics come from another loopback address: this client's four turns are taken.
     let waits = || -> u64 {
-        let (_, metrics) = curl(&[&format!("{}/metrics", server.base)]);
+        let (_, metrics) = curl(&["--interface", "127.0.0.2", &format!("{}/metrics", server.base)]);
         metrics
             .lines()
             .find_map(|l| l.strip_prefix("flywheel_cache_client_waits_total "))
@@ -953,36 +981,44 @@ fn a_config_file_sets_caches_upstream_filter_listings_and_logs() {
             .expect("client_waits metric")
     };
     let waits_before = waits();
-    // Each download takes about two seconds.
-    let rate = (file_size / 2).max(1024).to_string();
-    let downloads: Vec<_> = (0..6)
+    let host = server.host_port().to_string();
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let downloads: Vec<std::net::TcpStream> = (0..6)
         .map(|_| {
-            Command::new("curl")
-                .args([
-                    "-sS",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code} %{size_download}",
-                    "--limit-rate",
-                    &rate,
-                    &nar_url,
-                ])
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .expect("curl")
+            use std::io::Write;
+            let mut c = std::net::TcpStream::connect(&host).expect("connect");
+            c.write_all(get(big_nar.trim_start_matches(&server.base)).as_bytes()).expect("request");
+            c
         })
         .collect();
-    for d in downloads {
-        let out = d.wait_with_output().expect("curl");
-        assert_eq!(String::from_utf8_lossy(&out.stdout), format!("200 {file_size}"));
+    // Nothing is read yet, so four downloads stall mid-body and the other two must wait.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while waits() - waits_before < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let waited = waits() - waits_before;
-    assert!(waited >= 2, "six downloads at once with a limit of four: {waited} waited");
+    assert_eq!(waited, 2, "six downloads at once with a limit of four: {waited} waited");
+    let readers: Vec<_> = downloads
+        .into_iter()
+        .map(|mut c| {
+            std::thread::spawn(move || {
+                use std::io::Read;
+                let mut response = Vec::new();
+                c.read_to_end(&mut response).expect("read");
+                response
+            })
+        })
+        .collect();
+    for r in readers {
+        let response = r.join().expect("reader");
+        let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("headers") + 4;
+        let head = String::from_utf8_lossy(&response[..split]);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(response.len() - split, usize::try_from(big_file_size).expect("size"), "{head}");
+    }
 
     // Clients that hang up in the middle of downloads (closing with unread data: a reset) cost
     // the server nothing but those requests; it used to die of SIGPIPE.
-    let host = server.host_port().to_string();
     let request = format!("GET {} HTTP/1.1\r\nHost: {host}\r\n\r\n", nar_url.trim_start_matches(&server.base));
     for _ in 0..4 {
         let hangups: Vec<_> = (0..16)
