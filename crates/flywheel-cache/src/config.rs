@@ -5,6 +5,7 @@
 //! listen = "0.0.0.0:5480"
 //! max-nar-bytes = "64GiB"
 //! max-requests-per-client = 64
+//! gc-interval = "1h"
 //!
 //! [caches.main]
 //! visibility = "public"
@@ -12,8 +13,15 @@
 //! # Paths these keys signed are declined: Nix fetches them from there anyway.
 //! upstream-keys = ["cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="]
 //!
+//! # Retention (see `flywheel cache gc`): a quota, a maximum time since last read, and how
+//! # long new uploads are safe; the server collects every gc-interval.
+//! max-size = "200GiB"
+//! max-age = "90d"
+//! grace = "1h"
+//!
 //! [caches.pr]
 //! visibility = "private"
+//! max-age = "14d"
 //! ```
 //!
 //! Every field is optional; flags given on the command line win over the file.
@@ -56,6 +64,8 @@ pub struct Config {
     pub zstd_level: Option<i32>,
     /// Uploads checked and recompressed at once.
     pub ingest_jobs: Option<usize>,
+    /// How often the server collects garbage (none when unset).
+    pub gc_interval: Option<Duration>,
     #[serde(default)]
     pub caches: BTreeMap<String, CacheConfig>,
 }
@@ -70,6 +80,12 @@ pub struct CacheConfig {
     /// Public keys (`name:base64`) of upstream caches: a path one of them signed is declined.
     #[serde(default)]
     pub upstream_keys: Vec<String>,
+    /// GC: evict least-recently-used paths until the cache's NARs take at most this.
+    pub max_size: Option<Size>,
+    /// GC: drop paths not read (narinfo GET or HEAD) for this long.
+    pub max_age: Option<Duration>,
+    /// GC: paths the cache got this recently are kept (default one hour).
+    pub grace: Option<Duration>,
 }
 
 fn public() -> Visibility {
@@ -128,6 +144,61 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(1u64 << shift).ok_or_else(|| format!("{s:?}: too large"))
 }
 
+/// A length of time: a number of seconds, or a string such as `"90d"`, `"12h"`, `"1h 30m"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Duration(pub std::time::Duration);
+
+impl Duration {
+    pub fn secs(self) -> i64 {
+        i64::try_from(self.0.as_secs()).unwrap_or(i64::MAX)
+    }
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if let Ok(n) = t.parse::<u64>() {
+        return Ok(Duration(std::time::Duration::from_secs(n)));
+    }
+    humantime::parse_duration(t)
+        .map(Duration)
+        .map_err(|e| format!("{s:?}: {e} (expected a duration such as 90d, 12h, 30m or 1h 30m)"))
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Duration;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a duration: a number of seconds, or a string such as \"90d\"")
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Duration, E> {
+                u64::try_from(n)
+                    .map(|n| Duration(std::time::Duration::from_secs(n)))
+                    .map_err(|_| E::custom("a duration cannot be negative"))
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Duration, E> {
+                Ok(Duration(std::time::Duration::from_secs(n)))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Duration, E> {
+                parse_duration(s).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl CacheConfig {
+    /// The cache's GC policy from the file (a grace of one hour unless set).
+    pub fn policy(&self) -> crate::gc::Policy {
+        crate::gc::Policy {
+            max_size: self.max_size.map(Size::bytes),
+            max_age: self.max_age.map(Duration::secs),
+            grace: self.grace.map_or(crate::gc::plan::DEFAULT_GRACE, Duration::secs),
+        }
+    }
+}
+
 impl Config {
     /// Reads and checks `path`; a relative `data` is taken relative to the file's folder.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -152,6 +223,9 @@ impl Config {
             if !(1..=19).contains(&level) {
                 return Err(invalid(format!("zstd-level {level}: expected 1 to 19")));
             }
+        }
+        if config.gc_interval.is_some_and(|d| d.0.is_zero()) {
+            return Err(invalid("gc-interval must be longer than zero".into()));
         }
         if config.max_requests_per_client == Some(0) {
             return Err(invalid("max-requests-per-client must be at least 1".into()));
@@ -188,9 +262,14 @@ mod tests {
     fn reads_every_setting_and_resolves_data_beside_the_file() {
         let c = load(&format!(
             "data = \"d\"\nlisten = \"127.0.0.1:1\"\nmax-nar-bytes = \"2GiB\"\nmax-requests-per-client = 4\n\
-             [caches.main]\nupstream-keys = [\"{CACHE_NIXOS_ORG_KEY}\"]\n[caches.pr]\nvisibility = \"private\"\npriority = 41\n"
+             gc-interval = \"30m\"\n[caches.main]\nupstream-keys = [\"{CACHE_NIXOS_ORG_KEY}\"]\nmax-size = \"1GiB\"\n\
+             max-age = \"90d\"\n[caches.pr]\nvisibility = \"private\"\npriority = 41\ngrace = 60\n"
         ))
         .unwrap();
+        assert_eq!(c.gc_interval.map(Duration::secs), Some(1800));
+        let main = c.caches["main"].policy();
+        assert_eq!((main.max_size, main.max_age, main.grace), (Some(1 << 30), Some(90 * 86_400), 3600));
+        assert_eq!(c.caches["pr"].policy().grace, 60);
         assert!(c.data.unwrap().ends_with("d"));
         assert_eq!(c.max_nar_bytes.unwrap().bytes(), 2 << 30);
         assert_eq!(c.caches["main"].visibility, Visibility::Public);
@@ -207,6 +286,8 @@ mod tests {
             ("[caches.main]\nupstream-keys = [\"nope\"]", "upstream key"),
             ("max-nar-bytes = \"5 parsecs\"", "unknown unit"),
             ("zstd-level = 30", "1 to 19"),
+            ("[caches.main]\nmax-age = \"3 fortnights\"", "duration"),
+            ("gc-interval = \"0s\"", "longer than zero"),
         ] {
             let e = load(text).unwrap_err().to_string();
             assert!(e.contains(expect), "{text}: {e}");

@@ -6,6 +6,8 @@
 //! DIR/index.sqlite   the index (SQLite, WAL; mode 0600: it holds the signing keys)
 //! DIR/nar/           NARs, stored once by NarHash
 //! DIR/tmp/           uploads being received and verified
+//! DIR/nar.lock       flock: uploads (shared) against GC unlinking NARs (exclusive)
+//! DIR/gc.lock        flock: one garbage collection at a time
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -84,6 +86,9 @@ impl DataDir {
             std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         }
         let index = SqliteIndex::open(&root.join(INDEX_FILE))?;
+        // The lock files exist from the start, so taking a lock (a GC dry run) changes nothing.
+        let locks = crate::locks::DataLocks::new(root);
+        locks.create().map_err(io(root))?;
         Ok(DataDir { root: root.to_path_buf(), index })
     }
 

@@ -98,10 +98,30 @@ pub fn push_http(
         .enable_all()
         .build()
         .map_err(|e| CacheError::Other(format!("starting the runtime: {e}")))?;
-    let mut report = runtime.block_on(push_async(closure, store_dir, base.trim_end_matches('/'), opts, jobs))?;
+    let base = base.trim_end_matches('/');
+    let mut report = runtime.block_on(push_async(closure.clone(), store_dir.clone(), base, opts, jobs))?;
+    // A GC on the server can remove a path the cache had when asked, before the narinfos that
+    // refer to it arrive; the server then refuses those. Asking again sends what is gone.
+    for _ in 0..GC_RACE_ROUNDS {
+        if !report.failed.iter().any(|f| f.error.contains(GONE_SINCE_ASKED)) {
+            break;
+        }
+        tracing::info!("the cache lost paths of the closure while pushing (GC): pushing what it lacks now");
+        let again = runtime.block_on(push_async(closure.clone(), store_dir.clone(), base, opts, jobs))?;
+        report.pushed += again.pushed;
+        report.upstream += again.upstream;
+        report.nar_bytes += again.nar_bytes;
+        report.file_bytes += again.file_bytes;
+        report.failed = again.failed;
+    }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
+
+/// How often a push starts over after the server lost paths of the closure meanwhile.
+const GC_RACE_ROUNDS: usize = 2;
+/// What the server says when a narinfo refers to a path it no longer holds (IndexError).
+const GONE_SINCE_ASKED: &str = "refers to paths this cache does not hold";
 
 async fn push_async(
     closure: Vec<PathInfo>,

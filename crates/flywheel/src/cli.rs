@@ -134,6 +134,72 @@ pub enum CacheCommand {
     /// Serve the caches of a data directory over HTTP, as Nix binary caches
     /// (http://ADDR/NAME); creates a public cache `main` when there is none.
     Serve(ServeArgs),
+    /// Pin a store path (and so its closure) in a cache as the newest revision of a named pin;
+    /// older revisions are released as --keep-revisions and --keep-days say.
+    Pin(PinArgs),
+    /// Collect garbage: remove what the pins, the grace period and the policies (quota, maximum
+    /// age) do not keep, whole closures at a time; prints what it freed, by reason.
+    Gc(GcArgs),
+    /// Paths, bytes, hit rate and bytes served by age, per cache: what a quota needs.
+    Stats(StatsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PinArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[arg(long, value_name = "NAME")]
+    pub cache: String,
+    /// The pin's name (for example the branch: main).
+    pub pin: String,
+    /// The store path to pin; the cache must hold it.
+    pub path: PathBuf,
+    /// Keep this many newest revisions (with neither setting, only the newest).
+    #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<u32>::new().range(1..))]
+    pub keep_revisions: Option<u32>,
+    /// Keep revisions pinned within this many days.
+    #[arg(long, value_name = "D")]
+    pub keep_days: Option<u32>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct GcArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Collect only this cache [default: all of them].
+    #[arg(long, value_name = "NAME")]
+    pub cache: Option<String>,
+    /// Evict least-recently-used paths until the cache's NARs take at most this (64GiB)
+    /// [default: the config's max-size, else none].
+    #[arg(long, value_name = "SIZE", value_parser = flywheel_cache::config::parse_size)]
+    pub max_size: Option<u64>,
+    /// Remove paths not read (narinfo GET or HEAD) for this long (90d, 12h)
+    /// [default: the config's max-age, else none].
+    #[arg(long, value_name = "DURATION", value_parser = flywheel_cache::config::parse_duration)]
+    pub max_age: Option<flywheel_cache::config::Duration>,
+    /// Keep paths a cache got this recently, whatever else applies
+    /// [default: the config's grace, else 1h].
+    #[arg(long, value_name = "DURATION", value_parser = flywheel_cache::config::parse_duration)]
+    pub grace: Option<flywheel_cache::config::Duration>,
+    /// Print what would be removed; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The report as JSON, with every removed path.
+    #[arg(long)]
+    pub json: bool,
+    /// Paths removed per index transaction (tuning; the tests make it small to stop GC midway).
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub batch_size: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -162,6 +228,10 @@ pub struct ServeArgs {
     /// Requests one client address may have in progress at once; more wait [default: 64].
     #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_requests_per_client: Option<usize>,
+    /// Collect garbage this often (1h), with each cache's policy from the config
+    /// [default: the config's gc-interval, else never].
+    #[arg(long, value_name = "DURATION", value_parser = flywheel_cache::config::parse_duration)]
+    pub gc_interval: Option<flywheel_cache::config::Duration>,
 }
 
 #[derive(Args, Debug)]

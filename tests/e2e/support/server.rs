@@ -61,6 +61,13 @@ impl Server {
         path
     }
 
+    /// Stops the server as an operator would (SIGTERM): it finishes what is in flight and
+    /// writes what it kept in memory (access times, counters) to the index.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -6,7 +6,9 @@
 //! replaces the embedded SQLite one ([`sqlite::SqliteIndex`]). The trait is synchronous: the
 //! server calls it from `spawn_blocking`, and a blocking PostgreSQL client fits it as well.
 
+pub mod retention;
 pub mod sqlite;
+mod sqlite_retention;
 
 use std::fmt;
 use std::str::FromStr;
@@ -21,6 +23,12 @@ pub enum IndexError {
     CacheExists(String),
     #[error("no cache named {0:?}")]
     NoSuchCache(String),
+    #[error("{path} refers to paths this cache does not hold (upload them first): {}", missing.join(" "))]
+    MissingReferences { path: String, missing: Vec<String> },
+    #[error("the NAR of {0} is no longer on the server (collected, or its upload expired): upload it again")]
+    NarGone(String),
+    #[error("{path} is not in cache {cache:?}: push it before pinning it")]
+    NotInCache { cache: String, path: String },
     #[error("the index was written by a newer flywheel (schema {found}; this one knows up to {known})")]
     NewerSchema { found: i64, known: i64 },
 }
@@ -165,7 +173,9 @@ pub enum Added {
     Present,
 }
 
-pub trait Index: Send + Sync {
+pub use retention::Retention;
+
+pub trait Index: Retention + Send + Sync {
     fn create_cache(&self, cache: &CacheRecord) -> Result<(), IndexError>;
     fn cache(&self, name: &str) -> Result<Option<CacheRecord>, IndexError>;
     fn caches(&self) -> Result<Vec<CacheRecord>, IndexError>;
@@ -200,8 +210,11 @@ pub trait Index: Send + Sync {
     fn file(&self, cache: &str, name: &str) -> Result<Option<StoredFile>, IndexError>;
     /// The path with this hash part, if the cache holds it.
     fn path(&self, cache: &str, hash_part: &str) -> Result<Option<PathRecord>, IndexError>;
-    /// The NAR with this NarHash, if a path the cache holds has it.
-    fn nar_in_cache(&self, cache: &str, nar_hash: &[u8; 32]) -> Result<Option<NarRecord>, IndexError>;
+    /// The NAR with this NarHash, if a path the cache holds has it, with when it was stored.
+    fn nar_in_cache(&self, cache: &str, nar_hash: &[u8; 32]) -> Result<Option<(NarRecord, i64)>, IndexError>;
+    /// A number that changes whenever another connection (another server, `flywheel cache gc`,
+    /// an admin command) commits a change: servers drop what they keep in memory then.
+    fn changes_elsewhere(&self) -> Result<i64, IndexError>;
     /// Records accesses (narinfo GETs and HEADs: hash part, time) for retention, in one
     /// transaction.
     fn touch(&self, accesses: &[(String, i64)]) -> Result<(), IndexError>;

@@ -100,10 +100,45 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (cache, name)
     ) WITHOUT ROWID;
     ",
+    // 3: retention. Named pins with their revisions (each a store path whose closure GC
+    // keeps); NARs whose last path is gone, waiting to be unlinked once servers have dropped
+    // their narinfos; counters the server adds to (narinfo hits and misses, bytes served by NAR
+    // age) for `flywheel cache stats`. `dead_nars.since` is in milliseconds.
+    "
+    CREATE TABLE pins (
+        cache       INTEGER NOT NULL REFERENCES caches(id) ON DELETE CASCADE,
+        name        TEXT NOT NULL,
+        keep_revisions INTEGER,
+        keep_days   INTEGER,
+        PRIMARY KEY (cache, name)
+    ) WITHOUT ROWID;
+    CREATE TABLE pin_revisions (
+        cache       INTEGER NOT NULL,
+        name        TEXT NOT NULL,
+        revision    INTEGER NOT NULL,
+        store_path  TEXT NOT NULL,
+        pinned_at   INTEGER NOT NULL,
+        PRIMARY KEY (cache, name, revision),
+        FOREIGN KEY (cache, name) REFERENCES pins(cache, name) ON DELETE CASCADE
+    ) WITHOUT ROWID;
+    CREATE INDEX pin_revisions_path ON pin_revisions(cache, store_path);
+    CREATE TABLE dead_nars (
+        nar_hash    BLOB PRIMARY KEY,
+        since       INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX uploads_nar ON uploads(nar_hash);
+    CREATE INDEX uploads_created ON uploads(created_at);
+    CREATE TABLE stats (
+        cache       INTEGER NOT NULL REFERENCES caches(id) ON DELETE CASCADE,
+        key         TEXT NOT NULL,
+        value       INTEGER NOT NULL,
+        PRIMARY KEY (cache, key)
+    ) WITHOUT ROWID;
+    ",
 ];
 
 pub struct SqliteIndex {
-    conn: Mutex<Connection>,
+    pub(super) conn: Mutex<Connection>,
 }
 
 impl SqliteIndex {
@@ -125,13 +160,19 @@ impl SqliteIndex {
         Ok(SqliteIndex { conn: Mutex::new(conn) })
     }
 
-    fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T, IndexError>) -> Result<T, IndexError> {
+    pub(super) fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T, IndexError>) -> Result<T, IndexError> {
         let conn = self.conn.lock().map_err(|_| IndexError::Db("a previous operation panicked".into()))?;
         f(&conn)
     }
 }
 
-fn db(e: rusqlite::Error) -> IndexError {
+/// A write transaction: it takes the write lock at BEGIN, waiting up to the busy timeout, so
+/// it never fails midway because another connection (a GC, a pin) wrote after it first read.
+pub(super) fn write_tx(conn: &Connection) -> Result<rusqlite::Transaction<'_>, IndexError> {
+    rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate).map_err(db)
+}
+
+pub(super) fn db(e: rusqlite::Error) -> IndexError {
     IndexError::Db(e.to_string())
 }
 
@@ -142,7 +183,7 @@ fn migrate(conn: &Connection) -> Result<(), IndexError> {
         return Err(IndexError::NewerSchema { found: version, known });
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-        let tx = conn.unchecked_transaction().map_err(db)?;
+        let tx = write_tx(conn)?;
         tx.execute_batch(sql).map_err(db)?;
         tx.pragma_update(None, "user_version", i as i64 + 1).map_err(db)?;
         tx.commit().map_err(db)?;
@@ -168,22 +209,22 @@ fn to_cache(
 
 const CACHE_COLUMNS: &str = "name, visibility, priority, secret_key, created_at";
 
-fn cache_id(conn: &Connection, name: &str) -> Result<i64, IndexError> {
+pub(super) fn cache_id(conn: &Connection, name: &str) -> Result<i64, IndexError> {
     conn.query_row("SELECT id FROM caches WHERE name = ?1", [name], |r| r.get(0))
         .optional()
         .map_err(db)?
         .ok_or_else(|| IndexError::NoSuchCache(name.to_string()))
 }
 
-fn hash32(v: Vec<u8>) -> Result<[u8; 32], IndexError> {
+pub(super) fn hash32(v: Vec<u8>) -> Result<[u8; 32], IndexError> {
     v.try_into().map_err(|v: Vec<u8>| IndexError::Db(format!("a stored hash has {} bytes, not 32", v.len())))
 }
 
-fn size(v: i64) -> Result<u64, IndexError> {
+pub(super) fn size(v: i64) -> Result<u64, IndexError> {
     u64::try_from(v).map_err(|_| IndexError::Db(format!("a stored size is negative: {v}")))
 }
 
-fn i64_of(v: u64) -> Result<i64, IndexError> {
+pub(super) fn i64_of(v: u64) -> Result<i64, IndexError> {
     i64::try_from(v).map_err(|_| IndexError::Db(format!("size {v} does not fit the index")))
 }
 
@@ -204,7 +245,7 @@ fn to_nar((nar_hash, nar_size, file_hash, file_size, compression): NarRow) -> Re
 }
 
 /// The hash part of a full store path: the 32 characters after the store directory.
-fn hash_part_of(store_path: &str) -> Result<&str, IndexError> {
+pub(super) fn hash_part_of(store_path: &str) -> Result<&str, IndexError> {
     let base = store_path.rsplit('/').next().unwrap_or(store_path);
     base.get(..32)
         .filter(|_| base.as_bytes().get(32) == Some(&b'-'))
@@ -319,19 +360,7 @@ impl Index for SqliteIndex {
     fn missing(&self, cache: &str, store_paths: &[String]) -> Result<Vec<String>, IndexError> {
         self.with(|conn| {
             let id = cache_id(conn, cache)?;
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT 1 FROM paths p JOIN members m ON m.path = p.id WHERE m.cache = ?1 AND p.hash_part = ?2
-                     UNION ALL SELECT 1 FROM upstream u WHERE u.cache = ?1 AND u.hash_part = ?2",
-                )
-                .map_err(db)?;
-            let mut out = Vec::new();
-            for sp in store_paths {
-                if !stmt.exists(params![id, hash_part_of(sp)?]).map_err(db)? {
-                    out.push(sp.clone());
-                }
-            }
-            Ok(out)
+            Self::missing_in(conn, id, store_paths)
         })
     }
 
@@ -363,7 +392,7 @@ impl Index for SqliteIndex {
         now: i64,
     ) -> Result<(), IndexError> {
         self.with(|conn| {
-            let tx = conn.unchecked_transaction().map_err(db)?;
+            let tx = write_tx(conn)?;
             let id = cache_id(&tx, cache)?;
             tx.execute(
                 "INSERT INTO upstream (cache, hash_part, store_path, key_name, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -449,27 +478,31 @@ impl Index for SqliteIndex {
         })
     }
 
-    fn nar_in_cache(&self, cache: &str, nar_hash: &[u8; 32]) -> Result<Option<NarRecord>, IndexError> {
+    fn changes_elsewhere(&self) -> Result<i64, IndexError> {
+        self.with(|conn| conn.pragma_query_value(None, "data_version", |r| r.get(0)).map_err(db))
+    }
+
+    fn nar_in_cache(&self, cache: &str, nar_hash: &[u8; 32]) -> Result<Option<(NarRecord, i64)>, IndexError> {
         self.with(|conn| {
             let row = conn
                 .query_row(
-                    "SELECT n.nar_hash, n.nar_size, n.file_hash, n.file_size, n.compression
+                    "SELECT n.nar_hash, n.nar_size, n.file_hash, n.file_size, n.compression, n.stored_at
                      FROM nars n
                      WHERE n.nar_hash = ?2 AND EXISTS (
                        SELECT 1 FROM paths p JOIN members m ON m.path = p.id JOIN caches c ON c.id = m.cache
                        WHERE p.nar_hash = n.nar_hash AND c.name = ?1)",
                     params![cache, &nar_hash[..]],
-                    |r| nar_row(r, 0),
+                    |r| Ok((nar_row(r, 0)?, r.get::<_, i64>(5)?)),
                 )
                 .optional()
                 .map_err(db)?;
-            row.map(to_nar).transpose()
+            row.map(|(n, at)| Ok((to_nar(n)?, at))).transpose()
         })
     }
 
     fn touch(&self, accesses: &[(String, i64)]) -> Result<(), IndexError> {
         self.with(|conn| {
-            let tx = conn.unchecked_transaction().map_err(db)?;
+            let tx = write_tx(conn)?;
             {
                 let mut stmt = tx
                     .prepare_cached("UPDATE paths SET last_access = ?2 WHERE hash_part = ?1 AND last_access < ?2")
@@ -573,6 +606,22 @@ impl Index for SqliteIndex {
 }
 
 impl SqliteIndex {
+    fn missing_in(conn: &Connection, cache_id: i64, store_paths: &[String]) -> Result<Vec<String>, IndexError> {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT 1 FROM paths p JOIN members m ON m.path = p.id WHERE m.cache = ?1 AND p.hash_part = ?2
+                 UNION ALL SELECT 1 FROM upstream u WHERE u.cache = ?1 AND u.hash_part = ?2",
+            )
+            .map_err(db)?;
+        let mut out = Vec::new();
+        for sp in store_paths {
+            if !stmt.exists(params![cache_id, hash_part_of(sp)?]).map_err(db)? {
+                out.push(sp.clone());
+            }
+        }
+        Ok(out)
+    }
+
     fn add_path_tx(
         conn: &Connection,
         cache: &str,
@@ -580,9 +629,30 @@ impl SqliteIndex {
         upload: Option<&str>,
         now: i64,
     ) -> Result<Added, IndexError> {
-        let tx = conn.unchecked_transaction().map_err(db)?;
+        let tx = write_tx(conn)?;
         let cache_id = cache_id(&tx, cache)?;
         let n = &p.nar;
+        // Checked in the transaction that adds the path, so a concurrent GC cannot take a
+        // reference or the NAR away between the check and the insert.
+        let known_nar = tx
+            .prepare_cached("SELECT 1 FROM nars WHERE nar_hash = ?1")
+            .and_then(|mut s| s.exists([&n.nar_hash[..]]))
+            .map_err(db)?;
+        let uploaded = match upload {
+            Some(url) => tx
+                .prepare_cached("SELECT 1 FROM uploads WHERE cache = ?1 AND url = ?2")
+                .and_then(|mut s| s.exists(params![cache_id, url]))
+                .map_err(db)?,
+            None => false,
+        };
+        if !known_nar && !uploaded {
+            return Err(IndexError::NarGone(p.store_path.clone()));
+        }
+        let others: Vec<String> = p.references.iter().filter(|r| **r != p.store_path).cloned().collect();
+        let missing = Self::missing_in(&tx, cache_id, &others)?;
+        if !missing.is_empty() {
+            return Err(IndexError::MissingReferences { path: p.store_path.clone(), missing });
+        }
         tx.execute(
             "INSERT INTO nars (nar_hash, nar_size, file_hash, file_size, compression, stored_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT (nar_hash) DO NOTHING",

@@ -20,6 +20,7 @@ use flywheel_nix::StoreDir;
 use crate::config::CacheConfig;
 use crate::data_dir::{DataDir, DataError};
 use crate::index::{CacheRecord, Index, IndexError};
+use crate::locks::DataLocks;
 use crate::storage::dir::DirStorage;
 
 /// The port `flywheel cache serve` listens on when not told (on 127.0.0.1).
@@ -43,6 +44,8 @@ pub struct ServerOptions {
     pub max_requests_per_client: usize,
     /// Caches the config file declares: created when missing, their settings applied at start.
     pub caches: BTreeMap<String, CacheConfig>,
+    /// How often to collect garbage, with each cache's policy from `caches` (none when unset).
+    pub gc_interval: Option<std::time::Duration>,
 }
 
 impl Default for ServerOptions {
@@ -56,6 +59,7 @@ impl Default for ServerOptions {
             max_file_bytes: 16 << 20,
             max_requests_per_client: 64,
             caches: BTreeMap::new(),
+            gc_interval: None,
         }
     }
 }
@@ -91,17 +95,26 @@ pub(crate) struct State {
     pub ingest: tokio::sync::Semaphore,
     pub metrics: metrics::Metrics,
     /// narinfo accesses not yet written to the index (hash part -> latest time): written in one
-    /// transaction every few seconds, so a read costs no disk write.
+    /// transaction every second, so a read costs no disk write.
     pub accessed: std::sync::Mutex<HashMap<String, i64>>,
     /// Signed narinfos as served, by (cache, hash part).
     pub rendered: rendered::Rendered,
     /// Each client address's share of `max_requests_per_client`.
     pub clients: std::sync::Mutex<HashMap<std::net::IpAddr, Arc<tokio::sync::Semaphore>>>,
+    pub locks: DataLocks,
+    /// Counters for `flywheel cache stats` not yet added to the index: (cache, key) -> delta.
+    pub counters: std::sync::Mutex<HashMap<(String, &'static str), i64>>,
 }
 
 impl State {
     pub fn index(&self) -> &dyn Index {
         self.data.index()
+    }
+
+    pub fn count(&self, cache: &str, key: &'static str, delta: i64) {
+        if let Ok(mut c) = self.counters.lock() {
+            *c.entry((cache.to_string(), key)).or_insert(0) += delta;
+        }
     }
 
     /// The cache named `name` if it was read before (no index query).
@@ -170,6 +183,8 @@ pub async fn serve(data: DataDir, opts: ServerOptions, ready: impl FnOnce(&Liste
         accessed: std::sync::Mutex::new(HashMap::new()),
         clients: std::sync::Mutex::new(HashMap::new()),
         rendered: rendered::Rendered::new(RENDERED_NARINFOS),
+        locks: DataLocks::new(data.root()),
+        counters: std::sync::Mutex::new(HashMap::new()),
         data,
     });
     ready(&Listening { addr, caches });
@@ -183,6 +198,34 @@ pub async fn serve(data: DataDir, opts: ServerOptions, ready: impl FnOnce(&Liste
             }
         })
     };
+    let watcher = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(INDEX_POLL);
+            let mut seen = None;
+            loop {
+                tick.tick().await;
+                let s = state.clone();
+                let version = tokio::task::spawn_blocking(move || s.index().changes_elsewhere()).await;
+                if let Ok(Ok(v)) = version {
+                    if seen.is_some_and(|old| old != v) {
+                        state.rendered.clear();
+                    }
+                    seen = Some(v);
+                }
+            }
+        })
+    };
+    let collector = state.opts.gc_interval.map(|every| {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                tick.tick().await;
+                collect_garbage(&state).await;
+            }
+        })
+    });
     let app = routes::router(state.clone());
     // Small responses (narinfos, the ends of NARs) go out at once, not after the peer's
     // delayed ACK.
@@ -196,26 +239,82 @@ pub async fn serve(data: DataDir, opts: ServerOptions, ready: impl FnOnce(&Liste
         .await
         .map_err(ServerError::Serve);
     flusher.abort();
+    watcher.abort();
+    if let Some(c) = collector {
+        c.abort();
+    }
     flush_accesses(&state).await;
     served
+}
+
+/// How often the server looks for changes others made to the index (GC): well under
+/// [`crate::gc::SETTLE`], so a narinfo kept in memory is dropped before its NAR is unlinked.
+const INDEX_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// One GC run with each cache's policy from the config, on its own index connection so
+/// serving never waits for it.
+async fn collect_garbage(state: &Arc<State>) {
+    flush_accesses(state).await;
+    let s = state.clone();
+    let run = tokio::task::spawn_blocking(move || -> Result<crate::gc::GcReport, String> {
+        let data = DataDir::open_or_create(s.data.root()).map_err(|e| e.to_string())?;
+        let caches = data
+            .index()
+            .caches()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|c| {
+                let policy = s.opts.caches.get(&c.name).map(CacheConfig::policy).unwrap_or_default();
+                (c.name, policy)
+            })
+            .collect();
+        let in_use = |hash: &str| s.accessed.lock().map(|m| m.contains_key(hash)).unwrap_or(true);
+        let log = |line: &str| tracing::info!("gc: {line}");
+        let opts = crate::gc::GcOptions { caches, dry_run: false, in_use: &in_use, log: &log, batch: 0 };
+        crate::gc::collect(data.index(), &s.storage, &s.locks, &opts).map_err(|e| e.to_string())
+    })
+    .await;
+    match run {
+        Ok(Ok(r)) => {
+            let paths: usize = r.caches.iter().flat_map(|c| c.removed.values()).map(|g| g.paths.len()).sum();
+            tracing::info!(
+                "gc: removed {paths} paths, unlinked {} NARs ({} bytes) and {} orphans in {:.1}s",
+                r.nars.files,
+                r.nars.bytes,
+                r.orphans.files,
+                r.seconds
+            );
+        }
+        Ok(Err(e)) => tracing::warn!("gc: {e}"),
+        Err(e) => tracing::warn!("gc: {e}"),
+    }
 }
 
 /// Signed narinfos kept in memory (about 1 KiB each).
 const RENDERED_NARINFOS: usize = 65_536;
 
 /// How often recorded narinfo accesses reach the index.
-const ACCESS_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
+const ACCESS_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 
 async fn flush_accesses(state: &Arc<State>) {
     let batch: Vec<(String, i64)> = match state.accessed.lock() {
         Ok(mut m) => m.drain().collect(),
         Err(_) => return,
     };
-    if batch.is_empty() {
+    let counters: Vec<(String, String, i64)> = match state.counters.lock() {
+        Ok(mut c) => c.drain().map(|((cache, key), v)| (cache, key.to_string(), v)).collect(),
+        Err(_) => Vec::new(),
+    };
+    if batch.is_empty() && counters.is_empty() {
         return;
     }
     let s = state.clone();
-    match tokio::task::spawn_blocking(move || s.index().touch(&batch)).await {
+    match tokio::task::spawn_blocking(move || {
+        s.index().touch(&batch)?;
+        s.index().add_stats(&counters)
+    })
+    .await
+    {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!("recording narinfo accesses: {e}"),
         Err(e) => tracing::warn!("recording narinfo accesses: {e}"),

@@ -25,7 +25,7 @@ use tower::ServiceExt;
 
 use super::auth::{authorize, Denied};
 use super::{Cache, State};
-use crate::index::{NarRecord, PathRecord, Scope, StoredFile};
+use crate::index::{IndexError, NarRecord, PathRecord, Scope, StoredFile};
 use crate::ingest::{self, Upload};
 use crate::storage::NarStorage;
 
@@ -365,13 +365,19 @@ async fn get_narinfo(state: &Arc<State>, cache: Arc<Cache>, hash: String, head: 
             if let Ok(mut accessed) = state.accessed.lock() {
                 accessed.insert(hash, now());
             }
+            state.count(&cache.record.name, "narinfo_hits", 1);
             Some(body)
         }
         None => {
             blocking(state, move |s| {
-                let Some(p) = s.index().path(&cache.record.name, &hash).map_err(internal)? else { return Ok(None) };
+                let generation = s.rendered.generation();
+                let Some(p) = s.index().path(&cache.record.name, &hash).map_err(internal)? else {
+                    s.count(&cache.record.name, "narinfo_misses", 1);
+                    return Ok(None);
+                };
+                s.count(&cache.record.name, "narinfo_hits", 1);
                 let body = axum::body::Bytes::from(render(s, &cache, &p).map_err(internal)?);
-                s.rendered.insert(&cache.record.name, &hash, body.clone());
+                s.rendered.insert(&cache.record.name, &hash, body.clone(), generation);
                 if let Ok(mut accessed) = s.accessed.lock() {
                     accessed.insert(hash, now());
                 }
@@ -438,14 +444,6 @@ async fn put_narinfo(state: &Arc<State>, cache: Arc<Cache>, hash: String, req: R
             )));
         }
         let references: Vec<String> = info.references().iter().map(|r| s.store_dir.render_path(r)).collect();
-        let others: Vec<String> = references.iter().filter(|r| **r != store_path).cloned().collect();
-        let missing = s.index().missing(&cache_name, &others).map_err(internal)?;
-        if !missing.is_empty() {
-            return Err(bad(format!(
-                "{store_path} refers to paths this cache does not hold (upload them first): {}",
-                missing.join(" ")
-            )));
-        }
         let record = PathRecord {
             store_path: store_path.clone(),
             nar,
@@ -454,7 +452,11 @@ async fn put_narinfo(state: &Arc<State>, cache: Arc<Cache>, hash: String, req: R
             ca: info.content_address().map(|c| c.to_string()),
             sigs: info.signatures().iter().map(|sig| sig.to_string()).collect(),
         };
-        let added = s.index().add_path(&cache_name, &record, Some(&url), now()).map_err(internal)?;
+        let added = match s.index().add_path(&cache_name, &record, Some(&url), now()) {
+            Ok(added) => added,
+            Err(e @ (IndexError::MissingReferences { .. } | IndexError::NarGone(_))) => return Err(bad(e.to_string())),
+            Err(e) => return Err(internal(e)),
+        };
         tracing::debug!("{store_path}: {added:?} in {cache_name}");
         Ok(text(StatusCode::OK, "ok"))
     })
@@ -467,7 +469,14 @@ async fn get_nar(state: &Arc<State>, cache: Arc<Cache>, name: String, req: Reque
         if let Some(hash) = name.strip_suffix(".nar.zst").filter(|h| is_nix32(h, 52)) {
             if let Ok(bytes) = nix_derivation::nixbase32::decode(hash.as_bytes()) {
                 if let Ok(nar_hash) = <[u8; 32]>::try_from(bytes.as_slice()) {
-                    if s.index().nar_in_cache(&cache.record.name, &nar_hash).map_err(internal)?.is_some() {
+                    if let Some((nar, stored_at)) =
+                        s.index().nar_in_cache(&cache.record.name, &nar_hash).map_err(internal)?
+                    {
+                        if !head {
+                            s.count(&cache.record.name, "nar_downloads", 1);
+                            let key = crate::stats::served_bucket(now() - stored_at);
+                            s.count(&cache.record.name, key, i64::try_from(nar.file_size).unwrap_or(i64::MAX));
+                        }
                         return Ok(s.storage.local_path(&nar_hash).map(Ok));
                     }
                 }
@@ -557,6 +566,8 @@ async fn put_nar(state: &Arc<State>, cache: Arc<Cache>, name: String, req: Reque
         })?;
         let stored = stored.keep().map_err(internal)?;
         let mut nar = nar;
+        // Until the upload is recorded, GC must not unlink the NAR this finds stored.
+        let _lock = s.locks.nar_shared().map_err(internal)?;
         if !s.storage.put(&nar.nar_hash, &stored).map_err(internal)? {
             // The server already had this NAR (from another cache, or an upload cut short), maybe
             // compressed otherwise: the record must describe the file that is kept.

@@ -45,6 +45,14 @@ impl NarStorage for DirStorage {
         p.is_file().then_some(p)
     }
 
+    fn remove(&self, nar_hash: &[u8; 32]) -> io::Result<()> {
+        fs::remove_file(self.file_of(nar_hash))
+    }
+
+    fn modified(&self, nar_hash: &[u8; 32]) -> io::Result<std::time::SystemTime> {
+        fs::metadata(self.file_of(nar_hash))?.modified()
+    }
+
     fn list(&self) -> io::Result<Listing> {
         let (mut nars, mut strays) = (Vec::new(), Vec::new());
         let top = match fs::read_dir(&self.root) {

@@ -23,4 +23,8 @@ pub trait NarStorage: Send + Sync {
     fn local_path(&self, nar_hash: &[u8; 32]) -> Option<PathBuf>;
     /// Every stored NAR, with its size; names that are not a stored NAR's are returned apart.
     fn list(&self) -> io::Result<Listing>;
+    /// Deletes a stored NAR (GC, once the index no longer names it); `NotFound` if it is not there.
+    fn remove(&self, nar_hash: &[u8; 32]) -> io::Result<()>;
+    /// When the NAR was stored (for the orphan sweep's grace period).
+    fn modified(&self, nar_hash: &[u8; 32]) -> io::Result<std::time::SystemTime>;
 }

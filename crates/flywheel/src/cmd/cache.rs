@@ -19,6 +19,9 @@ pub fn run(command: CacheCommand) -> anyhow::Result<()> {
         CacheCommand::Token(TokenCommand::Create(args)) => token_create(args),
         CacheCommand::Serve(args) => serve(args),
         CacheCommand::Verify(args) => verify(args),
+        CacheCommand::Pin(args) => super::cache_gc::pin(args),
+        CacheCommand::Gc(args) => super::cache_gc::gc(args),
+        CacheCommand::Stats(args) => super::cache_gc::stats(args),
     }
 }
 
@@ -70,6 +73,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         zstd_level: config.zstd_level.unwrap_or(defaults.zstd_level),
         ingest_jobs: config.ingest_jobs.unwrap_or(defaults.ingest_jobs),
         caches: config.caches,
+        gc_interval: a.gc_interval.or(config.gc_interval).map(|d| d.0).filter(|d| !d.is_zero()),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     let dir = dir.display().to_string();
@@ -87,11 +91,11 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn open_data(dir: &std::path::Path) -> anyhow::Result<DataDir> {
+pub(super) fn open_data(dir: &std::path::Path) -> anyhow::Result<DataDir> {
     DataDir::open_or_create(dir).with_context(|| format!("opening the cache data directory {}", dir.display()))
 }
 
-fn now() -> i64 {
+pub(super) fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 

@@ -1,6 +1,7 @@
 //! One module per command group: each turns parsed arguments into library calls and output.
 
 mod cache;
+mod cache_gc;
 mod driver;
 mod image;
 mod key;

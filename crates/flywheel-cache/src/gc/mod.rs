@@ -1,0 +1,279 @@
+//! Garbage collection: keeps what the pins, the grace period and the policies (quota, maximum
+//! age) keep, with whole closures, and removes the rest without ever breaking a closure or
+//! serving a narinfo whose NAR is gone.
+//!
+//! 1. For each cache, a snapshot of its members and references, and a [`plan`] in memory.
+//! 2. Released pin revisions are forgotten; then the doomed paths leave the index in short
+//!    transactions, referrers first, each checked again (see [`Retention::gc_remove`]). A NAR
+//!    that no path uses any more is recorded as dead, not yet unlinked.
+//! 3. Uploads whose narinfo never came are forgotten after the grace period.
+//! 4. Dead NARs are unlinked once [`SETTLE`] has passed, so servers (which poll the index) have
+//!    dropped the narinfos they kept in memory; under the exclusive NAR lock, each checked
+//!    again against new uploads.
+//! 5. Orphans (stored NARs the index does not know: a crash between storing and recording)
+//!    older than the grace period are unlinked the same way.
+
+pub mod plan;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::index::retention::{DeleteGuard, Usage};
+use crate::index::{Index, IndexError};
+use crate::locks::DataLocks;
+use crate::storage::NarStorage;
+pub use plan::{Policy, Reason};
+
+/// How long a dead NAR stays on disk after its last narinfo left the index: longer than the
+/// servers' poll of the index (a quarter second).
+pub const SETTLE: Duration = Duration::from_secs(1);
+/// Paths removed per transaction: each transaction stays in the tens of milliseconds.
+const BATCH: usize = 1000;
+/// NARs unlinked per hold of the exclusive NAR lock (uploads wait that long at most).
+const BURY_BATCH: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GcError {
+    #[error("another garbage collection is running on this data directory")]
+    AlreadyRunning,
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error("NAR storage: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub struct GcOptions<'a> {
+    /// The caches to collect, each with its policy.
+    pub caches: Vec<(String, Policy)>,
+    pub dry_run: bool,
+    /// Accesses the index has not recorded yet (a server's), by hash part.
+    pub in_use: &'a (dyn Fn(&str) -> bool + Sync),
+    /// Progress lines for people.
+    pub log: &'a (dyn Fn(&str) + Sync),
+    /// Paths removed per transaction (0: the default, 1000).
+    pub batch: usize,
+}
+
+/// Paths removed for one reason.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Group {
+    pub paths: Vec<String>,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CacheGc {
+    pub cache: String,
+    pub policy: Policy,
+    pub before: Usage,
+    pub kept: Usage,
+    /// By reason: quota, age, unpinned-revision.
+    pub removed: BTreeMap<&'static str, Group>,
+    /// Paths the plan removed but the delete found in use again (a new referrer, a read, a
+    /// pin since the snapshot): kept.
+    pub spared: u64,
+    /// Pin revisions released: (pin, revision).
+    pub released_revisions: Vec<(String, i64)>,
+    /// Bytes the pins and the grace period alone keep beyond the quota.
+    pub over_quota_bytes: Option<u64>,
+}
+
+/// Stored NAR files removed (or, in a dry run, that would be).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Freed {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct GcReport {
+    pub dry_run: bool,
+    pub caches: Vec<CacheGc>,
+    /// NARs of removed paths, unlinked.
+    pub nars: Freed,
+    /// Stored NARs the index did not know (crash leftovers, uploads whose narinfo never came).
+    pub orphans: Freed,
+    pub expired_uploads: u64,
+    pub seconds: f64,
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+pub fn collect(
+    index: &dyn Index,
+    storage: &dyn NarStorage,
+    locks: &DataLocks,
+    opts: &GcOptions<'_>,
+) -> Result<GcReport, GcError> {
+    let started = Instant::now();
+    let _gc = locks.try_gc()?.ok_or(GcError::AlreadyRunning)?;
+    let mut report = GcReport {
+        dry_run: opts.dry_run,
+        caches: Vec::new(),
+        nars: Freed::default(),
+        orphans: Freed::default(),
+        expired_uploads: 0,
+        seconds: 0.0,
+    };
+    let mut dead_sizes: HashMap<[u8; 32], u64> = HashMap::new();
+    for (cache, policy) in &opts.caches {
+        report.caches.push(collect_cache(index, cache, policy, opts, &mut dead_sizes)?);
+    }
+    let grace = opts.caches.iter().map(|(_, p)| p.grace).max().unwrap_or(plan::DEFAULT_GRACE);
+    if !opts.dry_run {
+        report.expired_uploads = index.expire_uploads(now_secs() - grace, now_ms())?;
+        let fresh = !dead_sizes.is_empty() || report.expired_uploads > 0;
+        report.nars = bury_dead(index, storage, locks, &dead_sizes, fresh)?;
+    }
+    report.orphans = sweep_orphans(index, storage, locks, grace, opts.dry_run)?;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn collect_cache(
+    index: &dyn Index,
+    cache: &str,
+    policy: &Policy,
+    opts: &GcOptions<'_>,
+    dead_sizes: &mut HashMap<[u8; 32], u64>,
+) -> Result<CacheGc, GcError> {
+    let snapshot_at = now_secs();
+    let builder = std::cell::RefCell::new(plan::GraphBuilder::default());
+    index.gc_snapshot(cache, &mut |m| builder.borrow_mut().member(m), &mut |from, to| {
+        builder.borrow_mut().reference(from, to)
+    })?;
+    let graph = builder.into_inner().build();
+    let before = Usage { paths: graph.len() as u64, bytes: graph.members.iter().map(|m| m.file_size).sum() };
+    let pins = index.pins(cache)?;
+    let plan = plan::plan(&graph, &pins, policy, snapshot_at);
+    (opts.log)(&format!(
+        "{cache}: {} paths, {} to remove{}",
+        graph.len(),
+        plan.doomed.len(),
+        if opts.dry_run { " (dry run)" } else { "" }
+    ));
+    let mut out = CacheGc {
+        cache: cache.to_string(),
+        policy: *policy,
+        before,
+        kept: Usage { paths: plan.kept_paths, bytes: plan.kept_bytes },
+        removed: BTreeMap::new(),
+        spared: 0,
+        released_revisions: plan.released.clone(),
+        over_quota_bytes: plan.over_quota,
+    };
+    let reason_of: HashMap<i64, Reason> = plan.doomed.iter().map(|&(i, r)| (graph.members[i as usize].id, r)).collect();
+    let ids: Vec<i64> = plan.doomed.iter().map(|&(i, _)| graph.members[i as usize].id).collect();
+    if opts.dry_run {
+        for chunk in ids.chunks(BATCH) {
+            for (id, path) in index.store_paths(chunk)? {
+                let (Some(&reason), Some(i)) = (reason_of.get(&id), graph.index_of_id(id)) else { continue };
+                let g = out.removed.entry(reason.as_str()).or_default();
+                g.paths.push(path);
+                g.bytes += graph.members[i as usize].file_size;
+            }
+        }
+        return Ok(out);
+    }
+    drop(graph);
+    if !plan.released.is_empty() {
+        index.release_pin_revisions(cache, &plan.released)?;
+    }
+    let guard =
+        DeleteGuard { added_before: snapshot_at - policy.grace, accessed_before: snapshot_at, in_use: opts.in_use };
+    let mut removed_count = 0usize;
+    let batch = if opts.batch == 0 { BATCH } else { opts.batch };
+    for chunk in ids.chunks(batch) {
+        let removed = index.gc_remove(cache, chunk, &guard, now_ms())?;
+        removed_count += removed.len();
+        out.spared += (chunk.len() - removed.len()) as u64;
+        for r in removed {
+            let reason = reason_of.get(&r.id).copied().unwrap_or(Reason::Quota);
+            let g = out.removed.entry(reason.as_str()).or_default();
+            g.paths.push(r.store_path);
+            g.bytes += r.file_size;
+            if let Some(nar) = r.dead_nar {
+                dead_sizes.insert(nar, r.file_size);
+            }
+        }
+    }
+    out.kept.paths = out.before.paths - removed_count as u64;
+    out.kept.bytes = out.before.bytes - out.removed.values().map(|g| g.bytes).sum::<u64>();
+    Ok(out)
+}
+
+/// Unlinks the dead NARs once they have settled, in batches under the exclusive NAR lock.
+fn bury_dead(
+    index: &dyn Index,
+    storage: &dyn NarStorage,
+    locks: &DataLocks,
+    sizes: &HashMap<[u8; 32], u64>,
+    fresh: bool,
+) -> Result<Freed, GcError> {
+    let mut freed = Freed::default();
+    if fresh {
+        // Those of this run died just now.
+        std::thread::sleep(SETTLE);
+    }
+    let settled = now_ms() - SETTLE.as_millis() as i64;
+    loop {
+        let dead = index.dead_nars(settled, BURY_BATCH)?;
+        if dead.is_empty() {
+            return Ok(freed);
+        }
+        let _lock = locks.nar_exclusive()?;
+        let buried = index.bury_nars(&dead, &mut |nar| {
+            let bytes = sizes
+                .get(nar)
+                .copied()
+                .or_else(|| storage.local_path(nar).and_then(|p| std::fs::metadata(p).ok()).map(|m| m.len()));
+            storage.remove(nar)?;
+            freed.bytes += bytes.unwrap_or(0);
+            Ok(())
+        })?;
+        freed.files += buried.len() as u64;
+    }
+}
+
+/// Stored NARs the index knows in no state, stored longer ago than the grace period.
+fn sweep_orphans(
+    index: &dyn Index,
+    storage: &dyn NarStorage,
+    locks: &DataLocks,
+    grace: i64,
+    dry_run: bool,
+) -> Result<Freed, GcError> {
+    let listing = storage.list()?;
+    let known = index.known_nars()?;
+    let cutoff = SystemTime::now() - Duration::from_secs(u64::try_from(grace).unwrap_or(0));
+    let orphans: Vec<([u8; 32], u64)> = listing
+        .nars
+        .into_iter()
+        .filter(|(h, _)| !known.contains(h))
+        .filter(|(h, _)| storage.modified(h).is_ok_and(|t| t <= cutoff))
+        .collect();
+    drop(known);
+    let mut freed = Freed::default();
+    if dry_run {
+        freed.files = orphans.len() as u64;
+        freed.bytes = orphans.iter().map(|(_, s)| s).sum();
+        return Ok(freed);
+    }
+    let sizes: HashMap<[u8; 32], u64> = orphans.iter().copied().collect();
+    for chunk in orphans.chunks(BURY_BATCH) {
+        let hashes: Vec<[u8; 32]> = chunk.iter().map(|(h, _)| *h).collect();
+        let _lock = locks.nar_exclusive()?;
+        let buried = index.bury_nars(&hashes, &mut |nar| storage.remove(nar))?;
+        freed.files += buried.len() as u64;
+        freed.bytes += buried.iter().filter_map(|h| sizes.get(h)).sum::<u64>();
+    }
+    Ok(freed)
+}
