@@ -440,7 +440,7 @@ fn apps(w: &Path, tag: &str, libs: usize, count: usize) -> (Vec<PathBuf>, Vec<Pa
 fn pushes_and_gc_at_the_same_time_never_break_a_closure_or_lose_a_pin() {
     let work = tempdir();
     let w = work.path();
-    // Forty libraries and room for about ten paths: each collection dooms libraries that the
+    // Forty libraries and room for about twenty paths: each collection dooms libraries that the
     // next app pushed refers to again.
     let (_, apps) = apps(w, "race", 40, 200);
     let data = w.join("data");
@@ -450,15 +450,27 @@ fn pushes_and_gc_at_the_same_time_never_break_a_closure_or_lose_a_pin() {
     let write = token(&data, "write");
     let netrc = server.netrc(w, &write);
 
+    // Pinning over HTTP needs the write scope, a valid name and a path the cache holds.
+    let read = token(&data, "read");
+    for (token, pin, path, needle) in [
+        (&read, "main", &apps[0], "403"),
+        (&write, "../main", &apps[0], "pin name"),
+        (&write, "main", &apps[0], "not in cache"),
+    ] {
+        let o = flywheel().args(["cache", "pin", "--to", &url, "--token", token, pin]).arg(path).output().expect("pin");
+        assert_eq!(o.status.code(), Some(1), "{pin}");
+        assert!(one_line_error(&o).contains(needle), "{}", one_line_error(&o));
+    }
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let collector = {
         let (data, done) = (data.clone(), done.clone());
         std::thread::spawn(move || {
             let (mut runs, mut removed) = (0, 0);
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                // About ten 20 kB paths fit: every run has something to remove, in many short
+                // About twenty 20 kB paths fit: the three pinned closures (up to 240 kB) and the
+                // newest push or two. Every run has something to remove, in many short
                 // transactions (a wide window for pushes to land in).
-                let out = cache(&data, &["gc", "--json", "--max-size", "200000", "--grace", "0s", "--batch-size", "2"])
+                let out = cache(&data, &["gc", "--json", "--max-size", "400000", "--grace", "0s", "--batch-size", "2"])
                     .output()
                     .expect("gc");
                 assert!(out.status.success(), "gc: {}", String::from_utf8_lossy(&out.stderr));
@@ -473,11 +485,16 @@ fn pushes_and_gc_at_the_same_time_never_break_a_closure_or_lose_a_pin() {
         })
     };
 
+    let mut refused = 0;
     for (i, app) in apps.iter().enumerate() {
         // Each push is retried: a path the cache had when the pusher asked may be collected
-        // before the narinfo that refers to it arrives (refused, never accepted half).
+        // before the narinfo that refers to it arrives (refused, never accepted half). Nix
+        // checks the references itself too, and gives up on the first that is gone.
         let (mut pushed, mut last) = (false, String::new());
-        for _ in 0..5 {
+        for attempt in 0..10 {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(100 * attempt));
+            }
             let out = if i % 2 == 0 {
                 flywheel().args(["cache", "push", "--to", &url, "--token", &write]).arg(app).output()
             } else {
@@ -485,7 +502,8 @@ fn pushes_and_gc_at_the_same_time_never_break_a_closure_or_lose_a_pin() {
                 // and would never send a collected one again: a pusher to a collected cache
                 // must ask each time.
                 nix_as(&w.join("pusher"))
-                    .args(["copy", "--option", "narinfo-cache-positive-ttl", "0", "--option", "netrc-file"])
+                    .args(["copy", "--option", "narinfo-cache-positive-ttl", "0"])
+                    .args(["--option", "narinfo-cache-negative-ttl", "0", "--option", "netrc-file"])
                     .arg(&netrc)
                     .args(["--to", &url])
                     .arg(app)
@@ -497,17 +515,25 @@ fn pushes_and_gc_at_the_same_time_never_break_a_closure_or_lose_a_pin() {
                 break;
             }
             last = String::from_utf8_lossy(&out.stderr).into_owned();
+            refused += 1;
         }
-        assert!(pushed, "pushing {} failed five times: {last}", app.display());
+        assert!(pushed, "pushing {} failed ten times: {last}", app.display());
         if i % 10 == 9 {
-            let pin = cache(&data, &["pin", "--cache", "main", "main", &s(app), "--keep-revisions", "3"]).output();
-            assert!(pin.expect("pin").status.success(), "pinning {} right after its push", app.display());
+            // As a CI job pins main's build: over HTTP, with its write token.
+            let pin = flywheel()
+                .args(["cache", "pin", "--to", &url, "--token", &write, "main"])
+                .arg(app)
+                .args(["--keep-revisions", "3"])
+                .output()
+                .expect("pin");
+            assert!(pin.status.success(), "pinning {} right after its push: {}", app.display(), one_line_error(&pin));
         }
     }
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let (runs, removed) = collector.join().expect("the collector");
     assert!(runs >= 3 && removed > 0, "GC ran {runs} times and removed {removed} paths: it must have raced");
-    gc(&data, &["--max-size", "200000", "--grace", "0s"]);
+    eprintln!("{runs} collections removed {removed} paths during 200 pushes; {refused} push attempts were refused");
+    gc(&data, &["--max-size", "400000", "--grace", "0s"]);
     verify_clean(&data);
 
     // Every kept revision of the pin comes back whole into a fresh store.
@@ -545,32 +571,54 @@ fn a_gc_killed_at_random_points_loses_nothing_pinned_and_finishes_as_if_uninterr
         set_times(&data, app, (200 - i as i64) * DAY, Some(300 * DAY));
     }
     let args = ["--max-size", "400000", "--max-age", "150d", "--grace", "0s"];
+    let pristine = w.join("pristine");
+    copy_dir(&data, &pristine);
+    let gc_cmd = |d: &Path| {
+        let mut c = cache(d, &[&["gc", "--batch-size", "1"][..], &args[..]].concat());
+        c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        c
+    };
+    // One whole run, one path per transaction: where the others must end, and how long it takes.
     let reference = w.join("reference");
-    copy_dir(&data, &reference);
-    gc(&reference, &args);
+    copy_dir(&pristine, &reference);
+    let started = Instant::now();
+    assert!(gc_cmd(&reference).status().expect("gc").success());
+    let whole = started.elapsed().as_millis() as u64;
 
     let mut seed = 0x2545_f491_4f6c_dd1du64;
-    for _ in 0..12 {
+    let mut random = move |below: u64| {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let mut child = cache(&data, &[&["gc", "--batch-size", "1"][..], &args[..]].concat())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("gc");
-        std::thread::sleep(Duration::from_millis(seed % 700));
-        let _ = child.kill();
-        let _ = child.wait();
-        // Whatever was cut short, what the index shows is whole.
-        let report = cache(&data, &["verify", "--json"]).output().expect("verify");
-        assert!(report.status.success(), "{}", String::from_utf8_lossy(&report.stdout));
+        seed % below.max(1)
+    };
+    let (mut kills, mut interrupted) = (0, 0);
+    for round in 0..6 {
+        // From the start each round, killed twice at random points (the second run has less
+        // left to do), then run to the end.
+        let d = w.join(format!("round{round}"));
+        copy_dir(&pristine, &d);
+        for within in [whole, whole / 2] {
+            let mut child = gc_cmd(&d).spawn().expect("gc");
+            std::thread::sleep(Duration::from_millis(random(within)));
+            kills += 1;
+            if child.try_wait().expect("wait").is_none() {
+                interrupted += 1;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            // Whatever was cut short, what the index shows is whole.
+            let report = cache(&d, &["verify", "--json"]).output().expect("verify");
+            assert!(report.status.success(), "{}", String::from_utf8_lossy(&report.stdout));
+        }
+        gc(&d, &args);
+        assert_eq!(members(&d), members(&reference), "interrupted runs end where one whole run does");
+        let report = verify_clean(&d);
+        assert_eq!(report["unreferenced_nars"], 0, "no NAR left behind: {report}");
+        assert_eq!(stored_nars(&d), stored_nars(&reference));
     }
-    gc(&data, &args);
-    assert_eq!(members(&data), members(&reference), "interrupted runs end where one whole run does");
-    let report = verify_clean(&data);
-    assert_eq!(report["unreferenced_nars"], 0, "no NAR left behind: {report}");
-    assert_eq!(stored_nars(&data), stored_nars(&reference));
+    assert!(interrupted * 3 >= kills * 2, "only {interrupted} of {kills} runs were killed before they finished");
+    let data = w.join("round5");
 
     let server = Server::start(&data, &[]);
     let key = server.keys[0].1.clone();

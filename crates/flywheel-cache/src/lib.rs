@@ -9,6 +9,7 @@ pub mod data_dir;
 pub mod file_cache;
 pub mod gc;
 mod http;
+pub mod http_pin;
 pub mod http_push;
 pub mod index;
 pub mod ingest;

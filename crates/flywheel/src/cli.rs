@@ -148,8 +148,15 @@ pub enum CacheCommand {
 pub struct PinArgs {
     #[command(flatten)]
     pub data: DataArgs,
-    #[arg(long, value_name = "NAME")]
-    pub cache: String,
+    /// The cache, when pinning in a data directory.
+    #[arg(long, value_name = "NAME", required_unless_present = "to", conflicts_with = "to")]
+    pub cache: Option<String>,
+    /// Pin over HTTP instead, with a write token (what a CI job does): http://HOST:PORT/CACHE.
+    #[arg(long, value_name = "URL")]
+    pub to: Option<String>,
+    /// Access token with the write scope (for --to).
+    #[arg(long, value_name = "TOKEN", env = "FLYWHEEL_CACHE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// The pin's name (for example the branch: main).
     pub pin: String,
     /// The store path to pin; the cache must hold it.

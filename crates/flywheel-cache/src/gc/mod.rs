@@ -219,8 +219,8 @@ fn bury_dead(
     fresh: bool,
 ) -> Result<Freed, GcError> {
     let mut freed = Freed::default();
-    if fresh {
-        // Those of this run died just now.
+    // Those of this run died just now; those of a run cut short may have too.
+    if fresh || !index.dead_nars(i64::MAX, 1)?.is_empty() {
         std::thread::sleep(SETTLE);
     }
     let settled = now_ms() - SETTLE.as_millis() as i64;

@@ -27,6 +27,8 @@ pub enum IndexError {
     MissingReferences { path: String, missing: Vec<String> },
     #[error("the NAR of {0} is no longer on the server (collected, or its upload expired): upload it again")]
     NarGone(String),
+    #[error("pin name {0:?}: expected 1 to 128 letters, digits, '.', '_' or '-', not starting with '.'")]
+    BadPinName(String),
     #[error("{path} is not in cache {cache:?}: push it before pinning it")]
     NotInCache { cache: String, path: String },
     #[error("the index was written by a newer flywheel (schema {found}; this one knows up to {known})")]

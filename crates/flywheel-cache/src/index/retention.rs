@@ -21,6 +21,20 @@ pub struct GcMember {
     pub added_at: i64,
 }
 
+/// A pin's name: 1 to 128 of `[A-Za-z0-9._-]` (a branch, `main`, `release-24.11`), so it is
+/// one URL path segment.
+pub fn check_pin_name(name: &str) -> Result<(), IndexError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(IndexError::BadPinName(name.to_string()))
+    }
+}
+
 /// A pin with its revisions, newest first.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Pin {
@@ -30,7 +44,7 @@ pub struct Pin {
     pub revisions: Vec<PinRevision>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PinRevision {
     pub revision: i64,
     pub store_path: String,

@@ -196,6 +196,7 @@ impl Retention for SqliteIndex {
         keep_days: Option<u32>,
         now: i64,
     ) -> Result<PinRevision, IndexError> {
+        super::retention::check_pin_name(name)?;
         self.with(|conn| {
             let tx = write_tx(conn)?;
             let id = cache_id(&tx, cache)?;

@@ -236,6 +236,22 @@ async fn route(state: &Arc<State>, req: Request) -> Result<Response, Response> {
             _ => Err(method_not_allowed()),
         };
     }
+    if item == "api/v1/pins" {
+        return match method {
+            Method::GET => {
+                let pins = blocking(state, move |s| s.index().pins(&cache.record.name).map_err(internal)).await?;
+                let body = serde_json::to_vec(&pins).map_err(internal)?;
+                Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response())
+            }
+            _ => Err(method_not_allowed()),
+        };
+    }
+    if let Some(pin) = item.strip_prefix("api/v1/pins/") {
+        return match method {
+            Method::PUT => put_pin(state, cache, pin.to_string(), req).await,
+            _ => Err(method_not_allowed()),
+        };
+    }
     if item == "api/v1/missing" {
         return match method {
             Method::POST => missing(state, cache, req).await,
@@ -317,6 +333,47 @@ async fn missing(state: &Arc<State>, cache: Arc<Cache>, req: Request) -> Result<
     })
     .await?;
     let body = serde_json::to_vec(&missing).map_err(internal)?;
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// What `PUT /<cache>/api/v1/pins/<name>` takes (a write token): the store path to pin as the
+/// pin's newest revision, and the pin's settings.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PinRequest {
+    pub path: String,
+    pub keep_revisions: Option<u32>,
+    pub keep_days: Option<u32>,
+}
+
+async fn put_pin(state: &Arc<State>, cache: Arc<Cache>, pin: String, req: Request) -> Result<Response, Response> {
+    let bytes = axum::body::to_bytes(req.into_body(), 64 << 10)
+        .await
+        .map_err(|_| text(StatusCode::PAYLOAD_TOO_LARGE, "a pin request is at most 64 KiB"))?;
+    let asked: PinRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        text(
+            StatusCode::BAD_REQUEST,
+            format!("expected {{\"path\": STORE_PATH, \"keep_revisions\": N, \"keep_days\": D}}: {e}"),
+        )
+    })?;
+    if asked.keep_revisions == Some(0) {
+        return Err(text(StatusCode::BAD_REQUEST, "keep_revisions must be at least 1"));
+    }
+    let revision = blocking(state, move |s| {
+        s.store_dir
+            .parse_path(asked.path.as_bytes())
+            .map_err(|e| text(StatusCode::BAD_REQUEST, format!("{}: {e}", asked.path)))?;
+        let name = &cache.record.name;
+        match s.index().pin(name, &pin, &asked.path, asked.keep_revisions, asked.keep_days, now()) {
+            Ok(r) => Ok(r),
+            Err(e @ (IndexError::NotInCache { .. } | IndexError::BadPinName(_))) => {
+                Err(text(StatusCode::BAD_REQUEST, e.to_string()))
+            }
+            Err(e) => Err(internal(e)),
+        }
+    })
+    .await?;
+    let body = serde_json::to_vec(&revision).map_err(internal)?;
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 

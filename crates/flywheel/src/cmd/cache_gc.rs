@@ -17,18 +17,35 @@ fn existing(data: &DataArgs) -> anyhow::Result<flywheel_cache::data_dir::DataDir
 }
 
 pub fn pin(a: PinArgs) -> anyhow::Result<()> {
-    let data = existing(&a.data)?;
     // `./result` and other links name the store path they point to.
     let path = match std::fs::canonicalize(&a.path) {
         Ok(p) if !a.path.starts_with(flywheel_nix::store_path::default_store_dir().to_string()) => p,
         _ => a.path.clone(),
     };
     let path = path.to_str().with_context(|| format!("{}: not UTF-8", path.display()))?;
-    let rev = data.index().pin(&a.cache, &a.pin, path, a.keep_revisions, a.keep_days, now())?;
+    let (cache, rev) = match (&a.to, &a.cache) {
+        (Some(url), _) => {
+            if !url.starts_with("http://") && !url.starts_with("https://") {
+                bail!("--to {url}: expected http://HOST:PORT/CACHE");
+            }
+            let opts = flywheel_cache::http_pin::PinOptions {
+                token: a.token.as_deref(),
+                keep_revisions: a.keep_revisions,
+                keep_days: a.keep_days,
+                attempts: 5,
+            };
+            (url.clone(), flywheel_cache::http_pin::pin_http(url, &a.pin, path, &opts)?)
+        }
+        (None, Some(cache)) => {
+            let data = existing(&a.data)?;
+            (cache.clone(), data.index().pin(cache, &a.pin, path, a.keep_revisions, a.keep_days, now())?)
+        }
+        (None, None) => bail!("give --cache NAME (with --data) or --to URL"),
+    };
     if a.json {
-        println!("{}", serde_json::json!({ "cache": a.cache, "pin": a.pin, "revision": rev }));
+        println!("{}", serde_json::json!({ "cache": cache, "pin": a.pin, "revision": rev }));
     } else {
-        println!("{}: pin {} revision {} is {}", a.cache, a.pin, rev.revision, rev.store_path);
+        println!("{cache}: pin {} revision {} is {}", a.pin, rev.revision, rev.store_path);
     }
     Ok(())
 }
