@@ -418,6 +418,14 @@ fn the_server_collects_on_its_interval_and_stops_serving_what_it_removed() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(stored_nars(&d), 4, "the NARs of removed paths are unlinked");
+    let (_, metrics) = curl(&[&format!("{}/metrics", server.base)]);
+    let value = |name: &str| -> u64 {
+        metrics.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    assert!(value("flywheel_cache_gc_runs_total") >= 1, "{metrics}");
+    assert_eq!(value("flywheel_cache_gc_removed_paths_total"), 2, "{metrics}");
+    assert_eq!(value("flywheel_cache_gc_unlinked_nars_total"), 2, "{metrics}");
+    assert_eq!(value("flywheel_cache_gc_failures_total"), 0, "{metrics}");
     server.stop();
     verify_clean(&d);
 }

@@ -15,6 +15,12 @@ pub struct Metrics {
     pub narinfo_misses: AtomicU64,
     pub upstream_declined: AtomicU64,
     pub client_waits: AtomicU64,
+    pub gc_runs: AtomicU64,
+    pub gc_failures: AtomicU64,
+    pub gc_removed_paths: AtomicU64,
+    pub gc_unlinked_nars: AtomicU64,
+    pub gc_freed_bytes: AtomicU64,
+    pub gc_last_millis: AtomicU64,
 }
 
 /// The route a request path belongs to, as a label with few values.
@@ -93,6 +99,25 @@ impl Metrics {
             "flywheel_cache_client_waits_total",
             "Requests that waited because their client had max-requests-per-client in progress.",
             self.client_waits.load(Ordering::Relaxed),
+        );
+        for (name, help, v) in [
+            ("flywheel_cache_gc_runs_total", "Garbage collections the server ran.", &self.gc_runs),
+            ("flywheel_cache_gc_failures_total", "Garbage collections that failed.", &self.gc_failures),
+            ("flywheel_cache_gc_removed_paths_total", "(cache, path) memberships GC removed.", &self.gc_removed_paths),
+            (
+                "flywheel_cache_gc_unlinked_nars_total",
+                "NAR files GC unlinked (dead and orphan).",
+                &self.gc_unlinked_nars,
+            ),
+            ("flywheel_cache_gc_freed_bytes_total", "Bytes of NAR files GC unlinked.", &self.gc_freed_bytes),
+        ] {
+            counter(&mut out, name, help, v.load(Ordering::Relaxed));
+        }
+        gauge(
+            &mut out,
+            "flywheel_cache_gc_last_duration_milliseconds",
+            "How long the last garbage collection took.",
+            self.gc_last_millis.load(Ordering::Relaxed),
         );
         gauge(&mut out, "flywheel_cache_paths", "Store paths the server holds.", paths);
         gauge(&mut out, "flywheel_cache_memberships", "(cache, path) pairs: paths summed over caches.", memberships);

@@ -274,9 +274,16 @@ async fn collect_garbage(state: &Arc<State>) {
         crate::gc::collect(data.index(), &s.storage, &s.locks, &opts).map_err(|e| e.to_string())
     })
     .await;
+    use std::sync::atomic::Ordering::Relaxed;
+    let m = &state.metrics;
+    m.gc_runs.fetch_add(1, Relaxed);
     match run {
         Ok(Ok(r)) => {
             let paths: usize = r.caches.iter().flat_map(|c| c.removed.values()).map(|g| g.paths.len()).sum();
+            m.gc_removed_paths.fetch_add(paths as u64, Relaxed);
+            m.gc_unlinked_nars.fetch_add(r.nars.files + r.orphans.files, Relaxed);
+            m.gc_freed_bytes.fetch_add(r.nars.bytes + r.orphans.bytes, Relaxed);
+            m.gc_last_millis.store((r.seconds * 1000.0) as u64, Relaxed);
             tracing::info!(
                 "gc: removed {paths} paths, unlinked {} NARs ({} bytes) and {} orphans in {:.1}s",
                 r.nars.files,
@@ -285,8 +292,14 @@ async fn collect_garbage(state: &Arc<State>) {
                 r.seconds
             );
         }
-        Ok(Err(e)) => tracing::warn!("gc: {e}"),
-        Err(e) => tracing::warn!("gc: {e}"),
+        Ok(Err(e)) => {
+            m.gc_failures.fetch_add(1, Relaxed);
+            tracing::warn!("gc: {e}");
+        }
+        Err(e) => {
+            m.gc_failures.fetch_add(1, Relaxed);
+            tracing::warn!("gc: {e}");
+        }
     }
 }
 
