@@ -643,3 +643,51 @@ fn a_gc_killed_at_random_points_loses_nothing_pinned_and_finishes_as_if_uninterr
         .arg(&apps[3])
         .arg(&apps[60]));
 }
+
+/// The store paths cache `name` holds.
+fn members_of(data: &Path, name: &str) -> BTreeSet<String> {
+    let db = sql(data);
+    let mut stmt = db
+        .prepare(
+            "SELECT p.store_path FROM members m JOIN paths p ON p.id = m.path JOIN caches c ON c.id = m.cache
+             WHERE c.name = ?1",
+        )
+        .expect("prepare");
+    let rows = stmt.query_map([name], |r| r.get::<_, String>(0)).expect("query");
+    rows.map(|r| r.expect("row")).collect()
+}
+
+#[test]
+fn a_nar_two_caches_share_goes_only_when_neither_holds_its_path() {
+    let work = tempdir();
+    let w = work.path();
+    let (base, x) = six(w);
+    let d = w.join("shared");
+    copy_dir(&base, &d);
+    ok(&mut cache(&d, &["create", "pr"]));
+    let mut server = Server::start(&d, &[]);
+    let write = ok_str(&mut cache(&d, &["token", "create", "--cache", "pr", "--scope", "write"])).trim().to_string();
+    ok(flywheel().args(["cache", "push", "--to", &server.url("pr"), "--token", &write]).arg(&x.app3).arg(&x.solo));
+    server.stop();
+    age(&d, &x);
+    assert_eq!(members_of(&d, "pr"), set(&[&x.app3, &x.lib_b, &x.solo]));
+    assert_eq!(stored_nars(&d), 6, "one file per NAR, whichever caches hold it");
+
+    // main lets app3 and solo go; pr still holds them, so their NARs stay.
+    let r = gc(&d, &["--cache", "main", "--max-age", "30d", "--grace", "0s"]);
+    assert_eq!(removed(&r, "age"), set(&[&x.app3, &x.solo]), "{r}");
+    assert_eq!(r["nars"]["files"], 0, "{r}");
+    assert_eq!(members_of(&d, "main"), set(&[&x.lib, &x.lib_b, &x.app1, &x.app2]));
+    assert_eq!(members_of(&d, "pr"), set(&[&x.app3, &x.lib_b, &x.solo]));
+    assert_eq!(stored_nars(&d), 6);
+    verify_clean(&d);
+
+    // Then pr lets all three go: lib_b's NAR stays for main, the other two are unlinked.
+    let r = gc(&d, &["--cache", "pr", "--max-age", "30d", "--grace", "0s"]);
+    assert_eq!(r["caches"][0]["cache"], "pr");
+    assert_eq!(members_of(&d, "pr"), BTreeSet::new());
+    assert_eq!(r["nars"]["files"], 2, "{r}");
+    assert_eq!(stored_nars(&d), 4);
+    let report = verify_clean(&d);
+    assert_eq!(report["unreferenced_nars"], 0, "{report}");
+}
