@@ -691,3 +691,58 @@ fn a_nar_two_caches_share_goes_only_when_neither_holds_its_path() {
     let report = verify_clean(&d);
     assert_eq!(report["unreferenced_nars"], 0, "{report}");
 }
+
+#[test]
+fn abandoned_uploads_and_orphan_nars_go_after_the_grace_period() {
+    let work = tempdir();
+    let w = work.path();
+    let (base, _) = six(w);
+    let d = w.join("abandoned");
+    copy_dir(&base, &d);
+
+    // A NAR uploaded whose narinfo never came (what `nix copy` leaves for a declined path).
+    let file = w.join("lonely.txt");
+    fs::write(&file, format!("nobody will ever want this {:?}", std::time::SystemTime::now())).expect("write");
+    let lonely = PathBuf::from(ok_str(support::nix_store().arg("--add").arg(&file)).trim());
+    let nar = w.join("lonely.nar");
+    fs::write(&nar, ok(support::nix_store().arg("--dump").arg(&lonely))).expect("write");
+    let mut server = Server::start(&d, &[]);
+    let write = token(&d, "write");
+    let (code, body) = curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        &format!("Authorization: Bearer {write}"),
+        "--data-binary",
+        &format!("@{}", nar.display()),
+        &format!("{}/nar/lonely.nar", server.url("main")),
+    ]);
+    assert_eq!(code, 200, "{body}");
+    server.stop();
+    // A stored NAR the index does not know (a crash between storing and recording).
+    let name = format!("{}{}", "1".repeat(26), "a".repeat(26));
+    let orphan = d.join("nar").join(&name[..2]).join(format!("{name}.nar.zst"));
+    fs::create_dir_all(orphan.parent().expect("shard")).expect("mkdir");
+    fs::write(&orphan, b"left behind").expect("write");
+    assert_eq!(verify_clean(&d)["pending_uploads"], 1);
+    assert_eq!(stored_nars(&d), 8);
+
+    // Within the grace period both stay.
+    let r = gc(&d, &[]);
+    assert_eq!((r["expired_uploads"].as_u64(), r["orphans"]["files"].as_u64()), (Some(0), Some(0)), "{r}");
+    assert_eq!(stored_nars(&d), 8);
+
+    // Older than it, both go (and nothing else).
+    sql(&d).execute("UPDATE uploads SET created_at = created_at - 7200", []).expect("update");
+    assert!(Command::new("touch").args(["-d", "3 hours ago"]).arg(&orphan).status().expect("touch").success());
+    let dry = gc(&d, &["--dry-run"]);
+    assert_eq!(dry["orphans"]["files"], 1, "{dry}");
+    let r = gc(&d, &[]);
+    assert_eq!(r["expired_uploads"], 1, "{r}");
+    assert_eq!((r["nars"]["files"].as_u64(), r["orphans"]["files"].as_u64()), (Some(1), Some(1)), "{r}");
+    assert!(!orphan.exists());
+    assert_eq!(stored_nars(&d), 6);
+    let report = verify_clean(&d);
+    assert_eq!((report["pending_uploads"].as_u64(), report["unreferenced_nars"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(members(&d).len(), 6, "no policy, so every path stays");
+}
