@@ -27,10 +27,11 @@ use crate::storage::NarStorage;
 pub use plan::{Policy, Reason};
 
 /// How long a dead NAR stays on disk after its last narinfo left the index: longer than the
-/// servers' poll of the index (a quarter second).
-pub const SETTLE: Duration = Duration::from_secs(1);
-/// Paths removed per transaction: each transaction stays in the tens of milliseconds.
-const BATCH: usize = 1000;
+/// servers' poll of the index (a tenth of a second).
+pub const SETTLE: Duration = Duration::from_millis(500);
+/// Paths removed per transaction: each transaction takes about a hundred milliseconds (the write lock is held that long; readers never wait).
+/// (Commits are not synced one by one: see [`crate::index::Retention::gc_mode`].)
+const BATCH: usize = 2500;
 /// NARs unlinked per hold of the exclusive NAR lock (uploads wait that long at most).
 const BURY_BATCH: usize = 256;
 
@@ -52,7 +53,7 @@ pub struct GcOptions<'a> {
     pub in_use: &'a (dyn Fn(&str) -> bool + Sync),
     /// Progress lines for people.
     pub log: &'a (dyn Fn(&str) + Sync),
-    /// Paths removed per transaction (0: the default, 1000).
+    /// Paths removed per transaction (0: the default, 2500).
     pub batch: usize,
 }
 
@@ -124,16 +125,39 @@ pub fn collect(
         seconds: 0.0,
     };
     let mut dead_sizes: HashMap<[u8; 32], u64> = HashMap::new();
-    for (cache, policy) in &opts.caches {
-        report.caches.push(collect_cache(index, cache, policy, opts, &mut dead_sizes)?);
-    }
-    let grace = opts.caches.iter().map(|(_, p)| p.grace).max().unwrap_or(plan::DEFAULT_GRACE);
-    if !opts.dry_run {
-        report.expired_uploads = index.expire_uploads(now_secs() - grace, now_ms())?;
-        let fresh = !dead_sizes.is_empty() || report.expired_uploads > 0;
-        report.nars = bury_dead(index, storage, locks, &dead_sizes, fresh)?;
-    }
-    report.orphans = sweep_orphans(index, storage, locks, grace, opts.dry_run)?;
+    index.gc_mode(true)?;
+    let result = (|| {
+        // Servers read the log every tenth of a second; an hour is far beyond any of them.
+        if !opts.dry_run {
+            index.trim_gc_log(now_secs() - 3600)?;
+        }
+        for (cache, policy) in &opts.caches {
+            report.caches.push(collect_cache(index, cache, policy, opts, &mut dead_sizes)?);
+        }
+        let grace = opts.caches.iter().map(|(_, p)| p.grace).max().unwrap_or(plan::DEFAULT_GRACE);
+        if !opts.dry_run {
+            report.expired_uploads = index.expire_uploads(now_secs() - grace, now_ms())?;
+            // A NAR is unlinked only once the removals that made it dead are on disk: one
+            // synced commit makes every earlier one durable.
+            let names: Vec<String> = opts.caches.iter().map(|(c, _)| c.clone()).collect();
+            index.gc_barrier(&names)?;
+            let fresh = !dead_sizes.is_empty() || report.expired_uploads > 0;
+            let burying = Instant::now();
+            report.nars = bury_dead(index, storage, locks, &dead_sizes, fresh)?;
+            (opts.log)(&format!(
+                "unlinked {} dead NARs in {:.2}s (after waiting {:?} for servers)",
+                report.nars.files,
+                burying.elapsed().as_secs_f64(),
+                SETTLE
+            ));
+        }
+        let sweeping = Instant::now();
+        report.orphans = sweep_orphans(index, storage, locks, grace, opts.dry_run)?;
+        (opts.log)(&format!("orphan sweep: {} in {:.2}s", report.orphans.files, sweeping.elapsed().as_secs_f64()));
+        Ok::<(), GcError>(())
+    })();
+    index.gc_mode(false)?;
+    result?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
@@ -190,6 +214,7 @@ fn collect_cache(
     let guard =
         DeleteGuard { added_before: snapshot_at - policy.grace, accessed_before: snapshot_at, in_use: opts.in_use };
     let mut removed_count = 0usize;
+    let removing = Instant::now();
     let batch = if opts.batch == 0 { BATCH } else { opts.batch };
     for chunk in ids.chunks(batch) {
         let removed = index.gc_remove(cache, chunk, &guard, now_ms())?;
@@ -205,6 +230,7 @@ fn collect_cache(
             }
         }
     }
+    (opts.log)(&format!("{cache}: {removed_count} paths out of the index in {:.2}s", removing.elapsed().as_secs_f64()));
     out.kept.paths = out.before.paths - removed_count as u64;
     out.kept.bytes = out.before.bytes - out.removed.values().map(|g| g.bytes).sum::<u64>();
     Ok(out)
@@ -230,15 +256,16 @@ fn bury_dead(
             return Ok(freed);
         }
         let _lock = locks.nar_exclusive()?;
-        let buried = index.bury_nars(&dead, &mut |nar| {
-            let bytes = sizes
-                .get(nar)
-                .copied()
-                .or_else(|| storage.local_path(nar).and_then(|p| std::fs::metadata(p).ok()).map(|m| m.len()));
-            storage.remove(nar)?;
-            freed.bytes += bytes.unwrap_or(0);
-            Ok(())
-        })?;
+        // Sizes of NARs a run cut short left dead are read from the files themselves.
+        let earlier: HashMap<[u8; 32], u64> = dead
+            .iter()
+            .filter(|n| !sizes.contains_key(*n))
+            .filter_map(|n| Some((*n, std::fs::metadata(storage.local_path(n)?).ok()?.len())))
+            .collect();
+        let buried = index.bury_nars(&dead, &|nar| storage.remove(nar))?;
+        for nar in &buried {
+            freed.bytes += sizes.get(nar).or_else(|| earlier.get(nar)).copied().unwrap_or(0);
+        }
         freed.files += buried.len() as u64;
     }
 }
@@ -271,7 +298,7 @@ fn sweep_orphans(
     for chunk in orphans.chunks(BURY_BATCH) {
         let hashes: Vec<[u8; 32]> = chunk.iter().map(|(h, _)| *h).collect();
         let _lock = locks.nar_exclusive()?;
-        let buried = index.bury_nars(&hashes, &mut |nar| storage.remove(nar))?;
+        let buried = index.bury_nars(&hashes, &|nar| storage.remove(nar))?;
         freed.files += buried.len() as u64;
         freed.bytes += buried.iter().filter_map(|h| sizes.get(h)).sum::<u64>();
     }

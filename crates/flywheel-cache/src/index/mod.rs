@@ -164,6 +164,18 @@ pub struct StoredFile {
     pub content_encoding: Option<String>,
 }
 
+/// Paths GC removed from caches since a position in its log.
+#[derive(Clone, Debug, Default)]
+pub struct Removals {
+    /// The log position to ask from next time.
+    pub last: i64,
+    /// (cache, hash part), in order.
+    pub paths: Vec<(String, String)>,
+    /// False when the log no longer reaches back that far (or the answer was cut short): the
+    /// server must drop everything it keeps.
+    pub complete: bool,
+}
+
 /// What adding a path did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Added {
@@ -214,9 +226,9 @@ pub trait Index: Retention + Send + Sync {
     fn path(&self, cache: &str, hash_part: &str) -> Result<Option<PathRecord>, IndexError>;
     /// The NAR with this NarHash, if a path the cache holds has it, with when it was stored.
     fn nar_in_cache(&self, cache: &str, nar_hash: &[u8; 32]) -> Result<Option<(NarRecord, i64)>, IndexError>;
-    /// A number that changes whenever another connection (another server, `flywheel cache gc`,
-    /// an admin command) commits a change: servers drop what they keep in memory then.
-    fn changes_elsewhere(&self) -> Result<i64, IndexError>;
+    /// What GC removed after log position `after` (`None`: only the current position), so a
+    /// server drops exactly those narinfos from memory.
+    fn removed_since(&self, after: Option<i64>) -> Result<Removals, IndexError>;
     /// Records accesses (narinfo GETs and HEADs: hash part, time) for retention, in one
     /// transaction.
     fn touch(&self, accesses: &[(String, i64)]) -> Result<(), IndexError>;

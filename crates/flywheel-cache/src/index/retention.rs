@@ -117,6 +117,8 @@ pub trait Retention {
     /// Forgets pin revisions that are no longer kept: (pin name, revision).
     fn release_pin_revisions(&self, cache: &str, released: &[(String, i64)]) -> Result<(), IndexError>;
 
+    /// Forgets the removal log (what servers read to drop narinfos) from before `before`.
+    fn trim_gc_log(&self, before: i64) -> Result<(), IndexError>;
     /// Forgets uploads whose narinfo never came, older than `before`; their NARs, unless a path
     /// uses them, become dead. Returns how many uploads were forgotten.
     fn expire_uploads(&self, before: i64, now: i64) -> Result<u64, IndexError>;
@@ -128,11 +130,18 @@ pub trait Retention {
     fn bury_nars(
         &self,
         nars: &[[u8; 32]],
-        unlink: &mut dyn FnMut(&[u8; 32]) -> std::io::Result<()>,
+        unlink: &(dyn Fn(&[u8; 32]) -> std::io::Result<()> + Sync),
     ) -> Result<Vec<[u8; 32]>, IndexError>;
     /// Every NAR the index knows in any state: stored, uploaded, or dead.
     fn known_nars(&self) -> Result<std::collections::HashSet<[u8; 32]>, IndexError>;
 
+    /// GC's connection: `fast` trades durability of each commit for speed (a crash may undo the
+    /// latest removals, which only keeps paths longer) and gives the connection a larger page
+    /// cache; leaving it makes the connection durable again.
+    fn gc_mode(&self, fast: bool) -> Result<(), IndexError>;
+    /// Makes every commit so far durable (one synced commit: it adds 1 to each cache's
+    /// `gc_runs`), staying in GC's mode.
+    fn gc_barrier(&self, caches: &[String]) -> Result<(), IndexError>;
     /// Adds to a cache's counters.
     fn add_stats(&self, deltas: &[(String, String, i64)]) -> Result<(), IndexError>;
     /// A cache's counters.

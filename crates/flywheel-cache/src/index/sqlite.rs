@@ -8,7 +8,9 @@ use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{Added, CacheRecord, Index, IndexError, NarRecord, PathRecord, Scope, StoredFile, TokenRecord, Visibility};
+use super::{
+    Added, CacheRecord, Index, IndexError, NarRecord, PathRecord, Removals, Scope, StoredFile, TokenRecord, Visibility,
+};
 
 /// The migrations, in order; migration N brings the schema to version N+1.
 const MIGRATIONS: &[&str] = &[
@@ -135,6 +137,15 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (cache, key)
     ) WITHOUT ROWID;
     ",
+    // 4: what GC removed, in order, so servers drop exactly those narinfos from memory.
+    "
+    CREATE TABLE gc_log (
+        seq         INTEGER PRIMARY KEY,
+        cache       TEXT NOT NULL,
+        hash_part   TEXT NOT NULL,
+        at          INTEGER NOT NULL
+    );
+    ",
 ];
 
 pub struct SqliteIndex {
@@ -156,6 +167,8 @@ impl SqliteIndex {
         conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
         conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(db)?;
+        // The statements GC, the server and the push run again and again stay prepared.
+        conn.set_prepared_statement_cache_capacity(64);
         migrate(&conn)?;
         Ok(SqliteIndex { conn: Mutex::new(conn) })
     }
@@ -478,8 +491,28 @@ impl Index for SqliteIndex {
         })
     }
 
-    fn changes_elsewhere(&self) -> Result<i64, IndexError> {
-        self.with(|conn| conn.pragma_query_value(None, "data_version", |r| r.get(0)).map_err(db))
+    fn removed_since(&self, after: Option<i64>) -> Result<Removals, IndexError> {
+        self.with(|conn| {
+            let (first, last): (Option<i64>, Option<i64>) = conn
+                .prepare_cached("SELECT min(seq), max(seq) FROM gc_log")
+                .and_then(|mut s| s.query_row([], |r| Ok((r.get(0)?, r.get(1)?))))
+                .map_err(db)?;
+            let last = last.unwrap_or(0);
+            let Some(after) = after else { return Ok(Removals { last, paths: Vec::new(), complete: true }) };
+            // Rows the log no longer holds were removed too: then nobody knows which.
+            let complete = first.is_none_or(|f| f <= after + 1) || after >= last;
+            let mut stmt = conn
+                .prepare_cached("SELECT cache, hash_part FROM gc_log WHERE seq > ?1 ORDER BY seq LIMIT 100000")
+                .map_err(db)?;
+            let paths = stmt
+                .query_map([after], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(db)?
+                .collect::<Result<Vec<(String, String)>, _>>()
+                .map_err(db)?;
+            let complete = complete && paths.len() < 100_000;
+            let last = if complete { last } else { last.max(after) };
+            Ok(Removals { last, paths, complete })
+        })
     }
 
     fn nar_in_cache(&self, cache: &str, nar_hash: &[u8; 32]) -> Result<Option<(NarRecord, i64)>, IndexError> {

@@ -77,6 +77,7 @@ impl Retention for SqliteIndex {
         guard: &DeleteGuard<'_>,
         now: i64,
     ) -> Result<Vec<Removed>, IndexError> {
+        let cache_name = cache;
         self.with(|conn| {
             let tx = write_tx(conn)?;
             let cache = cache_id(&tx, cache)?;
@@ -100,6 +101,15 @@ impl Retention for SqliteIndex {
                     .map_err(db)?;
                 let mut other_member = tx.prepare_cached("SELECT 1 FROM members WHERE path = ?1").map_err(db)?;
                 let mut nar_used = tx.prepare_cached("SELECT 1 FROM paths WHERE nar_hash = ?1").map_err(db)?;
+                let mut delete_member =
+                    tx.prepare_cached("DELETE FROM members WHERE cache = ?1 AND path = ?2").map_err(db)?;
+                let mut delete_listing =
+                    tx.prepare_cached("DELETE FROM files WHERE cache = ?1 AND name = ?2").map_err(db)?;
+                let mut delete_path = tx.prepare_cached("DELETE FROM paths WHERE id = ?1").map_err(db)?;
+                let mut delete_nar = tx.prepare_cached("DELETE FROM nars WHERE nar_hash = ?1").map_err(db)?;
+                let mut record_dead = tx
+                    .prepare_cached("INSERT INTO dead_nars (nar_hash, since) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
+                    .map_err(db)?;
                 for &id in ids {
                     type Row = (i64, i64, String, String, Vec<u8>, i64);
                     let row: Option<Row> = member
@@ -119,26 +129,31 @@ impl Retention for SqliteIndex {
                     {
                         continue;
                     }
-                    tx.execute("DELETE FROM members WHERE cache = ?1 AND path = ?2", params![cache, id]).map_err(db)?;
-                    tx.execute(
-                        "DELETE FROM files WHERE cache = ?1 AND name = ?2",
-                        params![cache, format!("{hash_part}.ls")],
-                    )
-                    .map_err(db)?;
+                    delete_member.execute(params![cache, id]).map_err(db)?;
+                    delete_listing.execute(params![cache, format!("{hash_part}.ls")]).map_err(db)?;
                     let mut dead_nar = None;
                     if !other_member.exists([id]).map_err(db)? {
-                        tx.execute("DELETE FROM paths WHERE id = ?1", [id]).map_err(db)?;
+                        delete_path.execute([id]).map_err(db)?;
                         if !nar_used.exists([&nar_hash]).map_err(db)? {
-                            tx.execute("DELETE FROM nars WHERE nar_hash = ?1", [&nar_hash]).map_err(db)?;
-                            tx.execute(
-                                "INSERT INTO dead_nars (nar_hash, since) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-                                params![&nar_hash, now],
-                            )
-                            .map_err(db)?;
+                            delete_nar.execute([&nar_hash]).map_err(db)?;
+                            record_dead.execute(params![&nar_hash, now]).map_err(db)?;
                             dead_nar = Some(hash32(nar_hash)?);
                         }
                     }
                     removed.push(Removed { id, store_path, file_size: size(file_size)?, dead_nar });
+                }
+            }
+            if !removed.is_empty() {
+                tx.execute(
+                    "INSERT INTO stats (cache, key, value) VALUES (?1, 'gc_removed', ?2)
+                     ON CONFLICT (cache, key) DO UPDATE SET value = value + excluded.value",
+                    params![cache, removed.len() as i64],
+                )
+                .map_err(db)?;
+                let mut log =
+                    tx.prepare_cached("INSERT INTO gc_log (cache, hash_part, at) VALUES (?1, ?2, ?3)").map_err(db)?;
+                for r in &removed {
+                    log.execute(params![cache_name, hash_part_of(&r.store_path)?, now / 1000]).map_err(db)?;
                 }
             }
             tx.commit().map_err(db)?;
@@ -269,6 +284,13 @@ impl Retention for SqliteIndex {
         })
     }
 
+    fn trim_gc_log(&self, before: i64) -> Result<(), IndexError> {
+        self.with(|conn| {
+            conn.execute("DELETE FROM gc_log WHERE at < ?1", [before]).map_err(db)?;
+            Ok(())
+        })
+    }
+
     fn expire_uploads(&self, before: i64, now: i64) -> Result<u64, IndexError> {
         self.with(|conn| {
             let tx = write_tx(conn)?;
@@ -305,11 +327,12 @@ impl Retention for SqliteIndex {
     fn bury_nars(
         &self,
         nars: &[[u8; 32]],
-        unlink: &mut dyn FnMut(&[u8; 32]) -> std::io::Result<()>,
+        unlink: &(dyn Fn(&[u8; 32]) -> std::io::Result<()> + Sync),
     ) -> Result<Vec<[u8; 32]>, IndexError> {
+        use rayon::prelude::*;
         self.with(|conn| {
             let tx = write_tx(conn)?;
-            let mut buried = Vec::new();
+            let mut unused = Vec::new();
             {
                 let mut used = tx
                     .prepare_cached(
@@ -319,13 +342,20 @@ impl Retention for SqliteIndex {
                 let mut forget = tx.prepare_cached("DELETE FROM dead_nars WHERE nar_hash = ?1").map_err(db)?;
                 for nar in nars {
                     if !used.exists([&nar[..]]).map_err(db)? {
-                        match unlink(nar) {
-                            Ok(()) => buried.push(*nar),
-                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                            Err(e) => return Err(IndexError::Db(format!("removing a NAR: {e}"))),
-                        }
+                        unused.push(*nar);
                     }
                     forget.execute([&nar[..]]).map_err(db)?;
+                }
+            }
+            // Unlinking is the kernel's work, directory by directory: in parallel. An error
+            // leaves the transaction uncommitted, so the dead NARs are tried again next time.
+            let results: Vec<std::io::Result<()>> = unused.par_iter().map(unlink).collect();
+            let mut buried = Vec::new();
+            for (nar, r) in unused.into_iter().zip(results) {
+                match r {
+                    Ok(()) => buried.push(nar),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(IndexError::Db(format!("removing a NAR: {e}"))),
                 }
             }
             tx.commit().map_err(db)?;
@@ -343,6 +373,31 @@ impl Retention for SqliteIndex {
             let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)).map_err(db)?;
             rows.map(|r| r.map_err(db).and_then(hash32)).collect()
         })
+    }
+
+    fn gc_mode(&self, fast: bool) -> Result<(), IndexError> {
+        self.with(|conn| {
+            // WAL with synchronous=NORMAL: commits are not synced, the next synced commit (or
+            // checkpoint) makes them durable in order.
+            conn.pragma_update(None, "synchronous", if fast { "NORMAL" } else { "FULL" }).map_err(db)?;
+            conn.pragma_update(None, "cache_size", if fast { -65_536 } else { -2_000 }).map_err(db)?;
+            // Checkpointing every 1000 pages would write the same index pages back again and
+            // again; GC checkpoints once, when it leaves this mode (readers never wait for it).
+            conn.pragma_update(None, "wal_autocheckpoint", if fast { 0 } else { 1000 }).map_err(db)?;
+            if !fast {
+                conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())).map_err(db)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn gc_barrier(&self, caches: &[String]) -> Result<(), IndexError> {
+        let runs: Vec<(String, String, i64)> = caches.iter().map(|c| (c.clone(), "gc_runs".to_string(), 1)).collect();
+        self.with(|conn| conn.pragma_update(None, "synchronous", "FULL").map_err(db))?;
+        // The WAL is one file written in order: syncing it for this commit syncs all before.
+        let written = self.add_stats(&runs);
+        self.with(|conn| conn.pragma_update(None, "synchronous", "NORMAL").map_err(db))?;
+        written
     }
 
     fn add_stats(&self, deltas: &[(String, String, i64)]) -> Result<(), IndexError> {

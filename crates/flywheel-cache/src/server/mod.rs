@@ -88,6 +88,9 @@ pub(crate) struct Cache {
 
 pub(crate) struct State {
     pub data: DataDir,
+    /// A second connection to the index for the background writes (reads, counters), so a
+    /// request never waits for their commit.
+    pub background: DataDir,
     pub storage: DirStorage,
     pub store_dir: StoreDir,
     pub opts: ServerOptions,
@@ -173,7 +176,9 @@ pub async fn serve(data: DataDir, opts: ServerOptions, ready: impl FnOnce(&Liste
     let addr = listener.local_addr().map_err(ServerError::Serve)?;
     let caches = data.index().caches()?;
     let storage: DirStorage = data.storage();
+    let background = DataDir::open_or_create(data.root())?;
     let state = Arc::new(State {
+        background,
         storage,
         store_dir: flywheel_nix::store_path::default_store_dir(),
         ingest: tokio::sync::Semaphore::new(opts.ingest_jobs.max(1)),
@@ -202,17 +207,23 @@ pub async fn serve(data: DataDir, opts: ServerOptions, ready: impl FnOnce(&Liste
         let state = state.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(INDEX_POLL);
-            let mut seen = None;
+            let mut seen: Option<i64> = None;
             loop {
                 tick.tick().await;
                 let s = state.clone();
-                let version = tokio::task::spawn_blocking(move || s.index().changes_elsewhere()).await;
-                if let Ok(Ok(v)) = version {
-                    if seen.is_some_and(|old| old != v) {
+                let after = seen;
+                let asked = tokio::task::spawn_blocking(move || s.index().removed_since(after)).await;
+                let Ok(Ok(removals)) = asked else { continue };
+                if seen.is_some() {
+                    if removals.complete {
+                        if !removals.paths.is_empty() {
+                            state.rendered.forget(&removals.paths);
+                        }
+                    } else {
                         state.rendered.clear();
                     }
-                    seen = Some(v);
                 }
+                seen = Some(removals.last);
             }
         })
     };
@@ -247,9 +258,9 @@ pub async fn serve(data: DataDir, opts: ServerOptions, ready: impl FnOnce(&Liste
     served
 }
 
-/// How often the server looks for changes others made to the index (GC): well under
+/// How often the server looks for removals GC made (in this process or another): well under
 /// [`crate::gc::SETTLE`], so a narinfo kept in memory is dropped before its NAR is unlinked.
-const INDEX_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+const INDEX_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// One GC run with each cache's policy from the config, on its own index connection so
 /// serving never waits for it.
@@ -323,8 +334,8 @@ async fn flush_accesses(state: &Arc<State>) {
     }
     let s = state.clone();
     match tokio::task::spawn_blocking(move || {
-        s.index().touch(&batch)?;
-        s.index().add_stats(&counters)
+        s.background.index().touch(&batch)?;
+        s.background.index().add_stats(&counters)
     })
     .await
     {

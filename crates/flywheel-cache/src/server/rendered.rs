@@ -1,6 +1,6 @@
 //! Signed narinfos as served, kept in memory so a repeated GET costs no index query and no
-//! signature. A narinfo never changes while its path stays in its cache; when the index changes
-//! elsewhere (GC, in this process or another), the server clears everything here.
+//! signature. A narinfo never changes while its path stays in its cache; when GC (in this
+//! process or another) removes paths, the server drops those (from GC's log in the index).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -40,6 +40,16 @@ impl Rendered {
             inner.generation += 1;
             inner.map.clear();
             inner.order.clear();
+        }
+    }
+
+    /// Drops these (cache, hash part) entries; a render in flight is not kept either.
+    pub fn forget(&self, keys: &[(String, String)]) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.generation += 1;
+            for k in keys {
+                inner.map.remove(k);
+            }
         }
     }
 
@@ -93,5 +103,9 @@ mod tests {
         assert_eq!(r.get("main", "b"), None, "rendered before the clear");
         r.insert("main", "b", Bytes::from_static(b"2"), r.generation());
         assert!(r.get("main", "b").is_some());
+        r.insert("main", "c", Bytes::from_static(b"3"), r.generation());
+        r.forget(&[("main".into(), "b".into())]);
+        assert_eq!(r.get("main", "b"), None);
+        assert!(r.get("main", "c").is_some(), "only what GC removed is dropped");
     }
 }
