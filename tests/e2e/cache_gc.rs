@@ -101,15 +101,7 @@ fn set_times(data: &Path, path: &Path, read_ago: i64, added_ago: Option<i64>) {
 
 /// The store paths cache main holds.
 fn members(data: &Path) -> BTreeSet<String> {
-    let db = sql(data);
-    let mut stmt = db
-        .prepare(
-            "SELECT p.store_path FROM members m JOIN paths p ON p.id = m.path JOIN caches c ON c.id = m.cache
-             WHERE c.name = 'main'",
-        )
-        .expect("prepare");
-    let rows = stmt.query_map([], |r| r.get::<_, String>(0)).expect("query");
-    rows.map(|r| r.expect("row")).collect()
+    members_of(data, "main")
 }
 
 /// Everything GC could change: the index's rows and the stored files with their sizes and times.

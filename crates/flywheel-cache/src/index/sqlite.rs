@@ -137,10 +137,11 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (cache, key)
     ) WITHOUT ROWID;
     ",
-    // 4: what GC removed, in order, so servers drop exactly those narinfos from memory.
+    // 4: what GC removed, in order, so servers drop exactly those narinfos from memory. Its
+    // positions never repeat (AUTOINCREMENT), even once old rows are trimmed.
     "
     CREATE TABLE gc_log (
-        seq         INTEGER PRIMARY KEY,
+        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
         cache       TEXT NOT NULL,
         hash_part   TEXT NOT NULL,
         at          INTEGER NOT NULL
@@ -497,10 +498,18 @@ impl Index for SqliteIndex {
                 .prepare_cached("SELECT min(seq), max(seq) FROM gc_log")
                 .and_then(|mut s| s.query_row([], |r| Ok((r.get(0)?, r.get(1)?))))
                 .map_err(db)?;
-            let last = last.unwrap_or(0);
+            // An empty log (all trimmed) is still at the position it reached.
+            let last = match last {
+                Some(l) => l,
+                None => conn
+                    .prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = 'gc_log'")
+                    .and_then(|mut s| s.query_row([], |r| r.get(0)).optional())
+                    .map_err(db)?
+                    .unwrap_or(0),
+            };
             let Some(after) = after else { return Ok(Removals { last, paths: Vec::new(), complete: true }) };
             // Rows the log no longer holds were removed too: then nobody knows which.
-            let complete = first.is_none_or(|f| f <= after + 1) || after >= last;
+            let complete = after >= last || first.is_some_and(|f| f <= after + 1);
             let mut stmt = conn
                 .prepare_cached("SELECT cache, hash_part FROM gc_log WHERE seq > ?1 ORDER BY seq LIMIT 100000")
                 .map_err(db)?;
@@ -736,7 +745,7 @@ impl SqliteIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::Visibility;
+    use crate::index::{Retention, Visibility};
 
     fn cache(name: &str) -> CacheRecord {
         CacheRecord {
@@ -790,6 +799,44 @@ mod tests {
         drop(SqliteIndex::open(&path).expect("open"));
         Connection::open(&path).expect("open").pragma_update(None, "user_version", 99).expect("bump");
         assert!(matches!(SqliteIndex::open(&path), Err(IndexError::NewerSchema { found: 99, .. })));
+    }
+
+    #[test]
+    fn the_removal_log_tells_servers_exactly_what_went_or_that_it_cannot() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let idx = SqliteIndex::open(&dir.path().join("index.db")).expect("open");
+        let log = |n: i64| {
+            idx.with(|c| {
+                for i in 0..n {
+                    c.execute(
+                        "INSERT INTO gc_log (cache, hash_part, at) VALUES ('main', ?1, ?2)",
+                        params![format!("h{i}"), i],
+                    )
+                    .map_err(db)?;
+                }
+                Ok(())
+            })
+            .expect("insert")
+        };
+        let start = idx.removed_since(None).expect("read");
+        assert_eq!((start.last, start.paths.len()), (0, 0));
+        log(3);
+        let r = idx.removed_since(Some(start.last)).expect("read");
+        assert!(r.complete);
+        assert_eq!(r.paths.iter().map(|(_, h)| h.as_str()).collect::<Vec<_>>(), ["h0", "h1", "h2"]);
+        // Trimmed past a server's position: it must drop everything.
+        idx.trim_gc_log(2).expect("trim");
+        assert!(!idx.removed_since(Some(1)).expect("read").complete);
+        // Trimmed to nothing: positions still go on from where they were.
+        idx.trim_gc_log(100).expect("trim");
+        let empty = idx.removed_since(Some(r.last)).expect("read");
+        assert!(empty.complete && empty.paths.is_empty());
+        assert_eq!(empty.last, r.last);
+        log(1);
+        let next = idx.removed_since(Some(empty.last)).expect("read");
+        assert!(next.complete);
+        assert_eq!(next.paths.len(), 1);
+        assert!(!idx.removed_since(Some(0)).expect("read").complete, "rows before the trim are gone");
     }
 
     #[test]
