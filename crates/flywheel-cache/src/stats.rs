@@ -12,16 +12,19 @@ use crate::index::{Index, IndexError};
 pub const AGES: &[(&str, i64)] =
     &[("1h", 3600), ("1d", 86_400), ("7d", 7 * 86_400), ("30d", 30 * 86_400), ("90d", 90 * 86_400)];
 
+/// The counters a server adds NAR downloads' bytes to: one per age class, then "older".
+const SERVED: [&str; 6] = [
+    "nar_bytes_age_1h",
+    "nar_bytes_age_1d",
+    "nar_bytes_age_7d",
+    "nar_bytes_age_30d",
+    "nar_bytes_age_90d",
+    "nar_bytes_age_older",
+];
+
 /// The counter a server adds a NAR download's bytes to, by the NAR's age.
 pub fn served_bucket(age_secs: i64) -> &'static str {
-    match AGES.iter().position(|&(_, bound)| age_secs <= bound) {
-        Some(0) => "nar_bytes_age_1h",
-        Some(1) => "nar_bytes_age_1d",
-        Some(2) => "nar_bytes_age_7d",
-        Some(3) => "nar_bytes_age_30d",
-        Some(4) => "nar_bytes_age_90d",
-        _ => "nar_bytes_age_older",
-    }
+    SERVED[AGES.iter().position(|&(_, bound)| age_secs <= bound).unwrap_or(AGES.len())]
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -65,19 +68,13 @@ pub fn gather(index: &dyn Index, now: i64) -> Result<Stats, IndexError> {
         let by_access = index.usage_by_access(&c.name, now, &bounds)?;
         let all = by_access.last().copied().unwrap_or_default();
         let (hits, misses) = (get("narinfo_hits"), get("narinfo_misses"));
-        let mut served: Vec<AgeRow> = AGES
+        let served: Vec<AgeRow> = AGES
             .iter()
-            .map(|&(age, bound)| AgeRow {
-                age: age.to_string(),
-                paths: None,
-                bytes: u64::try_from(get(served_bucket(bound))).unwrap_or(0),
-            })
+            .map(|&(age, _)| age)
+            .chain(std::iter::once("older"))
+            .zip(SERVED)
+            .map(|(age, key)| AgeRow { age: age.to_string(), paths: None, bytes: u64::try_from(get(key)).unwrap_or(0) })
             .collect();
-        served.push(AgeRow {
-            age: "older".into(),
-            paths: None,
-            bytes: u64::try_from(get("nar_bytes_age_older")).unwrap_or(0),
-        });
         let read_within = AGES
             .iter()
             .map(|&(age, _)| age.to_string())
@@ -104,6 +101,14 @@ pub fn gather(index: &dyn Index, now: i64) -> Result<Stats, IndexError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_age_class_has_its_counter() {
+        assert_eq!(SERVED.len(), AGES.len() + 1);
+        for (&(age, _), key) in AGES.iter().zip(SERVED) {
+            assert_eq!(key, format!("nar_bytes_age_{age}"));
+        }
+    }
 
     #[test]
     fn ages_fall_in_the_first_class_that_holds_them() {

@@ -141,9 +141,8 @@ pub fn collect(
             // synced commit makes every earlier one durable.
             let names: Vec<String> = opts.caches.iter().map(|(c, _)| c.clone()).collect();
             index.gc_barrier(&names)?;
-            let fresh = !dead_sizes.is_empty() || report.expired_uploads > 0;
             let burying = Instant::now();
-            report.nars = bury_dead(index, storage, locks, &dead_sizes, fresh)?;
+            report.nars = bury_dead(index, storage, locks, &dead_sizes)?;
             (opts.log)(&format!(
                 "unlinked {} dead NARs in {:.2}s (after waiting {:?} for servers)",
                 report.nars.files,
@@ -242,11 +241,10 @@ fn bury_dead(
     storage: &dyn NarStorage,
     locks: &DataLocks,
     sizes: &HashMap<[u8; 32], u64>,
-    fresh: bool,
 ) -> Result<Freed, GcError> {
     let mut freed = Freed::default();
     // Those of this run died just now; those of a run cut short may have too.
-    if fresh || !index.dead_nars(i64::MAX, 1)?.is_empty() {
+    if !index.dead_nars(i64::MAX, 1)?.is_empty() {
         std::thread::sleep(SETTLE);
     }
     let settled = now_ms() - SETTLE.as_millis() as i64;

@@ -288,8 +288,8 @@ async fn collect_garbage(state: &Arc<State>) {
     use std::sync::atomic::Ordering::Relaxed;
     let m = &state.metrics;
     m.gc_runs.fetch_add(1, Relaxed);
-    match run {
-        Ok(Ok(r)) => {
+    match run.map_err(|e| e.to_string()).and_then(|r| r) {
+        Ok(r) => {
             let paths: usize = r.caches.iter().flat_map(|c| c.removed.values()).map(|g| g.paths.len()).sum();
             m.gc_removed_paths.fetch_add(paths as u64, Relaxed);
             m.gc_unlinked_nars.fetch_add(r.nars.files + r.orphans.files, Relaxed);
@@ -302,10 +302,6 @@ async fn collect_garbage(state: &Arc<State>) {
                 r.orphans.files,
                 r.seconds
             );
-        }
-        Ok(Err(e)) => {
-            m.gc_failures.fetch_add(1, Relaxed);
-            tracing::warn!("gc: {e}");
         }
         Err(e) => {
             m.gc_failures.fetch_add(1, Relaxed);

@@ -47,9 +47,9 @@ impl Rendered {
     pub fn forget(&self, keys: &[(String, String)]) {
         if let Ok(mut inner) = self.inner.lock() {
             inner.generation += 1;
-            for k in keys {
-                inner.map.remove(k);
-            }
+            let gone: std::collections::HashSet<&(String, String)> = keys.iter().collect();
+            inner.map.retain(|k, _| !gone.contains(k));
+            inner.order.retain(|k| !gone.contains(k));
         }
     }
 

@@ -26,11 +26,7 @@ pub fn run(command: CacheCommand) -> anyhow::Result<()> {
 }
 
 fn verify(a: VerifyArgs) -> anyhow::Result<()> {
-    let dir = a.data.dir()?;
-    if !dir.join(flywheel_cache::data_dir::INDEX_FILE).is_file() {
-        bail!("{}: no cache data directory here", dir.display());
-    }
-    let data = open_data(&dir)?;
+    let data = open_existing(&a.data)?;
     let report = flywheel_cache::verify::verify(data.index(), &data.storage(), a.full)?;
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -49,7 +45,7 @@ fn verify(a: VerifyArgs) -> anyhow::Result<()> {
         );
     }
     if !report.ok() {
-        bail!("{} problems in {}", report.problems.len(), dir.display());
+        bail!("{} problems in {}", report.problems.len(), data.root().display());
     }
     Ok(())
 }
@@ -91,6 +87,15 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The data directory the arguments name, which must exist: only `create` and `serve` make one.
+pub(super) fn open_existing(data: &crate::cli::DataArgs) -> anyhow::Result<DataDir> {
+    let dir = data.dir()?;
+    if !dir.join(flywheel_cache::data_dir::INDEX_FILE).is_file() {
+        bail!("{}: no cache data directory here (flywheel cache create makes one)", dir.display());
+    }
+    open_data(&dir)
+}
+
 pub(super) fn open_data(dir: &std::path::Path) -> anyhow::Result<DataDir> {
     DataDir::open_or_create(dir).with_context(|| format!("opening the cache data directory {}", dir.display()))
 }
@@ -119,22 +124,14 @@ fn create(a: CacheCreateArgs) -> anyhow::Result<()> {
 }
 
 fn info(a: CacheInfoArgs) -> anyhow::Result<()> {
-    let dir = a.data.dir()?;
-    if !dir.join(flywheel_cache::data_dir::INDEX_FILE).is_file() {
-        bail!("{}: no cache data directory here (flywheel cache create makes one)", dir.display());
-    }
-    let data = open_data(&dir)?;
+    let data = open_existing(&a.data)?;
     print_info(&data.cache_info(&a.cache)?, a.json)
 }
 
 fn token_create(a: TokenCreateArgs) -> anyhow::Result<()> {
     let now = now();
     let expires_at = a.expires.as_deref().map(|w| parse_when(w, now)).transpose()?;
-    let dir = a.data.dir()?;
-    if !dir.join(flywheel_cache::data_dir::INDEX_FILE).is_file() {
-        bail!("{}: no cache data directory here (flywheel cache create makes one)", dir.display());
-    }
-    let data = open_data(&dir)?;
+    let data = open_existing(&a.data)?;
     let token = data.create_token(&a.cache, a.scope, expires_at, a.description.as_deref(), now)?;
     println!("{token}");
     Ok(())

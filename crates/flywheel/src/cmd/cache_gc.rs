@@ -4,25 +4,14 @@ use anyhow::{bail, Context};
 use flywheel_cache::gc::{self, GcOptions, GcReport, Policy};
 use flywheel_nix::human_bytes;
 
-use super::cache::{now, open_data};
-use crate::cli::{DataArgs, GcArgs, PinArgs, StatsArgs};
-
-/// Opens an existing data directory: these commands never create one.
-fn existing(data: &DataArgs) -> anyhow::Result<flywheel_cache::data_dir::DataDir> {
-    let dir = data.dir()?;
-    if !dir.join(flywheel_cache::data_dir::INDEX_FILE).is_file() {
-        bail!("{}: no cache data directory here", dir.display());
-    }
-    open_data(&dir)
-}
+use super::cache::{now, open_existing};
+use crate::cli::{GcArgs, PinArgs, StatsArgs};
 
 pub fn pin(a: PinArgs) -> anyhow::Result<()> {
     // `./result` and other links name the store path they point to.
-    let path = match std::fs::canonicalize(&a.path) {
-        Ok(p) if !a.path.starts_with(flywheel_nix::store_path::default_store_dir().to_string()) => p,
-        _ => a.path.clone(),
-    };
-    let path = path.to_str().with_context(|| format!("{}: not UTF-8", path.display()))?;
+    let store_dir = flywheel_nix::store_path::default_store_dir();
+    let path = store_dir.render_path(&flywheel_nix::store_path::resolve(&a.path, &store_dir)?);
+    let path = path.as_str();
     let (cache, rev) = match (&a.to, &a.cache) {
         (Some(url), _) => {
             if !url.starts_with("http://") && !url.starts_with("https://") {
@@ -37,7 +26,7 @@ pub fn pin(a: PinArgs) -> anyhow::Result<()> {
             (url.clone(), flywheel_cache::http_pin::pin_http(url, &a.pin, path, &opts)?)
         }
         (None, Some(cache)) => {
-            let data = existing(&a.data)?;
+            let data = open_existing(&a.data)?;
             (cache.clone(), data.index().pin(cache, &a.pin, path, a.keep_revisions, a.keep_days, now())?)
         }
         (None, None) => bail!("give --cache NAME (with --data) or --to URL"),
@@ -52,7 +41,7 @@ pub fn pin(a: PinArgs) -> anyhow::Result<()> {
 
 pub fn gc(a: GcArgs) -> anyhow::Result<()> {
     let config = a.data.config()?;
-    let data = existing(&a.data)?;
+    let data = open_existing(&a.data)?;
     let names: Vec<String> = match &a.cache {
         Some(name) => {
             data.index().cache(name)?.with_context(|| format!("no cache named {name:?}"))?;
@@ -133,7 +122,7 @@ fn print_report(r: &GcReport) {
 }
 
 pub fn stats(a: StatsArgs) -> anyhow::Result<()> {
-    let data = existing(&a.data)?;
+    let data = open_existing(&a.data)?;
     let stats = flywheel_cache::stats::gather(data.index(), now())?;
     if a.json {
         println!("{}", serde_json::to_string(&stats)?);
