@@ -13,7 +13,7 @@ pub const AGES: &[(&str, i64)] =
     &[("1h", 3600), ("1d", 86_400), ("7d", 7 * 86_400), ("30d", 30 * 86_400), ("90d", 90 * 86_400)];
 
 /// The counters a server adds NAR downloads' bytes to: one per age class, then "older".
-const SERVED: [&str; 6] = [
+pub const SERVED: [&str; 6] = [
     "nar_bytes_age_1h",
     "nar_bytes_age_1d",
     "nar_bytes_age_7d",
@@ -22,9 +22,9 @@ const SERVED: [&str; 6] = [
     "nar_bytes_age_older",
 ];
 
-/// The counter a server adds a NAR download's bytes to, by the NAR's age.
-pub fn served_bucket(age_secs: i64) -> &'static str {
-    SERVED[AGES.iter().position(|&(_, bound)| age_secs <= bound).unwrap_or(AGES.len())]
+/// The age class of a NAR `age_secs` old: an index into [`SERVED`].
+pub fn served_class(age_secs: i64) -> usize {
+    AGES.iter().position(|&(_, bound)| age_secs <= bound).unwrap_or(AGES.len())
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -112,10 +112,11 @@ mod tests {
 
     #[test]
     fn ages_fall_in_the_first_class_that_holds_them() {
-        assert_eq!(served_bucket(0), "nar_bytes_age_1h");
-        assert_eq!(served_bucket(3600), "nar_bytes_age_1h");
-        assert_eq!(served_bucket(3601), "nar_bytes_age_1d");
-        assert_eq!(served_bucket(90 * 86_400), "nar_bytes_age_90d");
-        assert_eq!(served_bucket(90 * 86_400 + 1), "nar_bytes_age_older");
+        let key = |age| SERVED[served_class(age)];
+        assert_eq!(key(0), "nar_bytes_age_1h");
+        assert_eq!(key(3600), "nar_bytes_age_1h");
+        assert_eq!(key(3601), "nar_bytes_age_1d");
+        assert_eq!(key(90 * 86_400), "nar_bytes_age_90d");
+        assert_eq!(key(90 * 86_400 + 1), "nar_bytes_age_older");
     }
 }

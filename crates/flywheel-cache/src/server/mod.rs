@@ -11,6 +11,7 @@ mod routes;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use flywheel_nix::keys::SecretKey;
@@ -84,6 +85,35 @@ pub(crate) struct Cache {
     pub key: SecretKey,
     /// Paths signed by one of these are declined (the config's `upstream-keys`).
     pub upstream: Vec<TrustedPublicKey>,
+    /// Counts for `flywheel cache stats` not yet added to the index: atomics, so a request
+    /// pays no lock and no allocation for them.
+    pub counters: CacheCounters,
+}
+
+#[derive(Default)]
+pub(crate) struct CacheCounters {
+    pub narinfo_hits: AtomicI64,
+    pub narinfo_misses: AtomicI64,
+    pub nar_downloads: AtomicI64,
+    /// Bytes served, by NAR age class (`stats::SERVED`).
+    pub served: [AtomicI64; 6],
+}
+
+impl CacheCounters {
+    /// What was counted since the last call, as index counter deltas, zeroing them.
+    fn take(&self, cache: &str) -> Vec<(String, String, i64)> {
+        let named = [
+            ("narinfo_hits", &self.narinfo_hits),
+            ("narinfo_misses", &self.narinfo_misses),
+            ("nar_downloads", &self.nar_downloads),
+        ];
+        named
+            .into_iter()
+            .chain(crate::stats::SERVED.into_iter().zip(&self.served))
+            .map(|(key, v)| (cache.to_string(), key.to_string(), v.swap(0, Ordering::Relaxed)))
+            .filter(|(_, _, v)| *v != 0)
+            .collect()
+    }
 }
 
 pub(crate) struct State {
@@ -105,19 +135,11 @@ pub(crate) struct State {
     /// Each client address's share of `max_requests_per_client`.
     pub clients: std::sync::Mutex<HashMap<std::net::IpAddr, Arc<tokio::sync::Semaphore>>>,
     pub locks: DataLocks,
-    /// Counters for `flywheel cache stats` not yet added to the index: (cache, key) -> delta.
-    pub counters: std::sync::Mutex<HashMap<(String, &'static str), i64>>,
 }
 
 impl State {
     pub fn index(&self) -> &dyn Index {
         self.data.index()
-    }
-
-    pub fn count(&self, cache: &str, key: &'static str, delta: i64) {
-        if let Ok(mut c) = self.counters.lock() {
-            *c.entry((cache.to_string(), key)).or_insert(0) += delta;
-        }
     }
 
     /// The cache named `name` if it was read before (no index query).
@@ -135,7 +157,7 @@ impl State {
             .map_err(|e| IndexError::Db(format!("cache {name}: its signing key: {e}")))?;
         // Checked when the config was loaded.
         let upstream = self.opts.caches.get(name).and_then(|c| c.upstream().ok()).unwrap_or_default();
-        let cache = Arc::new(Cache { record, key, upstream });
+        let cache = Arc::new(Cache { record, key, upstream, counters: CacheCounters::default() });
         if let Ok(mut m) = self.caches.write() {
             m.insert(name.to_string(), cache.clone());
         }
@@ -189,7 +211,6 @@ pub async fn serve(data: DataDir, opts: ServerOptions, ready: impl FnOnce(&Liste
         clients: std::sync::Mutex::new(HashMap::new()),
         rendered: rendered::Rendered::new(RENDERED_NARINFOS),
         locks: DataLocks::new(data.root()),
-        counters: std::sync::Mutex::new(HashMap::new()),
         data,
     });
     ready(&Listening { addr, caches });
@@ -321,8 +342,8 @@ async fn flush_accesses(state: &Arc<State>) {
         Ok(mut m) => m.drain().collect(),
         Err(_) => return,
     };
-    let counters: Vec<(String, String, i64)> = match state.counters.lock() {
-        Ok(mut c) => c.drain().map(|((cache, key), v)| (cache, key.to_string(), v)).collect(),
+    let counters: Vec<(String, String, i64)> = match state.caches.read() {
+        Ok(caches) => caches.iter().flat_map(|(name, c)| c.counters.take(name)).collect(),
         Err(_) => Vec::new(),
     };
     if batch.is_empty() && counters.is_empty() {

@@ -422,17 +422,17 @@ async fn get_narinfo(state: &Arc<State>, cache: Arc<Cache>, hash: String, head: 
             if let Ok(mut accessed) = state.accessed.lock() {
                 accessed.insert(hash, now());
             }
-            state.count(&cache.record.name, "narinfo_hits", 1);
+            cache.counters.narinfo_hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Some(body)
         }
         None => {
             blocking(state, move |s| {
                 let generation = s.rendered.generation();
                 let Some(p) = s.index().path(&cache.record.name, &hash).map_err(internal)? else {
-                    s.count(&cache.record.name, "narinfo_misses", 1);
+                    cache.counters.narinfo_misses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     return Ok(None);
                 };
-                s.count(&cache.record.name, "narinfo_hits", 1);
+                cache.counters.narinfo_hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let body = axum::body::Bytes::from(render(s, &cache, &p).map_err(internal)?);
                 s.rendered.insert(&cache.record.name, &hash, body.clone(), generation);
                 if let Ok(mut accessed) = s.accessed.lock() {
@@ -530,9 +530,13 @@ async fn get_nar(state: &Arc<State>, cache: Arc<Cache>, name: String, req: Reque
                         s.index().nar_in_cache(&cache.record.name, &nar_hash).map_err(internal)?
                     {
                         if !head {
-                            s.count(&cache.record.name, "nar_downloads", 1);
-                            let key = crate::stats::served_bucket(now() - stored_at);
-                            s.count(&cache.record.name, key, i64::try_from(nar.file_size).unwrap_or(i64::MAX));
+                            let c = &cache.counters;
+                            c.nar_downloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let class = crate::stats::served_class(now() - stored_at);
+                            c.served[class].fetch_add(
+                                i64::try_from(nar.file_size).unwrap_or(i64::MAX),
+                                std::sync::atomic::Ordering::Relaxed,
+                            );
                         }
                         return Ok(s.storage.local_path(&nar_hash).map(Ok));
                     }
