@@ -1,0 +1,133 @@
+//! The event stream (`events.jsonl`): one JSON object per line, `run-start`, a `step` per step
+//! as it finishes, then `run-end`. Every other report is made from it (docs/canary.md has the
+//! schema; docs/canary-events.schema.json checks it).
+
+use std::io::{self, BufRead, Write};
+
+use serde::{Deserialize, Serialize};
+
+use crate::step::{Status, StepName, StepResult};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    RunStart(RunStart),
+    Step(StepResult),
+    RunEnd(RunEnd),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunStart {
+    /// Unique per run: GitHub's run id and attempt when there are, else random.
+    pub run_id: String,
+    pub time: String,
+    pub host: String,
+    pub version: String,
+    /// The steps to run, in order, and the ones that must pass.
+    pub steps: Vec<StepName>,
+    pub required: Vec<StepName>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub github: Option<GithubJob>,
+}
+
+/// The job, as GitHub's runner environment describes it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GithubJob {
+    pub repository: String,
+    pub run_id: String,
+    pub run_attempt: String,
+    pub job: String,
+    pub workflow: String,
+    pub runner_name: String,
+    pub server_url: String,
+}
+
+impl GithubJob {
+    /// From GITHUB_* and RUNNER_* variables, when a runner set them.
+    pub fn from_env() -> Option<GithubJob> {
+        let var = |k: &str| std::env::var(k).unwrap_or_default();
+        if var("GITHUB_ACTIONS") != "true" || var("GITHUB_RUN_ID").is_empty() {
+            return None;
+        }
+        Some(GithubJob {
+            repository: var("GITHUB_REPOSITORY"),
+            run_id: var("GITHUB_RUN_ID"),
+            run_attempt: var("GITHUB_RUN_ATTEMPT"),
+            job: var("GITHUB_JOB"),
+            workflow: var("GITHUB_WORKFLOW"),
+            runner_name: var("RUNNER_NAME"),
+            server_url: var("GITHUB_SERVER_URL"),
+        })
+    }
+
+    /// The run's page, for reports.
+    pub fn run_url(&self) -> String {
+        format!("{}/{}/actions/runs/{}", self.server_url.trim_end_matches('/'), self.repository, self.run_id)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunEnd {
+    pub time: String,
+    /// `pass` when every required step passed.
+    pub status: Status,
+    pub duration_ms: u64,
+    /// Required steps that did not pass.
+    pub failed: Vec<StepName>,
+}
+
+/// A whole run, read back from its events.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Run {
+    pub start: RunStart,
+    pub steps: Vec<StepResult>,
+    /// None while the run is still going (or if it died).
+    pub end: Option<RunEnd>,
+}
+
+impl Run {
+    pub fn passed(&self) -> bool {
+        self.end.as_ref().is_some_and(|e| e.status == Status::Pass)
+    }
+
+    pub fn step(&self, name: StepName) -> Option<&StepResult> {
+        self.steps.iter().find(|s| s.step == name)
+    }
+}
+
+pub fn write_event(out: &mut dyn Write, event: &Event) -> io::Result<()> {
+    let mut line = serde_json::to_vec(event).map_err(io::Error::other)?;
+    line.push(b'\n');
+    out.write_all(&line)?;
+    out.flush()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EventsError {
+    #[error("line {line}: {message}")]
+    Bad { line: usize, message: String },
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Reads an event stream back into a run.
+pub fn read_run(input: impl BufRead) -> Result<Run, EventsError> {
+    let mut start = None;
+    let mut steps = Vec::new();
+    let mut end = None;
+    for (i, line) in input.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |message: String| EventsError::Bad { line: i + 1, message };
+        match serde_json::from_str::<Event>(&line).map_err(|e| bad(e.to_string()))? {
+            Event::RunStart(s) if start.is_none() => start = Some(s),
+            Event::RunStart(_) => return Err(bad("a second run-start".into())),
+            Event::Step(s) => steps.push(s),
+            Event::RunEnd(e) => end = Some(e),
+        }
+    }
+    let start = start.ok_or(EventsError::Bad { line: 0, message: "no run-start event".into() })?;
+    Ok(Run { start, steps, end })
+}
