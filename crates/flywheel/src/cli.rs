@@ -44,6 +44,13 @@ pub enum Command {
     /// against the kernel module.
     #[command(subcommand)]
     Driver(DriverCommand),
+    /// Prove the GPU lane healthy: bootstrap, gpu, cuda, vulkan, cache, queue and cleanup
+    /// steps, with traces for people and CI. Exit 0 only when every required step passes.
+    #[command(after_help = "Steps, reports and the events schema: docs/canary.md.\nExamples:\n  \
+flywheel canary --report-dir canary-report\n  \
+flywheel canary --require bootstrap,vulkan,cache --cache http://cache:8080/main --token \"$TOKEN\"\n  \
+nix run .#canary -- --report-dir canary-report")]
+    Canary(Box<CanaryArgs>),
 }
 
 impl Command {
@@ -58,6 +65,7 @@ impl Command {
             self,
             Command::Cache(CacheCommand::Serve(_) | CacheCommand::Push(_) | CacheCommand::Pull(_))
                 | Command::Image(ImageCommand::Push(_))
+                | Command::Canary(_)
         )
     }
 
@@ -669,4 +677,106 @@ fn parse_capabilities(s: &str) -> Result<flywheel_driver::Capabilities, String> 
 
 fn parse_arch(s: &str) -> Result<flywheel_driver::Arch, String> {
     s.parse()
+}
+
+#[derive(Args, Debug)]
+pub struct CanaryArgs {
+    /// Write events.jsonl, junit.xml, summary.md and canary.prom here (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub report_dir: Option<PathBuf>,
+    /// Steps that must pass, comma-separated, or `all` [default: every step but queue]. A step
+    /// that is not required still runs, and is skipped when what it needs is missing.
+    #[arg(long, value_name = "STEP,...", value_parser = parse_steps)]
+    pub require: Option<StepList>,
+    /// Steps not to run at all, comma-separated.
+    #[arg(long, value_name = "STEP,...", value_parser = parse_steps)]
+    pub skip: Option<StepList>,
+    /// Time limit for every step, or for one with STEP=SECONDS; repeatable.
+    #[arg(long = "step-timeout", value_name = "[STEP=]SECONDS", value_parser = parse_step_timeout)]
+    pub step_timeouts: Vec<(Option<flywheel_canary::StepName>, std::time::Duration)>,
+
+    /// The binary cache to check, `http://HOST/CACHE` [default: nix.conf's substituter].
+    #[arg(long, value_name = "URL", value_parser = parse_http_url)]
+    pub cache: Option<String>,
+    /// The cache's public key (`name:base64`); repeatable [default: nix.conf's
+    /// trusted-public-keys].
+    #[arg(long = "trusted-key", value_name = "KEY")]
+    pub trusted_keys: Vec<String>,
+    /// A write token for the cache: push a fresh path and pull it back.
+    #[arg(long, value_name = "TOKEN", env = "FLYWHEEL_CACHE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A store path the cache should hold, pulled and verified [default: the canary's own].
+    #[arg(long, value_name = "PATH")]
+    pub known_path: Option<String>,
+    /// nix.conf files to read instead of Nix's own (repeatable).
+    #[arg(long = "nix-conf", value_name = "FILE")]
+    pub nix_conf: Vec<PathBuf>,
+
+    /// When the job was queued (RFC 3339), where no GitHub environment tells.
+    #[arg(long, value_name = "TIME", value_parser = parse_rfc3339)]
+    pub queued_at: Option<time::OffsetDateTime>,
+    /// For GitHub's API (the job's queue time).
+    #[arg(long, value_name = "TOKEN", env = "GITHUB_TOKEN", hide_env_values = true)]
+    pub github_token: Option<String>,
+    /// A longer queue time fails the queue step.
+    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = flywheel_cache::config::parse_duration)]
+    pub max_queue: flywheel_cache::config::Duration,
+
+    /// The runner image's digest [default: $FLYWHEEL_IMAGE_DIGEST].
+    #[arg(long, value_name = "DIGEST")]
+    pub image_digest: Option<String>,
+    /// The image's driver version [default: $FLYWHEEL_DRIVER_VERSION, the labels, or the
+    /// image's driver manifest].
+    #[arg(long, value_name = "VERSION")]
+    pub image_driver_version: Option<String>,
+    /// The image's labels as JSON (its OCI config, or an object of labels).
+    #[arg(long, value_name = "FILE")]
+    pub image_labels: Option<PathBuf>,
+    /// Programs jobs need on PATH, comma-separated.
+    #[arg(long, value_name = "TOOL,...", value_delimiter = ',', default_value = "nix,git,tar,gzip")]
+    pub tools: Vec<String>,
+    /// Least free space on the work and store volumes, in GiB.
+    #[arg(long, value_name = "GIB", default_value_t = 5.0)]
+    pub min_free_gib: f64,
+
+    /// NVML's library [default: libnvidia-ml.so.1 from the loader's path].
+    #[arg(long, value_name = "FILE")]
+    pub nvml_lib: Option<PathBuf>,
+    /// CUDA's driver library [default: libcuda.so.1].
+    #[arg(long, value_name = "FILE")]
+    pub cuda_lib: Option<PathBuf>,
+    /// The Vulkan loader [default: libvulkan.so.1].
+    #[arg(long, value_name = "FILE")]
+    pub vulkan_loader: Option<PathBuf>,
+    /// MiB per bandwidth copy (pinned host memory).
+    #[arg(long, value_name = "MIB", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=16384))]
+    pub copy_mib: u32,
+}
+
+/// Steps named on the command line.
+#[derive(Clone, Debug)]
+pub struct StepList(pub Vec<flywheel_canary::StepName>);
+
+fn parse_steps(s: &str) -> Result<StepList, String> {
+    if s.trim() == "all" {
+        return Ok(StepList(flywheel_canary::StepName::ALL.to_vec()));
+    }
+    s.split(',').map(|p| p.trim()).filter(|p| !p.is_empty()).map(str::parse).collect::<Result<Vec<_>, _>>().map(StepList)
+}
+
+fn parse_step_timeout(s: &str) -> Result<(Option<flywheel_canary::StepName>, std::time::Duration), String> {
+    let (step, secs) = match s.split_once('=') {
+        Some((step, secs)) => (Some(step.trim().parse()?), secs),
+        None => (None, s),
+    };
+    let secs: f64 = secs.trim().parse().map_err(|_| format!("{secs:?} is not a number of seconds"))?;
+    if !(secs > 0.0 && secs <= 3600.0) {
+        return Err(format!("{secs} s: a step's time limit is between 0 and 3600 seconds"));
+    }
+    Ok((step, std::time::Duration::from_secs_f64(secs)))
+}
+
+fn parse_rfc3339(s: &str) -> Result<time::OffsetDateTime, String> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("{s:?} is not an RFC 3339 time like 2026-11-25T10:00:00Z: {e}"))
 }

@@ -3,6 +3,8 @@
 
 pub mod bootstrap;
 pub mod cache;
+pub mod clock;
+pub mod command;
 pub mod cleanup;
 pub mod cuda;
 pub mod gpu;

@@ -1,6 +1,7 @@
 //! One module per command group: each turns parsed arguments into library calls and output.
 
 mod cache;
+mod canary;
 mod cache_gc;
 mod driver;
 mod image;
@@ -21,6 +22,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::PathInfo(a) => path_info::run(a),
         Command::Image(c) => image::run(c),
         Command::Driver(c) => driver::run(c),
+        Command::Canary(a) => canary::run(*a),
     }
 }
 
