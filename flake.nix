@@ -36,6 +36,10 @@
       #                                     (first output "bin" holds sqlite3)
       #   openssl                           doc/languages-frameworks/rust.section.md
       #                                     (`with import <nixpkgs> {}; ... buildInputs = [ openssl ]`)
+      #   writeShellScript                  pkgs/build-support/trivial-builders/default.nix
+      #   vulkan-loader (out: lib/libvulkan.so.1)
+      #                                     pkgs/by-name/vu/vulkan-loader/package.nix (cmake install,
+      #                                     SYSCONFDIR=/run/opengl-driver/share)
       #   nixfmt                            pkgs/by-name/ni/nixfmt/package.nix and
       #                                     doc/release-notes/rl-2511.section.md ("nixfmt is now stable
       #                                     and available as pkgs.nixfmt, deprecating pkgs.nixfmt-rfc-style")
@@ -112,15 +116,28 @@
       );
 
       apps = forAllSystems (
-        system: _pkgs:
+        system: pkgs:
         let
+          package = self.packages.${system}.flywheel;
           flywheel = {
             type = "app";
-            program = "${self.packages.${system}.flywheel}/bin/flywheel";
+            program = "${package}/bin/flywheel";
+          };
+          # `nix run .#canary -- ARGS` is `flywheel canary ARGS`. A binary Nix built does not
+          # search the host's /usr/lib, so the Vulkan loader comes from nixpkgs (it finds the
+          # host's ICD files in /usr/share/vulkan/icd.d and /run/opengl-driver/share); the NVIDIA
+          # libraries are found by the canary itself (docs/canary.md, "Finding the driver").
+          canaryScript = pkgs.writeShellScript "flywheel-canary" ''
+            export FLYWHEEL_VULKAN_LOADER="''${FLYWHEEL_VULKAN_LOADER:-${pkgs.vulkan-loader}/lib/libvulkan.so.1}"
+            exec ${package}/bin/flywheel canary "$@"
+          '';
+          canary = {
+            type = "app";
+            program = "${canaryScript}";
           };
         in
         {
-          inherit flywheel;
+          inherit flywheel canary;
           default = flywheel;
         }
       );

@@ -21,7 +21,16 @@ use support::{flywheel, nix_store, ok, ok_str, one_line_error, tempdir};
 fn canary(args: &[&str]) -> Command {
     let mut c = flywheel();
     c.arg("canary").args(["--tools", "nix,tar", "--min-free-gib", "0.1"]).args(args);
-    for var in ["GITHUB_ACTIONS", "GITHUB_RUN_ID", "GITHUB_STEP_SUMMARY", "GITHUB_EVENT_PATH", "GITHUB_TOKEN", "FLYWHEEL_CACHE_TOKEN", "NIX_CONFIG"] {
+    for var in [
+        "GITHUB_ACTIONS",
+        "GITHUB_RUN_ID",
+        "GITHUB_STEP_SUMMARY",
+        "GITHUB_EVENT_PATH",
+        "GITHUB_TOKEN",
+        "FLYWHEEL_CACHE_TOKEN",
+        "FLYWHEEL_VULKAN_LOADER",
+        "NIX_CONFIG",
+    ] {
         c.env_remove(var);
     }
     c.env("NIX_CONF_DIR", "/nonexistent").env("XDG_CONFIG_HOME", "/nonexistent");
@@ -143,14 +152,19 @@ fn without_a_gpu_gpu_and_cuda_fail_with_their_reasons_and_every_report_is_writte
 
     assert_eq!(junit_counts(&dir), (7, 2, 2));
     let prom = prom_samples(&dir);
-    for want in ["flywheel_canary_success{} 0.0", "flywheel_canary_step_success{step=gpu} 0.0", "flywheel_canary_step_success{step=vulkan} 1.0"] {
+    for want in [
+        "flywheel_canary_success{} 0.0",
+        "flywheel_canary_step_success{step=gpu} 0.0",
+        "flywheel_canary_step_success{step=vulkan} 1.0",
+    ] {
         assert!(prom.iter().any(|l| l == want), "{want} not in {prom:#?}");
     }
     assert!(prom.iter().any(|l| l.starts_with("flywheel_canary_vulkan_devices{} ")), "{prom:#?}");
     let summary = fs::read_to_string(dir.join("summary.md")).expect("summary.md");
     assert!(summary.contains("FAIL") && summary.contains("libnvidia-ml.so.1 not found"), "{summary}");
     // Only the four reports: no temp or partial files.
-    let mut names: Vec<String> = fs::read_dir(&dir).expect("dir").flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> =
+        fs::read_dir(&dir).expect("dir").flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     names.sort();
     assert_eq!(names, ["canary.prom", "events.jsonl", "junit.xml", "summary.md"]);
     // The terminal table is on stdout.
@@ -170,9 +184,11 @@ fn with_gpu_steps_not_required_the_run_passes_against_a_real_cache() {
     let t = tempdir();
     let data = t.path().join("data");
     let mut server = Server::start(&data, &[]);
-    let write = ok_str(flywheel().args(["cache", "token", "create", "--cache", "main", "--scope", "write", "--data"]).arg(&data))
-        .trim()
-        .to_string();
+    let write = ok_str(
+        flywheel().args(["cache", "token", "create", "--cache", "main", "--scope", "write", "--data"]).arg(&data),
+    )
+    .trim()
+    .to_string();
     let key = server.keys[0].1.clone();
     let known = store_file(t.path(), "canary-known", &format!("known {:?}\n", Instant::now()));
     ok(flywheel().args(["cache", "push", "--to", &server.url("main"), "--token", &write, &known]));
@@ -181,12 +197,18 @@ fn with_gpu_steps_not_required_the_run_passes_against_a_real_cache() {
     fs::write(&summary, "# earlier step\n").expect("write");
     let dir = t.path().join("report");
     let out = canary(&[
-        "--report-dir", &s(&dir),
-        "--require", "bootstrap,vulkan,cache,cleanup",
-        "--cache", &server.url("main"),
-        "--trusted-key", &key,
-        "--token", &write,
-        "--known-path", &known,
+        "--report-dir",
+        &s(&dir),
+        "--require",
+        "bootstrap,vulkan,cache,cleanup",
+        "--cache",
+        &server.url("main"),
+        "--trusted-key",
+        &key,
+        "--token",
+        &write,
+        "--known-path",
+        &known,
     ])
     .env("GITHUB_STEP_SUMMARY", &summary)
     .output()
@@ -206,14 +228,24 @@ fn with_gpu_steps_not_required_the_run_passes_against_a_real_cache() {
     assert_eq!(cache["details"]["known_path"]["path"], known.as_str());
     assert_eq!(cache["details"]["pushed_path"]["result"], "hit", "the pushed path was pulled back: {cache}");
     let pushed = cache["details"]["push"]["path"].as_str().expect("pushed path").to_string();
-    let names: Vec<&str> = cache["metrics"].as_array().expect("metrics").iter().filter_map(|m| m["name"].as_str()).collect();
-    for m in ["cache_info_latency_seconds", "cache_narinfo_latency_seconds", "cache_pull_bytes_per_second", "cache_push_bytes_per_second"] {
+    let names: Vec<&str> =
+        cache["metrics"].as_array().expect("metrics").iter().filter_map(|m| m["name"].as_str()).collect();
+    for m in [
+        "cache_info_latency_seconds",
+        "cache_narinfo_latency_seconds",
+        "cache_pull_bytes_per_second",
+        "cache_push_bytes_per_second",
+    ] {
         assert!(names.contains(&m), "{m} not in {names:?}");
     }
     // The cache holds the pushed path; the local store no longer does (cleanup deleted it).
     let hash = &pushed["/nix/store/".len()..][..32];
-    let narinfo = Command::new("curl").args(["-sf", &format!("{}/{hash}.narinfo", server.url("main"))]).output().expect("curl");
-    assert!(narinfo.status.success() && String::from_utf8_lossy(&narinfo.stdout).contains(&pushed), "the cache serves {pushed}");
+    let narinfo =
+        Command::new("curl").args(["-sf", &format!("{}/{hash}.narinfo", server.url("main"))]).output().expect("curl");
+    assert!(
+        narinfo.status.success() && String::from_utf8_lossy(&narinfo.stdout).contains(&pushed),
+        "the cache serves {pushed}"
+    );
     assert!(!Path::new(&pushed).exists(), "cleanup deletes the fresh path from the local store");
     let cleanup = step(&ev, "cleanup");
     assert_eq!(cleanup["status"], "pass", "{cleanup}");
@@ -241,11 +273,16 @@ fn a_hung_cache_fails_its_step_at_the_limit_and_the_canary_still_reports() {
     let dir = t.path().join("report");
     let started = Instant::now();
     let out = canary(&[
-        "--report-dir", &s(&dir),
-        "--require", "cache",
-        "--skip", "gpu,cuda,vulkan",
-        "--cache", &format!("http://127.0.0.1:{port}/main"),
-        "--step-timeout", "cache=2",
+        "--report-dir",
+        &s(&dir),
+        "--require",
+        "cache",
+        "--skip",
+        "gpu,cuda,vulkan",
+        "--cache",
+        &format!("http://127.0.0.1:{port}/main"),
+        "--step-timeout",
+        "cache=2",
     ])
     .output()
     .expect("run");
@@ -277,7 +314,8 @@ fn queue_time_from_queued_at_and_from_the_github_api() {
     assert_eq!(q["details"]["source"], "--queued-at");
     // Over the limit.
     let dir = t.path().join("b");
-    let out = canary(&base).args(["--report-dir", &s(&dir), "--queued-at", &at, "--max-queue", "1m"]).output().expect("run");
+    let out =
+        canary(&base).args(["--report-dir", &s(&dir), "--queued-at", &at, "--max-queue", "1m"]).output().expect("run");
     assert_eq!(out.status.code(), Some(1));
     let q = step(&events(&dir), "queue").clone();
     assert!(q["reason"].as_str().is_some_and(|r| r.contains("more than 60 s")), "{q}");
@@ -359,7 +397,10 @@ fn bad_input_gets_a_clear_error_and_writes_nothing() {
     for (args, want) in [
         (vec!["--report-dir".to_string(), s(&file)], "not a directory"),
         (vec!["--trusted-key".to_string(), "garbage".to_string()], "--trusted-key \"garbage\""),
-        (vec!["--require".to_string(), "cache".to_string(), "--skip".to_string(), "cache".to_string()], "both name cache"),
+        (
+            vec!["--require".to_string(), "cache".to_string(), "--skip".to_string(), "cache".to_string()],
+            "both name cache",
+        ),
     ] {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = canary(&args).output().expect("run");

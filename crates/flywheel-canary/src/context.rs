@@ -194,7 +194,12 @@ struct State {
 
 impl Ctx {
     pub fn new(opts: Options) -> Self {
-        Ctx { opts, started: Instant::now(), started_at: OffsetDateTime::now_utc(), state: Mutex::new(State::default()) }
+        Ctx {
+            opts,
+            started: Instant::now(),
+            started_at: OffsetDateTime::now_utc(),
+            state: Mutex::new(State::default()),
+        }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -213,7 +218,8 @@ impl Ctx {
 
     /// A new directory for a step's files, removed (and checked gone) by cleanup.
     pub fn scratch_dir(&self, what: &str) -> std::io::Result<PathBuf> {
-        let dir = tempfile::Builder::new().prefix(&format!("flywheel-canary-{what}.")).tempdir_in(&self.opts.temp_dir)?;
+        let dir =
+            tempfile::Builder::new().prefix(&format!("flywheel-canary-{what}.")).tempdir_in(&self.opts.temp_dir)?;
         let path = dir.keep();
         self.state().scratch.push(path.clone());
         Ok(path)

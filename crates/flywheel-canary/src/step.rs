@@ -137,7 +137,10 @@ impl Outcome {
 
     /// The step cannot run here: `reason` says what is missing.
     pub fn unavailable(reason: impl Into<String>, remedy: impl Into<String>) -> Self {
-        Outcome { unavailable: Some(Finding { message: reason.into(), remedy: Some(remedy.into()) }), ..Self::default() }
+        Outcome {
+            unavailable: Some(Finding { message: reason.into(), remedy: Some(remedy.into()) }),
+            ..Self::default()
+        }
     }
 
     /// Records a problem; the step fails, and goes on checking the rest.

@@ -746,7 +746,7 @@ pub struct CanaryArgs {
     #[arg(long, value_name = "FILE")]
     pub cuda_lib: Option<PathBuf>,
     /// The Vulkan loader [default: libvulkan.so.1].
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "FLYWHEEL_VULKAN_LOADER")]
     pub vulkan_loader: Option<PathBuf>,
     /// MiB per bandwidth copy (pinned host memory).
     #[arg(long, value_name = "MIB", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=16384))]
@@ -761,7 +761,12 @@ fn parse_steps(s: &str) -> Result<StepList, String> {
     if s.trim() == "all" {
         return Ok(StepList(flywheel_canary::StepName::ALL.to_vec()));
     }
-    s.split(',').map(|p| p.trim()).filter(|p| !p.is_empty()).map(str::parse).collect::<Result<Vec<_>, _>>().map(StepList)
+    s.split(',')
+        .map(|p| p.trim())
+        .filter(|p| !p.is_empty())
+        .map(str::parse)
+        .collect::<Result<Vec<_>, _>>()
+        .map(StepList)
 }
 
 fn parse_step_timeout(s: &str) -> Result<(Option<flywheel_canary::StepName>, std::time::Duration), String> {

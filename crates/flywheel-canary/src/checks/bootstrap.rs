@@ -57,7 +57,10 @@ fn image(ctx: &Ctx, o: &mut Outcome) {
         if let Some(path) = &manifest {
             match flywheel_driver::Manifest::read(path) {
                 Ok(m) => driver = Some((m.version.to_string(), "manifest")),
-                Err(e) => o.fail(format!("the image's driver manifest: {e}"), "rebuild the image: its driver layer is damaged"),
+                Err(e) => o.fail(
+                    format!("the image's driver manifest: {e}"),
+                    "rebuild the image: its driver layer is damaged",
+                ),
             }
         }
     }
@@ -68,7 +71,8 @@ fn image(ctx: &Ctx, o: &mut Outcome) {
     o.detail("image_digest", &digest);
     o.detail("image_driver_version", driver.as_ref().map(|(v, _)| v));
     o.detail("image_driver_version_from", driver.as_ref().map(|(_, from)| *from));
-    let kernel = std::fs::read_to_string(&ctx.opts.gpu.proc_version).ok().and_then(|t| DriverVersion::from_proc_text(&t));
+    let kernel =
+        std::fs::read_to_string(&ctx.opts.gpu.proc_version).ok().and_then(|t| DriverVersion::from_proc_text(&t));
     o.detail("kernel_module_version", kernel.as_ref().map(|k| k.to_string()));
     match (&driver, &kernel) {
         (Some((image, _)), Some(kernel)) if image.as_str() != kernel.as_str() => o.fail(
@@ -133,7 +137,9 @@ fn nix(ctx: &Ctx, o: &mut Outcome) {
             "`nix store ping` did not answer in 15 s",
             "the Nix daemon is stuck or its socket is not served: restart nix-daemon on the node",
         ),
-        CommandOutcome::Failed(e) => o.fail(format!("running nix: {e}"), "check the runner's PATH and nix installation"),
+        CommandOutcome::Failed(e) => {
+            o.fail(format!("running nix: {e}"), "check the runner's PATH and nix installation")
+        }
     }
 }
 
@@ -147,7 +153,8 @@ pub fn find_on_path(tool: &str) -> Option<PathBuf> {
     }
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path).map(|d| d.join(tool)).find(|p| {
-        std::fs::metadata(p).is_ok_and(|m| m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0)
+        std::fs::metadata(p)
+            .is_ok_and(|m| m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0)
     })
 }
 

@@ -85,10 +85,9 @@ pub fn configured_url(opts: &CacheOptions) -> Result<String, String> {
     if let Some(url) = &opts.url {
         return Ok(url.trim_end_matches('/').to_string());
     }
-    NixConf::load(&opts.nix_conf)
-        .lane_cache()
-        .map(str::to_string)
-        .ok_or_else(|| "no binary cache configured (no --cache, and no substituter in nix.conf but cache.nixos.org)".into())
+    NixConf::load(&opts.nix_conf).lane_cache().map(str::to_string).ok_or_else(|| {
+        "no binary cache configured (no --cache, and no substituter in nix.conf but cache.nixos.org)".into()
+    })
 }
 
 pub fn run(ctx: &Ctx) -> Outcome {
@@ -102,8 +101,11 @@ pub fn run(ctx: &Ctx) -> Outcome {
             )
         }
     };
-    let key_texts: Vec<String> =
-        if opts.trusted_keys.is_empty() { NixConf::load(&opts.nix_conf).trusted_public_keys } else { opts.trusted_keys.clone() };
+    let key_texts: Vec<String> = if opts.trusted_keys.is_empty() {
+        NixConf::load(&opts.nix_conf).trusted_public_keys
+    } else {
+        opts.trusted_keys.clone()
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -123,7 +125,10 @@ async fn check(ctx: &Ctx, url: &str, key_texts: &[String]) -> Outcome {
     for k in key_texts {
         match TrustedPublicKey::parse(k) {
             Ok(key) => keys.push(key),
-            Err(e) => o.fail(format!("trusted key {k:?} is not a Nix public key: {e}"), "copy the key from the cache (flywheel cache info)"),
+            Err(e) => o.fail(
+                format!("trusted key {k:?} is not a Nix public key: {e}"),
+                "copy the key from the cache (flywheel cache info)",
+            ),
         }
     }
     o.detail("trusted_keys", keys.iter().map(|k| k.name.clone()).collect::<Vec<_>>());
@@ -162,7 +167,10 @@ async fn check(ctx: &Ctx, url: &str, key_texts: &[String]) -> Outcome {
             return o;
         }
         Err(e) => {
-            o.fail(format!("{url}/nix-cache-info: {e}"), "check that the cache server runs and that this runner can reach it");
+            o.fail(
+                format!("{url}/nix-cache-info: {e}"),
+                "check that the cache server runs and that this runner can reach it",
+            );
             return o;
         }
     };
@@ -185,8 +193,13 @@ async fn check(ctx: &Ctx, url: &str, key_texts: &[String]) -> Outcome {
                 format!("{} is not in the cache (miss)", store_dir.render_path(&path)),
                 "push it (flywheel cache push) or pass a --known-path the cache holds",
             ),
-            Ok(None) => o.note(format!("the canary's own path {} is not in the cache (miss)", store_dir.render_path(&path))),
-            Err(e) => o.fail(e, "the cache serves a path it cannot prove: check its signing key and run flywheel cache verify"),
+            Ok(None) => {
+                o.note(format!("the canary's own path {} is not in the cache (miss)", store_dir.render_path(&path)))
+            }
+            Err(e) => o.fail(
+                e,
+                "the cache serves a path it cannot prove: check its signing key and run flywheel cache verify",
+            ),
         },
         Some(Err(e)) => o.fail(format!("--known-path: {e}"), "give a store path (/nix/store/HASH-NAME)"),
         None => {
@@ -197,7 +210,10 @@ async fn check(ctx: &Ctx, url: &str, key_texts: &[String]) -> Outcome {
                     o.metric("cache_narinfo_latency_seconds", started.elapsed().as_secs_f64());
                     o.note("no known path to pull (pass --known-path): timed a narinfo miss instead");
                 }
-                Ok((status, _)) => o.fail(format!("a narinfo for a path nobody has: HTTP {status}, expected 404"), "check the cache server"),
+                Ok((status, _)) => o.fail(
+                    format!("a narinfo for a path nobody has: HTTP {status}, expected 404"),
+                    "check the cache server",
+                ),
                 Err(e) => o.fail(e, "check the cache server"),
             }
         }
@@ -264,9 +280,13 @@ async fn pull_verified(
         }
         s => return Err(format!("{shown}: narinfo: HTTP {s}")),
     }
-    let info = NarInfo::parse_in(store_dir, text.as_bytes()).map_err(|e| format!("{shown}: not a valid narinfo: {e}"))?;
+    let info =
+        NarInfo::parse_in(store_dir, text.as_bytes()).map_err(|e| format!("{shown}: not a valid narinfo: {e}"))?;
     if info.store_path() != path {
-        return Err(format!("{shown}: the cache answered with the narinfo of {}", store_dir.render_path(info.store_path())));
+        return Err(format!(
+            "{shown}: the cache answered with the narinfo of {}",
+            store_dir.render_path(info.store_path())
+        ));
     }
     if !info.has_valid_signature(store_dir, keys) {
         let signers: Vec<&str> = info.signatures().iter().map(|s| s.key_name.as_str()).collect();
@@ -400,7 +420,10 @@ async fn push_and_pull(
     let fresh = match add_fresh_path(ctx) {
         Ok(p) => p,
         Err(e) => {
-            o.fail(format!("push: making a fresh store path: {e}"), "check that this user can add to the Nix store (nix-store --add)");
+            o.fail(
+                format!("push: making a fresh store path: {e}"),
+                "check that this user can add to the Nix store (nix-store --add)",
+            );
             return;
         }
     };
@@ -450,7 +473,9 @@ async fn push_and_pull(
             format!("{fresh} was pushed but the cache does not serve it"),
             "check the cache server's log and its index (flywheel cache verify)",
         ),
-        Err(e) => o.fail(e, "the cache serves what was pushed wrongly: check its signing key and run flywheel cache verify"),
+        Err(e) => {
+            o.fail(e, "the cache serves what was pushed wrongly: check its signing key and run flywheel cache verify")
+        }
     }
 }
 

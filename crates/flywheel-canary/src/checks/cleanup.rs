@@ -73,7 +73,10 @@ fn gpu(ctx: &Ctx, o: &mut Outcome) {
     let now = match NvmlProbe::open(&ctx.opts.gpu).and_then(|p| p.snapshot()) {
         Ok(s) => s,
         Err(e) => {
-            o.fail(format!("GPU state at the end: {e}"), "the GPU answered at the start and not now: check dmesg for Xid errors");
+            o.fail(
+                format!("GPU state at the end: {e}"),
+                "the GPU answered at the start and not now: check dmesg for Xid errors",
+            );
             return;
         }
     };
@@ -87,11 +90,18 @@ fn gpu(ctx: &Ctx, o: &mut Outcome) {
             );
         }
         let Some(before) = start.devices.iter().find(|b| b.uuid == d.uuid) else {
-            o.fail(format!("GPU {} ({}) was not there at the start", d.index, d.uuid), "a GPU came or went during the job: check the node");
+            o.fail(
+                format!("GPU {} ({}) was not there at the start", d.index, d.uuid),
+                "a GPU came or went during the job: check the node",
+            );
             continue;
         };
         let grew = d.memory_used_bytes.saturating_sub(before.memory_used_bytes);
-        o.metric_with("cleanup_gpu_memory_delta_bytes", d.memory_used_bytes as f64 - before.memory_used_bytes as f64, &[("gpu", &d.index.to_string())]);
+        o.metric_with(
+            "cleanup_gpu_memory_delta_bytes",
+            d.memory_used_bytes as f64 - before.memory_used_bytes as f64,
+            &[("gpu", &d.index.to_string())],
+        );
         o.note(format!(
             "GPU {}: {} MiB used at the start, {} MiB now",
             d.index,
@@ -107,7 +117,10 @@ fn gpu(ctx: &Ctx, o: &mut Outcome) {
     }
     for b in &start.devices {
         if !now.devices.iter().any(|d| d.uuid == b.uuid) {
-            o.fail(format!("GPU {} ({}) is gone", b.index, b.uuid), "the GPU fell off the bus: check dmesg for Xid 79 and drain the node");
+            o.fail(
+                format!("GPU {} ({}) is gone", b.index, b.uuid),
+                "the GPU fell off the bus: check dmesg for Xid 79 and drain the node",
+            );
         }
     }
 }

@@ -540,6 +540,33 @@ mod tests {
         assert!(ctx.gpu_baseline().is_none());
     }
 
+    /// The real thing, on a machine with a GPU and its driver:
+    /// `cargo test -p flywheel-canary gpu -- --ignored --nocapture` (FLYWHEEL_NVML_LIB names the
+    /// library when the loader cannot find it).
+    #[test]
+    #[ignore = "needs an NVIDIA GPU and its driver"]
+    fn on_a_real_gpu() {
+        let mut opts = crate::context::Options::default();
+        opts.gpu.nvml_lib = std::env::var_os("FLYWHEEL_NVML_LIB").map(std::path::PathBuf::from);
+        let ctx = Ctx::new(opts);
+        let t = std::time::Instant::now();
+        let o = run(&ctx);
+        let took = t.elapsed();
+        println!("{}", serde_json::to_string_pretty(&o.details).unwrap_or_default());
+        for n in &o.notes {
+            println!("note: {n}");
+        }
+        for m in &o.metrics {
+            println!("metric: {} {:?} = {}", m.name, m.labels, m.value);
+        }
+        for f in &o.findings {
+            println!("FINDING: {} -- {}", f.message, f.remedy.as_deref().unwrap_or(""));
+        }
+        println!("took {took:?}");
+        assert!(o.unavailable.is_none(), "{:?}", o.unavailable);
+        assert!(ctx.gpu_baseline().is_some_and(|s| !s.devices.is_empty()));
+    }
+
     fn arb_device(index: u32) -> impl Strategy<Value = DeviceState> {
         (0u32..87, 1u32..=5, 0u64..(80 << 30), any::<bool>(), 0u32..100).prop_map(
             move |(temp, gen, used, idle, unc)| {

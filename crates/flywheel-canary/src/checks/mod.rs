@@ -3,9 +3,9 @@
 
 pub mod bootstrap;
 pub mod cache;
+pub mod cleanup;
 pub mod clock;
 pub mod command;
-pub mod cleanup;
 pub mod cuda;
 pub mod gpu;
 pub mod queue;

@@ -39,8 +39,7 @@ pub struct Queued {
 pub fn run(ctx: &Ctx) -> Outcome {
     let opts = &ctx.opts.queue;
     let github = GithubJob::from_env();
-    let token =
-        opts.github_token.clone().or_else(|| std::env::var("GITHUB_TOKEN").ok()).filter(|t| !t.is_empty());
+    let token = opts.github_token.clone().or_else(|| std::env::var("GITHUB_TOKEN").ok()).filter(|t| !t.is_empty());
     let mut o = Outcome::new();
     let mut tried = Vec::new();
     let mut found = None;
@@ -110,7 +109,9 @@ fn from_event_payload() -> Result<Option<Queued>, String> {
     let Some(job) = value.get("workflow_job") else { return Ok(None) };
     let time = |k: &str| job.get(k).and_then(|v| v.as_str()).and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
     match (time("created_at"), time("started_at")) {
-        (Some(created), Some(started)) => Ok(Some(Queued { created, started, source: "the workflow_job event".into() })),
+        (Some(created), Some(started)) => {
+            Ok(Some(Queued { created, started, source: "the workflow_job event".into() }))
+        }
         _ => Ok(None),
     }
 }
@@ -156,10 +157,16 @@ fn from_api(g: &GithubJob, token: &str) -> Result<Queued, String> {
 pub fn pick_job(jobs: &[ApiJob], g: &GithubJob) -> Option<Queued> {
     let ours = jobs
         .iter()
-        .find(|j| !g.runner_name.is_empty() && j.runner_name.as_deref() == Some(&g.runner_name) && j.status == "in_progress")
+        .find(|j| {
+            !g.runner_name.is_empty() && j.runner_name.as_deref() == Some(&g.runner_name) && j.status == "in_progress"
+        })
         .or_else(|| jobs.iter().find(|j| j.name == g.job))?;
     let parse = |t: &Option<String>| t.as_deref().and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
-    Some(Queued { created: parse(&ours.created_at)?, started: parse(&ours.started_at)?, source: "the GitHub API".into() })
+    Some(Queued {
+        created: parse(&ours.created_at)?,
+        started: parse(&ours.started_at)?,
+        source: "the GitHub API".into(),
+    })
 }
 
 #[cfg(test)]

@@ -160,6 +160,14 @@ pub fn run(ctx: &Ctx) -> Outcome {
     if devices.is_empty() {
         o.fail("the Vulkan loader found no physical device", ICD_REMEDY);
     }
+    // A CPU device (lavapipe) must not hide a missing NVIDIA ICD: every GPU NVML saw should be
+    // a Vulkan device too.
+    if let Some(gpus) = ctx.gpu_baseline().map(|s| s.devices.len()).filter(|n| *n > 0) {
+        let nvidia = devices.iter().filter(|d| d.vendor_id == "0x10de").count();
+        if nvidia < gpus {
+            o.fail(format!("NVML sees {gpus} NVIDIA GPU(s), Vulkan {nvidia}"), NVIDIA_ICD_REMEDY);
+        }
+    }
     o.detail("devices", &devices);
     drop(instance);
     o
@@ -223,6 +231,8 @@ fn describe(instance: &ash::Instance, instance_api: u32, index: usize, pd: vk::P
 }
 
 /// VkDriverId's name (ash's Debug is behind a feature the workspace leaves off).
+const NVIDIA_ICD_REMEDY: &str = "the NVIDIA Vulkan ICD is missing or broken: collect the driver with the graphics capability (flywheel driver collect --capabilities utility,compute,graphics), which installs usr/share/vulkan/icd.d/nvidia_icd.json and libGLX_nvidia, and check that the libraries it links are in the image (ldd libGLX_nvidia.so.0)";
+
 fn driver_id_name(id: vk::DriverId) -> String {
     let name = match id {
         vk::DriverId::AMD_PROPRIETARY => "AMD_PROPRIETARY",
@@ -428,7 +438,7 @@ mod tests {
         assert_eq!(driver_version(0x10DE, nv), "580.159.04");
         assert_eq!(driver_version(0x10DE, (535 << 22) | (54 << 14) | (3 << 6)), "535.54.03");
         assert_eq!(driver_version(0x10005, vk::make_api_version(0, 0, 0, 1)), "0.0.1");
-        assert_eq!(driver_version(0x1002, (2 << 22) | (0 << 12) | 279), "2.0.279");
+        assert_eq!(driver_version(0x1002, (2 << 22) | 279), "2.0.279");
         assert_eq!(version_string(vk::make_api_version(0, 1, 3, 230)), "1.3.230");
         assert_eq!(vendor_name(0x10DE), "NVIDIA");
         assert_eq!(vendor_name(0x1234), "unknown (0x1234)");

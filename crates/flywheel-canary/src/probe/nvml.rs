@@ -125,13 +125,21 @@ impl NvmlProbe {
                 REQUIRED_EXPORTS.iter().copied().filter(|s| !flywheel_driver::elf::exports_all(lib, &[s])).collect();
             return Err(open_error(InitError::NotNvml { lib: lib.to_path_buf(), missing }, opts, located.as_deref()));
         }
-        match init(opts.nvml_lib.as_deref()) {
-            Ok(nvml) => Ok(NvmlProbe {
-                nvml,
-                lib: lib_name(opts),
-                dev_dir: opts.dev_dir.clone(),
-                proc_version: opts.proc_version.clone(),
-            }),
+        // By SONAME first, as the image's loader resolves it; then the file found in the usual
+        // folders, which a binary built by Nix (whose loader does not search the host's
+        // /usr/lib) cannot find by name.
+        let mut lib = lib_name(opts);
+        let mut started = init(opts.nvml_lib.as_deref());
+        if let (Err(InitError::Nvml(NvmlError::LibloadingError(_))), None, Some(found)) =
+            (&started, &opts.nvml_lib, located.as_deref())
+        {
+            started = init(Some(found));
+            lib = found.display().to_string();
+        }
+        match started {
+            Ok(nvml) => {
+                Ok(NvmlProbe { nvml, lib, dev_dir: opts.dev_dir.clone(), proc_version: opts.proc_version.clone() })
+            }
             Err(e) => Err(open_error(e, opts, located.as_deref())),
         }
     }

@@ -44,7 +44,12 @@ pub fn summary_markdown(run: &Run) -> String {
     }
     out.push("\n");
 
-    for step in &run.steps {
+    // Steps with something to show beyond their table row.
+    let shown = run
+        .steps
+        .iter()
+        .filter(|s| s.findings.len() > 1 || !s.notes.is_empty() || !s.metrics.is_empty() || !s.details.is_empty());
+    for step in shown {
         if out.full {
             break;
         }
@@ -110,9 +115,9 @@ fn header(run: &Run) -> String {
             code_text(&truncate(&g.runner_name, HEADER_FIELD_LIMIT)),
         );
     }
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "{passed} of {required} required steps passed in {:.1} s · run `{}` · flywheel-canary {} · started {}\n",
+        "{passed} of {required} required steps passed in {:.1} s · run `{}` · flywheel-canary {} · started {}",
         secs(run_duration_ms(run)),
         code_text(&truncate(&s.run_id, HEADER_FIELD_LIMIT)),
         inline(&truncate(&s.version, HEADER_FIELD_LIMIT)),

@@ -61,7 +61,7 @@ pub fn append_step_summary(path: &Path, run: &Run) -> io::Result<()> {
     let existing = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     if existing > 0 {
         // Start a new block, whatever the last writer left.
-        text.insert_str(0, "\n");
+        text.insert(0, '\n');
     }
     let mut f = std::fs::OpenOptions::new().append(true).create(true).open(path)?;
     f.write_all(text.as_bytes())?;

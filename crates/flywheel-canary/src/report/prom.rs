@@ -350,8 +350,8 @@ print(json.dumps(out))
         assert_eq!(value(dup, &[("k", "w")]), Some(3.0));
         // Grouped: a family's lines are contiguous in the text.
         let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("flywheel_canary_inf")).collect();
-        let first = text.find("flywheel_canary_inf ").expect("inf");
-        let block = &text[first..];
+        let first = text.find("\nflywheel_canary_inf ").expect("inf");
+        let block = &text[first + 1..];
         assert!(block.starts_with(&lines.join("\n")), "{text}");
     }
 }

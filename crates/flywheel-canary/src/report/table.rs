@@ -37,17 +37,19 @@ pub fn table(run: &Run) -> String {
             format!("{:.1} s", secs(s.duration_ms)),
             fit(&reason, WIDTH - REASON_AT),
         );
+        // No trailing blanks where there is no reason.
+        out.truncate(out.trim_end().len());
+        out.push('\n');
     }
     for name in missing_steps(run) {
         let required = run.start.required.contains(&name);
         let _ = writeln!(
             out,
-            "{:<STEP_W$} {:<STATUS_W$} {:<REQUIRED_W$} {:>DURATION_W$} {}",
+            "{:<STEP_W$} {:<STATUS_W$} {:<REQUIRED_W$} {:>DURATION_W$} no result: the run stopped before this step",
             name.as_str(),
             "-",
             if required { "yes" } else { "no" },
             "-",
-            "no result: the run stopped before this step",
         );
     }
 

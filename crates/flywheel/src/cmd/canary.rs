@@ -15,6 +15,11 @@ use crate::cli::CanaryArgs;
 
 pub fn run(args: CanaryArgs) -> anyhow::Result<()> {
     let opts = options(&args)?;
+    // The driver's JIT cache would make the cuda step's kernel a cache hit from the second run
+    // on (proving nothing about the JIT) and leave files in $HOME. Set before any thread starts.
+    if std::env::var_os("CUDA_CACHE_DISABLE").is_none() {
+        std::env::set_var("CUDA_CACHE_DISABLE", "1");
+    }
     // The report directory is checked before anything runs: a bad one fails at once.
     let report_dir = match &args.report_dir {
         Some(dir) => Some(prepare_dir(dir)?),
@@ -33,10 +38,16 @@ pub fn run(args: CanaryArgs) -> anyhow::Result<()> {
     let mut write_failed = None;
     flywheel_canary::run::run(ctx, &mut |event: &Event| {
         if let Event::Step(s) = event {
-            eprintln!("canary: {:<9} {:<4} {:>7} ms{}", s.step.as_str(), s.status.as_str(), s.duration_ms, match &s.reason {
-                Some(r) if s.status != Status::Pass => format!("  {}", first_chars(r, 120)),
-                _ => String::new(),
-            });
+            eprintln!(
+                "canary: {:<9} {:<4} {:>7} ms{}",
+                s.step.as_str(),
+                s.status.as_str(),
+                s.duration_ms,
+                match &s.reason {
+                    Some(r) if s.status != Status::Pass => format!("  {}", first_chars(r, 120)),
+                    _ => String::new(),
+                }
+            );
         }
         if let Some((out, path)) = &mut stream {
             if let Err(e) = write_event(out, event) {
@@ -54,7 +65,8 @@ pub fn run(args: CanaryArgs) -> anyhow::Result<()> {
         drop(out);
         report::write_reports(dir, &run).with_context(|| format!("writing the reports in {}", dir.display()))?;
         let events = dir.join("events.jsonl");
-        std::fs::rename(&partial, &events).with_context(|| format!("renaming {} to {}", partial.display(), events.display()))?;
+        std::fs::rename(&partial, &events)
+            .with_context(|| format!("renaming {} to {}", partial.display(), events.display()))?;
         eprintln!("canary: reports in {}", dir.display());
     }
     if let Some(summary) = std::env::var_os("GITHUB_STEP_SUMMARY").filter(|s| !s.is_empty()) {
@@ -97,7 +109,8 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<PathBuf> {
         bail!("--report-dir {}: not a directory", dir.display());
     }
     std::fs::create_dir_all(dir).with_context(|| format!("--report-dir {}", dir.display()))?;
-    let probe = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("--report-dir {}: not writable", dir.display()))?;
+    let probe = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("--report-dir {}: not writable", dir.display()))?;
     drop(probe);
     Ok(dir.to_path_buf())
 }

@@ -1,8 +1,8 @@
 //! One module per command group: each turns parsed arguments into library calls and output.
 
 mod cache;
-mod canary;
 mod cache_gc;
+mod canary;
 mod driver;
 mod image;
 mod key;

@@ -377,6 +377,8 @@ fn kernel(
                         e.code,
                         driver_api::CUDA_ERROR_INVALID_PTX | driver_api::CUDA_ERROR_UNSUPPORTED_PTX_VERSION
                     );
+                // One line: the log is ptxas' output, a line per problem.
+                let log = log.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" / ");
                 let log = if log.is_empty() { String::new() } else { format!("; JIT log: {log}") };
                 rejected.push(format!(".target {target} .version {version}: {e}{log}"));
                 last_code = e.code;

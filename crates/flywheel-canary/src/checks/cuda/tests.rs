@@ -211,3 +211,27 @@ fn on_a_real_gpu() {
     assert!(o.findings.is_empty(), "{:?}", o.findings);
     assert_eq!(o.metrics.len() % 3, 0);
 }
+
+/// Every PTX variant compiles on this driver, and a broken one comes back with the JIT's log
+/// (which checks how the log options are passed).
+#[test]
+#[ignore = "needs an NVIDIA GPU and its driver"]
+fn on_a_real_gpu_every_ptx_variant_loads_and_errors_carry_the_log() {
+    let lib = std::env::var_os("FLYWHEEL_CUDA_LIB").map(PathBuf::from);
+    let api = driver_api::Api::load(lib.as_deref()).expect("libcuda");
+    api.init().expect("cuInit");
+    let dev = api.device(0).expect("device 0");
+    let ctx = dev.create_context().expect("context");
+    for (target, version) in PTX_TARGETS {
+        let (module, info) =
+            ctx.load_ptx(&ptx_for(target, version)).unwrap_or_else(|(e, log)| panic!("{target}: {e}: {log}"));
+        println!("{target} {version}: info log {info:?}");
+        module.function(KERNEL_ENTRY).expect("entry");
+        assert!(module.function("no_such_kernel").is_err());
+    }
+    let broken = KERNEL_PTX.replace("shl.b32", "shl.bogus32");
+    let (e, log) = ctx.load_ptx(&broken).err().expect("broken PTX is refused");
+    println!("broken: {e}; log: {log}");
+    assert_eq!(e.code, driver_api::CUDA_ERROR_INVALID_PTX, "{e}");
+    assert!(log.contains("bogus"), "{log}");
+}
