@@ -21,6 +21,7 @@ step "host"
 date -u; uname -r; head -1 /proc/driver/nvidia/version; nproc
 nvidia-smi -L; nvidia-smi --query-gpu=persistence_mode,pcie.link.gen.current,pcie.link.gen.max,pcie.link.width.current,memory.used --format=csv
 ls /usr/share/vulkan/icd.d 2>&1
+echo "NVIDIA kernel modules: $(awk '/^nvidia/ {print $1}' /proc/modules | tr '\n' ' ')"; ls /dev/nvidia* | tr '\n' ' '; echo
 ldconfig -p | grep -E 'libvulkan.so.1|libnvidia-ml.so.1|libcuda.so.1'
 vk=()
 if ! ldconfig -p | grep -q 'libvulkan.so.1 '; then
@@ -64,16 +65,19 @@ cat "$out/host-1/summary.md" | head -60
 step "2. the canary inside a runner image with the driver layer"
 "$fw" driver collect --driver-root "$root" --capabilities utility,compute,graphics --out "$work/driver" || exit 1
 libdir=$work/driver/usr/lib/x86_64-linux-gnu
-# What the driver's libraries link that neither the driver layer nor the canary layer holds
-# (the Vulkan ICD's X11 libraries, say), from the host, as ldd names them.
-extra=$work/extra-layer
-mkdir -p "$extra/lib/x86_64-linux-gnu"
+# What the driver's libraries link that the driver layer does not hold (the Vulkan ICD's X11
+# libraries, say), from the host, as ldd names them, into a copy of the canary layer; the host's
+# glibc replaces Debian's there (the host's libX11 needs its newer glibc).
+layer=$work/canary-layer
+cp -a "$prep/canary-layer" "$layer"
+added=()
 for lib in $(ldd "$libdir"/*.so.* 2>/dev/null | awk '/=>/ && $3 ~ /^\// {print $3}' | sort -u); do
   name=$(basename "$lib")
-  [ -e "$libdir/$name" ] || [ -e "$prep/canary-layer/lib/x86_64-linux-gnu/$name" ] || cp -L "$lib" "$extra/lib/x86_64-linux-gnu/"
+  [ -e "$libdir/$name" ] || { cp -L "$lib" "$layer/lib/x86_64-linux-gnu/$name"; added+=("$name"); }
 done
-echo "extra libraries: $(ls "$extra/lib/x86_64-linux-gnu" | tr '\n' ' ')"
-digest=$("$fw" image build --no-layer-cache --compression gzip --driver "$work/driver" --layer "$prep/canary-layer" --layer "$extra" \
+cp -L /lib64/ld-linux-x86-64.so.2 "$layer/lib64/"
+echo "from the host: ${added[*]}"
+digest=$("$fw" image build --no-layer-cache --compression gzip --driver "$work/driver" --layer "$layer" \
   --entrypoint /usr/bin/flywheel --entrypoint canary --out "$work/image") || exit 1
 echo "image: $digest"
 "$prep/umoci" unpack --image "$work/image:latest" "$work/bundle" >/dev/null || exit 1

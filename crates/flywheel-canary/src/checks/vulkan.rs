@@ -11,6 +11,7 @@
 #![allow(unsafe_code)]
 
 use std::ffi::CStr;
+use std::path::Path;
 
 use ash::vk;
 use serde::Serialize;
@@ -119,6 +120,7 @@ pub fn run(ctx: &Ctx) -> Outcome {
                 "vkCreateInstance: no Vulkan driver (VK_ERROR_INCOMPATIBLE_DRIVER): the loader found no usable ICD",
                 ICD_REMEDY,
             );
+            diagnose_icds(&mut o);
             return o;
         }
         Err(e) => {
@@ -166,6 +168,7 @@ pub fn run(ctx: &Ctx) -> Outcome {
         let nvidia = devices.iter().filter(|d| d.vendor_id == "0x10de").count();
         if nvidia < gpus {
             o.fail(format!("NVML sees {gpus} NVIDIA GPU(s), Vulkan {nvidia}"), NVIDIA_ICD_REMEDY);
+            diagnose_icds(&mut o);
         }
     }
     o.detail("devices", &devices);
@@ -356,6 +359,61 @@ fn driver_version(vendor_id: u32, v: u32) -> String {
     }
 }
 
+const MODESET_REMEDY: &str = "load the nvidia-modeset kernel module on the node (modprobe nvidia-modeset, or nvidia-modprobe --modeset at boot; the GPU operator's driver container loads it) and give the job's container /dev/nvidia-modeset";
+
+/// Why the ICDs did not start, as far as can be told from outside them: an ICD library that
+/// does not load (a missing dependency), or NVIDIA's ICD without the nvidia-modeset kernel
+/// module, which it needs to start (its vk_icdGetInstanceProcAddr then hands the loader no
+/// vkCreateInstance).
+fn diagnose_icds(o: &mut Outcome) {
+    let mut nvidia = false;
+    for manifest in icd_manifests() {
+        let Some(lib) = icd_library(&manifest) else { continue };
+        nvidia |= lib.contains("nvidia");
+        // SAFETY: opening the ICD's library runs its initialisers, as the loader itself does.
+        if let Err(e) = unsafe { libloading::Library::new(&lib) } {
+            o.fail(format!("the ICD {manifest} names {lib}, which does not load: {e}"), ICD_LIBRARY_REMEDY);
+        }
+    }
+    if nvidia {
+        let modules = std::fs::read_to_string("/proc/modules").unwrap_or_default();
+        if let Some(why) = modeset_missing(&modules, Path::new("/dev/nvidia-modeset").exists()) {
+            o.fail(format!("NVIDIA's Vulkan driver cannot start: {why}"), MODESET_REMEDY);
+        }
+    }
+}
+
+const ICD_LIBRARY_REMEDY: &str = "install what the ICD's library links (ldd on it names the missing libraries) in the image, or collect the driver with the graphics capability";
+
+/// The library an ICD manifest names (`ICD.library_path`).
+fn icd_library(manifest: &str) -> Option<String> {
+    let text = std::fs::read_to_string(manifest).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    json.pointer("/ICD/library_path")?.as_str().map(str::to_string)
+}
+
+/// Why nvidia-modeset is not usable, from /proc/modules and whether its device node exists.
+pub fn modeset_missing(proc_modules: &str, node_exists: bool) -> Option<String> {
+    let loaded = proc_modules.lines().any(|l| l.split_whitespace().next() == Some("nvidia_modeset"));
+    match (loaded, node_exists) {
+        (true, true) => None,
+        (true, false) => {
+            Some("the nvidia_modeset kernel module is loaded, but /dev/nvidia-modeset is not in this container".into())
+        }
+        (false, _) => {
+            let nvidia: Vec<&str> = proc_modules
+                .lines()
+                .filter_map(|l| l.split_whitespace().next())
+                .filter(|m| m.starts_with("nvidia"))
+                .collect();
+            Some(format!(
+                "the nvidia_modeset kernel module is not loaded (loaded: {}), so there is no /dev/nvidia-modeset",
+                if nvidia.is_empty() { "no NVIDIA module".to_string() } else { nvidia.join(", ") }
+            ))
+        }
+    }
+}
+
 fn icd_manifests() -> Vec<String> {
     let mut found = Vec::new();
     for dir in ICD_DIRS {
@@ -430,6 +488,17 @@ mod tests {
         let o = run(&ctx(Some(PathBuf::from("libc.so.6"))));
         let u = o.unavailable.expect("unavailable");
         assert!(u.message.contains("could not be loaded"), "{}", u.message);
+    }
+
+    #[test]
+    fn modeset_is_diagnosed_from_proc_modules_and_the_node() {
+        let without =
+            "nvidia_uvm 1830912 - - Live 0xffffffffc080c000 (O)\nnvidia 14299136 - - Live 0xffffffffc0400000 (O)\n";
+        let why = modeset_missing(without, false).expect("missing");
+        assert!(why.contains("not loaded (loaded: nvidia_uvm, nvidia)"), "{why}");
+        let with = format!("{without}nvidia_modeset 1200000 - - Live 0x0 (O)\n");
+        assert_eq!(modeset_missing(&with, true), None);
+        assert!(modeset_missing(&with, false).is_some_and(|w| w.contains("not in this container")));
     }
 
     #[test]
