@@ -9,6 +9,7 @@
 pub mod checks;
 pub mod context;
 pub mod events;
+pub mod libs;
 pub mod probe;
 pub mod report;
 pub mod run;

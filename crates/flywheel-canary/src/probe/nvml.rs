@@ -37,22 +37,6 @@ const REQUIRED_EXPORTS: &[&str] = &[
     "nvmlDeviceGetHandleByIndex_v2",
 ];
 
-/// Where the dynamic loader usually finds NVML, after `LD_LIBRARY_PATH`: used only to check the
-/// library's exports before loading it and to name its version when it disagrees with the kernel
-/// module.
-const LIB_DIRS: &[&str] = &[
-    "/usr/lib/x86_64-linux-gnu",
-    "/usr/lib/aarch64-linux-gnu",
-    "/lib/x86_64-linux-gnu",
-    "/lib/aarch64-linux-gnu",
-    "/usr/lib64",
-    "/lib64",
-    "/usr/lib",
-    "/usr/local/nvidia/lib64",
-    "/usr/local/nvidia/lib",
-    "/run/opengl-driver/lib",
-];
-
 const DRIVER_REMEDY: &str = "run the job on a GPU node, in a runner image with the NVIDIA driver layer (flywheel driver collect) or with the driver injected at run time (nvidia-container-toolkit or a CDI spec)";
 const NOT_LOADED_REMEDY: &str = "run the job on a GPU node whose NVIDIA kernel module is loaded (lsmod | grep nvidia; modprobe nvidia, or reboot after a driver install), and give the job's container the GPUs";
 const NOT_NVML_REMEDY: &str = "point the canary's NVML library option at the driver's libnvidia-ml.so.1, or leave it unset to use the one the dynamic loader finds";
@@ -227,13 +211,10 @@ fn lib_name(opts: &GpuOptions) -> String {
 /// The library file NVML loads: the given path, else the first `libnvidia-ml.so.1` in
 /// `LD_LIBRARY_PATH` or the usual library folders.
 fn locate(opts: &GpuOptions) -> Option<PathBuf> {
-    if let Some(p) = &opts.nvml_lib {
-        return Some(p.clone());
+    match &opts.nvml_lib {
+        Some(p) => Some(p.clone()),
+        None => crate::libs::locate(DEFAULT_LIB),
     }
-    let env_dirs: Vec<PathBuf> = std::env::var_os("LD_LIBRARY_PATH")
-        .map(|v| std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()).collect())
-        .unwrap_or_default();
-    env_dirs.into_iter().chain(LIB_DIRS.iter().map(PathBuf::from)).map(|d| d.join(DEFAULT_LIB)).find(|p| p.is_file())
 }
 
 /// The driver version a library's real file name ends in (`libnvidia-ml.so.580.159.04`).

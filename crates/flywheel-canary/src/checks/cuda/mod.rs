@@ -59,13 +59,22 @@ pub fn run(ctx: &Ctx) -> Outcome {
 
 /// Runs the step with `opts`.
 pub fn run_with(opts: &CudaOptions) -> Outcome {
-    let api = match Api::load(opts.lib.as_deref()) {
+    let mut loaded = Api::load(opts.lib.as_deref());
+    let mut library = opts.lib.as_ref().map_or_else(|| "libcuda.so.1".to_string(), |p| p.display().to_string());
+    // Not found by SONAME: a binary built by Nix does not search the host's folders (crate::libs).
+    if let (Err(LoadError::Open { .. }), None) = (&loaded, &opts.lib) {
+        if let Some(found) = crate::libs::locate("libcuda.so.1") {
+            library = found.display().to_string();
+            loaded = Api::load(Some(&found));
+        }
+    }
+    let api = match loaded {
         Ok(api) => api,
         Err(e @ LoadError::Open { .. }) => return Outcome::unavailable(e.to_string(), REMEDY_NO_LIBRARY),
         Err(e @ LoadError::Symbol { .. }) => return Outcome::unavailable(e.to_string(), REMEDY_WRONG_LIBRARY),
     };
     let mut o = Outcome::new();
-    o.detail("library", opts.lib.as_ref().map_or_else(|| "libcuda.so.1".to_string(), |p| p.display().to_string()));
+    o.detail("library", &library);
 
     if let Err(e) = api.init() {
         let (message, remedy) = init_failure(&e);
