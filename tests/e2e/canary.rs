@@ -443,3 +443,86 @@ fn the_lane_workflow_is_valid_scheduled_never_for_forks_and_always_keeps_its_rep
     assert!(f["fork_guard"].as_str().is_some_and(|g| g.contains("head.repo.full_name == github.repository")));
     assert_eq!(f["runs_canary"], true);
 }
+
+/// flake.nix's `apps.<system>.canary`, evaluated by Debian's Nix with a stand-in for nixpkgs
+/// (nothing here can fetch nixpkgs): the attributes the app uses, `writeShellScript` writing the
+/// script as nixpkgs does (a shebang and the text), the package as a folder holding this
+/// flywheel, and `vulkan-loader` as a folder holding the machine's loader. The script it makes
+/// is then run: `nix run .#canary -- ARGS` is `flywheel canary ARGS` with the Vulkan loader set.
+#[test]
+fn the_flakes_canary_app_runs_flywheel_canary_with_nixpkgs_vulkan_loader() {
+    let t = tempdir();
+    let pkg = t.path().join("pkg");
+    fs::create_dir_all(pkg.join("bin")).expect("mkdir");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_flywheel"), pkg.join("bin/flywheel")).expect("symlink");
+    let vk = t.path().join("vulkan-loader");
+    fs::create_dir_all(vk.join("lib")).expect("mkdir");
+    let system_loader = ["/usr/lib/x86_64-linux-gnu/libvulkan.so.1", "/usr/lib/aarch64-linux-gnu/libvulkan.so.1"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("libvulkan1 is installed (tests/run installs it)");
+    std::os::unix::fs::symlink(system_loader, vk.join("lib/libvulkan.so.1")).expect("symlink");
+    let flake = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../flake.nix");
+    let expr = format!(
+        r##"let
+          lib = {{
+            genAttrs = names: f: builtins.listToAttrs (map (n: {{ name = n; value = f n; }}) names);
+            fileset = {{ toSource = a: a.root; unions = l: l; }};
+            licenses.asl20 = "asl20";
+          }};
+          pkgs = {{
+            inherit lib;
+            rustPlatform.buildRustPackage = args: "{pkg}";
+            writeShellScript = name: text: builtins.toFile name ("#!/bin/sh\n" + text);
+            vulkan-loader = "{vk}";
+          }};
+          nixpkgs = {{ inherit lib; legacyPackages = {{ x86_64-linux = pkgs; aarch64-linux = pkgs; }}; }};
+          outputs = (import {flake}).outputs {{ self = outputs; inherit nixpkgs; }};
+          app = outputs.apps.${{builtins.currentSystem}}.canary;
+        in assert app.type == "app"; app.program"##,
+        pkg = pkg.display(),
+        vk = vk.display(),
+        flake = flake.display(),
+    );
+    let out = Command::new("nix-instantiate")
+        .args(["--eval", "--strict", "--read-write-mode", "--json", "--expr", &expr])
+        .output()
+        .expect("nix-instantiate");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let program: String = serde_json::from_slice(&out.stdout).expect("a JSON string");
+    assert!(program.starts_with("/nix/store/") && program.ends_with("-flywheel-canary"), "{program}");
+    let script = fs::read_to_string(&program).expect("the script");
+    assert!(script.contains(&format!("exec {}/bin/flywheel canary \"$@\"", pkg.display())), "{script}");
+
+    let run = |loader: Option<&str>, dir: &Path| {
+        let mut c = Command::new("sh");
+        c.arg(&program).args([
+            "--require",
+            "vulkan",
+            "--skip",
+            "bootstrap,gpu,cuda,cache,queue,cleanup",
+            "--report-dir",
+            &s(dir),
+        ]);
+        c.env_remove("GITHUB_STEP_SUMMARY").env_remove("FLYWHEEL_VULKAN_LOADER");
+        if let Some(l) = loader {
+            c.env("FLYWHEEL_VULKAN_LOADER", l);
+        }
+        c.output().expect("run the app")
+    };
+    // The loader defaults to nixpkgs' (here, the stand-in's).
+    let dir = t.path().join("a");
+    let out = run(None, &dir);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let vulkan = step(&events(&dir), "vulkan").clone();
+    assert_eq!(vulkan["details"]["loader"], s(&vk.join("lib/libvulkan.so.1")).as_str(), "{vulkan}");
+    // A loader the job names wins.
+    let dir = t.path().join("b");
+    let out = run(Some("/nonexistent/libvulkan.so.1"), &dir);
+    assert_eq!(out.status.code(), Some(1));
+    let vulkan = step(&events(&dir), "vulkan").clone();
+    assert!(
+        vulkan["reason"].as_str().is_some_and(|r| r.starts_with("/nonexistent/libvulkan.so.1 not found")),
+        "{vulkan}"
+    );
+}

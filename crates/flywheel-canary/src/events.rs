@@ -131,3 +131,66 @@ pub fn read_run(input: impl BufRead) -> Result<Run, EventsError> {
     let start = start.ok_or(EventsError::Bad { line: 0, message: "no run-start event".into() })?;
     Ok(Run { start, steps, end })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::step::{Outcome, StepResult};
+    use proptest::prelude::*;
+
+    fn start() -> RunStart {
+        RunStart {
+            run_id: "42-1".into(),
+            time: "2026-11-25T01:00:00Z".into(),
+            host: "gpu-1".into(),
+            version: "0.1.0".into(),
+            steps: StepName::ALL.to_vec(),
+            required: vec![StepName::Gpu],
+            github: None,
+        }
+    }
+
+    proptest! {
+        /// Whatever a step reports (any text, metrics, labels), the stream reads back the same.
+        #[test]
+        fn a_run_round_trips_through_its_event_stream(
+            reason in ".{0,200}",
+            note in ".{0,200}",
+            value in proptest::num::f64::NORMAL,
+            label in "[a-z]{1,8}",
+            required in any::<bool>(),
+        ) {
+            let mut o = Outcome::new();
+            o.fail(reason.clone(), "remedy");
+            o.note(note);
+            o.detail("k", &reason);
+            o.metric_with("m_bytes", value, &[(&label, "v\"\n")]);
+            let step = StepResult::from_outcome(StepName::Cuda, required, "2026-11-25T01:00:01Z".into(), 7, o);
+            let end = RunEnd { time: "2026-11-25T01:00:02Z".into(), status: Status::Fail, duration_ms: 9, failed: vec![StepName::Cuda] };
+            let events = [Event::RunStart(start()), Event::Step(step.clone()), Event::RunEnd(end.clone())];
+            let mut out = Vec::new();
+            for e in &events {
+                write_event(&mut out, e).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            }
+            prop_assert_eq!(out.iter().filter(|b| **b == b'\n').count(), 3, "one line per event");
+            let run = read_run(out.as_slice()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(run.start, start());
+            prop_assert_eq!(run.steps, vec![step]);
+            prop_assert_eq!(run.end, Some(end));
+        }
+    }
+
+    #[test]
+    fn a_stream_without_its_start_or_with_a_bad_line_is_refused() {
+        assert!(matches!(read_run(&b""[..]), Err(EventsError::Bad { line: 0, .. })));
+        let mut out = Vec::new();
+        write_event(&mut out, &Event::RunStart(start())).expect("write");
+        out.extend_from_slice(b"{\"event\":\"step\"}\n");
+        assert!(matches!(read_run(out.as_slice()), Err(EventsError::Bad { line: 2, .. })));
+        // A run that died has no end: it reads back as unfinished, not as passed.
+        let mut out = Vec::new();
+        write_event(&mut out, &Event::RunStart(start())).expect("write");
+        let run = read_run(out.as_slice()).expect("read");
+        assert!(run.end.is_none() && !run.passed());
+    }
+}

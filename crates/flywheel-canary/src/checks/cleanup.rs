@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use crate::checks::command::{output_within, CommandOutcome};
 use crate::context::Ctx;
-use crate::probe::{nvml::NvmlProbe, GpuProbe};
 use crate::step::Outcome;
 
 /// GPU memory that may differ from the start without a leak (driver bookkeeping).
@@ -70,8 +69,8 @@ fn gpu(ctx: &Ctx, o: &mut Outcome) {
         o.note("GPU not checked: the gpu step saw no GPU");
         return;
     };
-    let now = match NvmlProbe::open(&ctx.opts.gpu).and_then(|p| p.snapshot()) {
-        Ok(s) => s,
+    let now = match crate::probe::open(&ctx.opts.gpu).and_then(|p| p.read()) {
+        Ok(r) => r.snapshot,
         Err(e) => {
             o.fail(
                 format!("GPU state at the end: {e}"),

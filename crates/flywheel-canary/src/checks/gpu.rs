@@ -7,7 +7,6 @@
 //! [`evaluate`] holds every rule and needs no GPU: it judges a [`GpuSnapshot`].
 
 use crate::context::Ctx;
-use crate::probe::nvml::NvmlProbe;
 use crate::probe::{DeviceState, GpuSnapshot, ProbeError};
 use crate::step::Outcome;
 
@@ -25,7 +24,7 @@ const FOREIGN_REMEDY: &str = "another job or a leaked process holds the GPU; fin
 const HW_THROTTLES: &[&str] = &["hw_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown"];
 
 pub fn run(ctx: &Ctx) -> Outcome {
-    let probe = match NvmlProbe::open(&ctx.opts.gpu) {
+    let probe = match crate::probe::open(&ctx.opts.gpu) {
         Ok(p) => p,
         Err(e) => return probe_error(e),
     };

@@ -16,11 +16,35 @@ pub enum ProbeError {
     Failed { reason: String, remedy: String },
 }
 
-pub trait GpuProbe: Send + Sync {
+pub trait GpuProbe: Send {
     /// `nvml`, `drm`, ...
     fn backend(&self) -> &'static str;
-    /// Everything the backend can read about every device, now.
-    fn snapshot(&self) -> Result<GpuSnapshot, ProbeError>;
+    /// Everything the backend can read about every device, now, with what it could not.
+    fn read(&self) -> Result<Reading, ProbeError>;
+}
+
+/// The GPU backend for this machine: NVML today. A DRM/sysfs backend (amdgpu, i915) is chosen
+/// here when it exists and NVML does not open.
+pub fn open(opts: &crate::context::GpuOptions) -> Result<Box<dyn GpuProbe>, ProbeError> {
+    Ok(Box::new(nvml::NvmlProbe::open(opts)?))
+}
+
+/// A GPU that cannot be read (fell off the bus, needs a reset, refused): the gpu step fails on
+/// it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fault {
+    pub message: String,
+    pub remedy: String,
+}
+
+/// A snapshot, and what went wrong while taking it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Reading {
+    pub snapshot: GpuSnapshot,
+    /// Readings that failed for a reason other than "not supported", one line each
+    /// (`GPU 0: power usage: ...`).
+    pub warnings: Vec<String>,
+    pub faults: Vec<Fault>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -21,7 +21,9 @@ use nvml_wrapper::error::{nvml_try, NvmlError};
 use nvml_wrapper::struct_wrappers::device::ProcessInfo;
 use nvml_wrapper::{Device, Nvml};
 
-use super::{nvidia_device_nodes, DeviceState, GpuProbe, GpuProcess, GpuSnapshot, ProbeError, RemappedRows};
+use super::{
+    nvidia_device_nodes, DeviceState, Fault, GpuProbe, GpuProcess, GpuSnapshot, ProbeError, Reading, RemappedRows,
+};
 use crate::context::GpuOptions;
 
 /// NVML's library, as the dynamic loader finds it when no path is given.
@@ -46,24 +48,6 @@ const RESET_REMEDY: &str = "drain the node and reset the GPU when no job runs on
 const POWER_REMEDY: &str = "drain the node: a GPU's external power cables are not attached properly; reseat them, then file a hardware ticket if it returns";
 const NVML_ERROR_REMEDY: &str =
     "look for NVRM and Xid errors in the node's dmesg and run nvidia-smi on the node; drain it if nvidia-smi fails too";
-
-/// A GPU that cannot be read (fell off the bus, needs a reset, refused): the gpu step fails on
-/// it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Fault {
-    pub message: String,
-    pub remedy: String,
-}
-
-/// A snapshot, and what went wrong while taking it.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Reading {
-    pub snapshot: GpuSnapshot,
-    /// Readings that failed for a reason other than "not supported", one line each
-    /// (`GPU 0: power usage: ...`).
-    pub warnings: Vec<String>,
-    pub faults: Vec<Fault>,
-}
 
 /// NVML, started. Dropping it shuts NVML down.
 pub struct NvmlProbe {
@@ -170,15 +154,8 @@ impl GpuProbe for NvmlProbe {
         "nvml"
     }
 
-    fn snapshot(&self) -> Result<GpuSnapshot, ProbeError> {
-        let reading = self.read()?;
-        for w in &reading.warnings {
-            tracing::debug!("NVML: {w}");
-        }
-        for f in &reading.faults {
-            tracing::warn!("NVML: {}", f.message);
-        }
-        Ok(reading.snapshot)
+    fn read(&self) -> Result<Reading, ProbeError> {
+        NvmlProbe::read(self)
     }
 }
 
