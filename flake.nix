@@ -16,7 +16,8 @@
     let
       # nixpkgs attributes used below, and the nixpkgs file that confirmed each
       # (checked against NixOS/nixpkgs sources, not evaluated: no machine here
-      # can fetch nixpkgs):
+      # can fetch nixpkgs). docs/nix.md keeps the full list, with images/ and the
+      # NixOS module; keep both in sync.
       #   lib, lib.genAttrs, legacyPackages.<system>  flake.nix (nixpkgs' own)
       #   lib.fileset.toSource, lib.fileset.unions  lib/fileset/default.nix
       #   rustPlatform.buildRustPackage (cargoLock.lockFile, cargoBuildFlags, doCheck)
@@ -36,13 +37,18 @@
       #                                     (first output "bin" holds sqlite3)
       #   openssl                           doc/languages-frameworks/rust.section.md
       #                                     (`with import <nixpkgs> {}; ... buildInputs = [ openssl ]`)
-      #   writeShellScript                  pkgs/build-support/trivial-builders/default.nix
+      #   writeShellScript, writeShellScriptBin (sets meta.mainProgram)
+      #                                     pkgs/build-support/trivial-builders/default.nix
       #   vulkan-loader (out: lib/libvulkan.so.1)
       #                                     pkgs/by-name/vu/vulkan-loader/package.nix (cmake install,
       #                                     SYSCONFDIR=/run/opengl-driver/share)
       #   nixfmt                            pkgs/by-name/ni/nixfmt/package.nix and
       #                                     doc/release-notes/rl-2511.section.md ("nixfmt is now stable
       #                                     and available as pkgs.nixfmt, deprecating pkgs.nixfmt-rfc-style")
+      #   import nixpkgs { system; config.allowUnfreePredicate }
+      #                                     pkgs/top-level/config.nix (allowUnfreePredicate),
+      #                                     lib/strings.nix (lib.getName via parseDrvName)
+      #   images/gpu-runner and nix/modules/flywheel-cache.nix: see their headers and docs/nix.md.
       systems = [
         "x86_64-linux"
         "aarch64-linux"
@@ -102,17 +108,61 @@
             mainProgram = "flywheel";
           };
         };
+
+      # `flywheel canary ARGS` with its runtime needs. A binary Nix built does not search the
+      # host's /usr/lib, so the Vulkan loader comes from nixpkgs (it finds the host's ICD files
+      # in /usr/share/vulkan/icd.d and /run/opengl-driver/share); the NVIDIA libraries are found
+      # by the canary itself, by SONAME, then in /run/opengl-driver/lib, /usr/local/nvidia/lib64,
+      # /usr/lib/x86_64-linux-gnu and LD_LIBRARY_PATH (docs/canary.md, "Finding the driver").
+      # The package (bin/flywheel-canary, for images and `nix profile`) and the app's program
+      # (a single file, as tests/e2e/canary.rs checks) run the same text.
+      canaryScript = pkgs: flywheel: ''
+        export FLYWHEEL_VULKAN_LOADER="''${FLYWHEEL_VULKAN_LOADER:-${pkgs.vulkan-loader}/lib/libvulkan.so.1}"
+        exec ${flywheel}/bin/flywheel canary "$@"
+      '';
+      mkCanary = pkgs: flywheel: pkgs.writeShellScriptBin "flywheel-canary" (canaryScript pkgs flywheel);
+
+      # The NVIDIA driver is unfree: only the image gets a package set that accepts it, and
+      # only for the driver's own derivations (nvidia-x11-*, nvidia-dc-*).
+      pkgsWithNvidia =
+        system:
+        import nixpkgs {
+          inherit system;
+          config.allowUnfreePredicate =
+            pkg:
+            builtins.elem (nixpkgs.lib.getName pkg) [
+              "nvidia-x11"
+              "nvidia-dc"
+            ];
+        };
     in
     {
+      # NVIDIA-specific outputs (gpu-runner-image) exist for x86_64-linux only. Plain
+      # `if` rather than lib.optionalAttrs keeps the attribute names computable without
+      # nixpkgs' lib beyond genAttrs (tests/e2e/canary.rs evaluates this with a stand-in).
       packages = forAllSystems (
-        _system: pkgs:
+        system: pkgs:
         let
           flywheel = mkFlywheel pkgs;
+          canary = mkCanary pkgs flywheel;
         in
         {
-          inherit flywheel;
+          inherit flywheel canary;
           default = flywheel;
         }
+        // (
+          if system == "x86_64-linux" then
+            {
+              gpu-runner-image = import ./images/gpu-runner {
+                pkgs = pkgsWithNvidia system;
+                flywheelLib = self.lib;
+                inherit flywheel canary;
+                sourceRevision = self.rev or self.dirtyRev or null;
+              };
+            }
+          else
+            { }
+        )
       );
 
       apps = forAllSystems (
@@ -123,17 +173,11 @@
             type = "app";
             program = "${package}/bin/flywheel";
           };
-          # `nix run .#canary -- ARGS` is `flywheel canary ARGS`. A binary Nix built does not
-          # search the host's /usr/lib, so the Vulkan loader comes from nixpkgs (it finds the
-          # host's ICD files in /usr/share/vulkan/icd.d and /run/opengl-driver/share); the NVIDIA
-          # libraries are found by the canary itself (docs/canary.md, "Finding the driver").
-          canaryScript = pkgs.writeShellScript "flywheel-canary" ''
-            export FLYWHEEL_VULKAN_LOADER="''${FLYWHEEL_VULKAN_LOADER:-${pkgs.vulkan-loader}/lib/libvulkan.so.1}"
-            exec ${package}/bin/flywheel canary "$@"
-          '';
+          # `nix run .#canary -- ARGS` is `flywheel canary ARGS`, with packages.canary's
+          # environment: the same script text (canaryScript), as one file.
           canary = {
             type = "app";
-            program = "${canaryScript}";
+            program = "${pkgs.writeShellScript "flywheel-canary" (canaryScript pkgs package)}";
           };
         in
         {
@@ -164,12 +208,32 @@
 
       formatter = forAllSystems (_system: pkgs: pkgs.nixfmt);
 
-      # `nix flake check` builds the package.
+      # `nix flake check` builds flywheel, the canary and (x86_64-linux) the runner image;
+      # the image needs the NVIDIA driver's kernel module built for nixpkgs' default kernel.
       checks = forAllSystems (
-        system: _pkgs: {
-          inherit (self.packages.${system}) flywheel;
+        system: _pkgs:
+        {
+          inherit (self.packages.${system}) flywheel canary;
         }
+        // (
+          if system == "x86_64-linux" then
+            { inherit (self.packages.${system}) gpu-runner-image; }
+          else
+            { }
+        )
       );
+
+      # services.flywheel-cache: `flywheel cache serve` as a hardened systemd service, with
+      # this flake's flywheel as the default package (docs/nix.md, "The NixOS module").
+      nixosModules = {
+        flywheel-cache =
+          { lib, pkgs, ... }:
+          {
+            imports = [ ./nix/modules/flywheel-cache.nix ];
+            services.flywheel-cache.package = lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.flywheel;
+          };
+        default = self.nixosModules.flywheel-cache;
+      };
 
       # The image pipeline library: Nix builtins only, no nixpkgs (nix/lib/README.md).
       lib = import ./nix/lib;

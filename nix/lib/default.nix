@@ -490,12 +490,394 @@ let
     assert valid;
     # A bad driver root throws here, at evaluation, not in the build.
     builtins.deepSeq rootPaths (layer // { driverVersion = version; });
+  treeEntryKeys = [
+    "path"
+    "text"
+    "symlink"
+    "directory"
+    "mode"
+  ];
+
+  /*
+    A small directory tree as a derivation: `flywheel image tree --nix-attrs` run as the
+    builder, with the entries as the structured attribute `flywheelTree`. Use it as a
+    `{ name; source; }` layer of mkImage.
+
+      flywheel  as for mkImage
+      system    as for mkImage
+      name      the derivation's name
+      entries   [ { path = "/home/runner/run.sh"; text = "..."; mode ? "0644"; }
+                  { path = "/bin/sh"; symlink = "/nix/store/...-bash/bin/bash"; }
+                  { path = "/home/runner/_work"; directory = true; mode ? "0755"; } ]
+                absolute paths; parents are 0755 directories. The Nix store keeps only the
+                executable bit of a mode: give other modes and owners as mkImage overrides.
+  */
+  mkTree =
+    {
+      flywheel ? null,
+      system ? builtins.currentSystem,
+      name ? null,
+      entries ? null,
+      ...
+    }@args:
+    let
+      fn = "mkTree";
+      knownArgs = [
+        "flywheel"
+        "system"
+        "name"
+        "entries"
+      ];
+      unknownArgs = filter (k: !(builtins.elem k knownArgs)) (attrNames args);
+      builder = flywheelExecutable fn flywheel;
+      paths = map (e: e.path) entries;
+      duplicates = unique (filter (p: length (filter (q: q == p) paths) > 1) paths);
+      checkEntry =
+        i: e:
+        let
+          what = "entries[${toString i}]";
+          kinds = length (filter (k: e ? ${k}) [
+            "text"
+            "symlink"
+            "directory"
+          ]);
+        in
+        check (isAttrs e) fn "${what} must be an attribute set { path; text | symlink | directory; mode ? ...; }"
+        && check (all (k: builtins.elem k treeEntryKeys) (attrNames e)) fn
+          "${what} has unknown attributes; allowed: ${showList treeEntryKeys}"
+        && check (e ? path && isString e.path && match "(/[^/]+)+" e.path != null
+          && match ".*/\\.\\.?(/.*)?" e.path == null) fn
+          "${what}.path must be an absolute path without `.` or `..` components, such as \"/etc/passwd\""
+        && check (kinds == 1) fn "${what} (${e.path}) needs exactly one of text, symlink or directory = true"
+        && check (!(e ? text) || isString e.text) fn "${what}.text must be a string"
+        && check (!(e ? symlink) || (isString e.symlink && e.symlink != "")) fn
+          "${what}.symlink must be a non-empty string"
+        && check (!(e ? directory) || e.directory == true) fn "${what}.directory must be true"
+        && check (!(e ? mode) || (isString e.mode && match "[0-7]{3,4}" e.mode != null)) fn
+          "${what}.mode must be an octal string such as \"0755\""
+        && check (!(e ? mode && e ? symlink)) fn "${what}: a symlink has no mode";
+      valid =
+        check (unknownArgs == [ ]) fn "unknown arguments ${showList unknownArgs}; allowed: ${showList knownArgs}"
+        && check (isString name && match "[A-Za-z0-9+._?=-][A-Za-z0-9+._?=-]*" name != null) fn
+          "name must be a derivation name (letters, digits, + - . _ ? =)"
+        && check (isList entries) fn "entries must be a list, got a ${typeOf entries}"
+        && all (x: x) (genList (i: checkEntry i (builtins.elemAt entries i)) (length entries))
+        && check (duplicates == [ ]) fn "entries name the same path twice: ${showList duplicates}";
+    in
+    assert valid;
+    derivation {
+      inherit name system builder;
+      args = [
+        "image"
+        "tree"
+        "--nix-attrs"
+      ];
+      __structuredAttrs = true;
+      flywheelTree = entries;
+    };
+
+  # The store path a path inside one belongs to ("/nix/store/abc-bash/bin/bash" ->
+  # "/nix/store/abc-bash"), keeping the string's context; null for a path outside the store.
+  storeRootOf =
+    s:
+    let
+      m = match "(${storeDir}/[^/]+).*" (builtins.unsafeDiscardStringContext (toString s));
+    in
+    if m == null then null else substring 0 (stringLength (builtins.head m)) (toString s);
+
+  /*
+    A GitHub Actions runner image laid out the way actions-runner-controller
+    (gha-runner-scale-set) starts it: /home/runner/run.sh, a runner user, job hooks, Nix
+    configured for the lane's cache. See nix/lib/README.md.
+  */
+  mkRunnerImage =
+    {
+      flywheel ? null,
+      system ? builtins.currentSystem,
+      name ? "flywheel/gpu-runner",
+      tag ? "latest",
+      runner ? null,
+      shell ? null,
+      packages ? [ ],
+      driverLayer ? null,
+      caBundle ? null,
+      cacheUrl ? null,
+      cachePublicKey ? null,
+      sourceRevision ? null,
+      user ? "runner",
+      uid ? 1001,
+      gid ? 1001,
+      extraEnv ? { },
+      labels ? { },
+      compression ? null,
+      sourceDateEpoch ? null,
+      maxLayers ? null,
+      layering ? null,
+      format ? "oci",
+      ...
+    }@args:
+    let
+      fn = "mkRunnerImage";
+      knownArgs = [
+        "flywheel"
+        "system"
+        "name"
+        "tag"
+        "runner"
+        "shell"
+        "packages"
+        "driverLayer"
+        "caBundle"
+        "cacheUrl"
+        "cachePublicKey"
+        "sourceRevision"
+        "user"
+        "uid"
+        "gid"
+        "extraEnv"
+        "labels"
+        "compression"
+        "sourceDateEpoch"
+        "maxLayers"
+        "layering"
+        "format"
+      ];
+      unknownArgs = filter (k: !(builtins.elem k knownArgs)) (attrNames args);
+      isStorePathString = s: (isString s || isPath s) && storeRootOf s != null;
+      # The derivation or store path string form a mkDriverLayer output takes, or a ready layer.
+      driverLayerSpec =
+        if driverLayer == null then
+          null
+        else if isAttrs driverLayer && !(isDerivation driverLayer) && driverLayer ? driver then
+          { name = driverLayer.name or "nvidia-driver"; inherit (driverLayer) driver; }
+        else
+          {
+            name = "nvidia-driver";
+            driver = driverLayer;
+          };
+      home = "/home/runner";
+      flywheelExe = flywheelExecutable fn flywheel;
+      # The flywheel the hooks run: in the image when it is a store path.
+      flywheelRoot = if isDerivation flywheel then flywheel.outPath else storeRootOf flywheelExe;
+      valid =
+        check (unknownArgs == [ ]) fn "unknown arguments ${showList unknownArgs}; allowed: ${showList knownArgs}"
+        && check (flywheel != null) fn "flywheel is required: the flywheel package or the path of its executable"
+        && check (isStorePathString runner || isDerivation runner) fn
+          "runner must be the path of the runner's listener in the store, such as \"\${pkgs.github-runner}/bin/Runner.Listener\""
+        && check (isStorePathString shell || isDerivation shell) fn
+          "shell must be the path of bash in the store, such as \"\${pkgs.bash}/bin/bash\""
+        && check (isList packages && all (p: isDerivation p || isStorePathString p) packages) fn
+          "packages must be a list of derivations or store paths"
+        && check (driverLayer == null || isDerivation driverLayer || isStorePathString driverLayer
+          || (isAttrs driverLayer && driverLayer ? driver)) fn
+          "driverLayer must be mkDriverLayer's output (or a { name; driver; } layer)"
+        && check (caBundle == null || isStorePathString caBundle || isDerivation caBundle) fn
+          "caBundle must be the path of a CA bundle file in the store"
+        && check ((cacheUrl == null) == (cachePublicKey == null)) fn
+          "cacheUrl and cachePublicKey go together: give both or neither"
+        && check (cacheUrl == null || (isString cacheUrl && match "https?://[^ ]+" cacheUrl != null)) fn
+          "cacheUrl must be an http:// or https:// URL"
+        && check (cachePublicKey == null || (isString cachePublicKey && match "[^: ]+:[A-Za-z0-9+/=]+" cachePublicKey != null)) fn
+          "cachePublicKey must be a Nix public key such as \"cache-1:base64...\""
+        && check (sourceRevision == null || (isString sourceRevision && sourceRevision != "")) fn
+          "sourceRevision must be a non-empty string"
+        && check (isString user && match "[a-z_][a-z0-9_-]*" user != null && user != "root") fn
+          "user must be a user name such as \"runner\" (not root)"
+        && check (builtins.isInt uid && uid > 0) fn "uid must be a positive integer"
+        && check (builtins.isInt gid && gid > 0) fn "gid must be a positive integer"
+        && check (isAttrs extraEnv && all (k: isString extraEnv.${k}) (attrNames extraEnv)) fn
+          "extraEnv must be an attribute set of strings"
+        && check (isAttrs labels && all (k: isString labels.${k}) (attrNames labels)) fn
+          "labels must be an attribute set of strings";
+
+      shellPath = toString shell;
+      runnerPath = toString runner;
+      uidGid = "${toString uid}:${toString gid}";
+
+      runSh = ''
+        #!${shellPath}
+        # Started by actions-runner-controller (gha-runner-scale-set) with
+        # ACTIONS_RUNNER_INPUT_JITCONFIG set: the listener reads its just-in-time (ephemeral)
+        # registration from it, runs one job and exits.
+        set -eu
+        exec ${runnerPath} run "$@"
+      '';
+
+      jobStarted =
+        if driverLayerSpec == null then
+          ''
+            #!${shellPath}
+            # ACTIONS_RUNNER_HOOK_JOB_STARTED: this image has no driver layer, so there is nothing to check.
+            echo "flywheel: no driver layer in this image; skipping the driver check"
+            exit 0
+          ''
+        else
+          ''
+            #!${shellPath}
+            # ACTIONS_RUNNER_HOOK_JOB_STARTED: check the image's driver userspace against the node's
+            # kernel module. A mismatch fails the job before it starts, on purpose.
+            # FLYWHEEL_DRIVER_CHECK_ARGS: extra arguments (e.g. --kernel-version-file FILE).
+            echo "flywheel: checking the driver layer against the kernel module"
+            exec ${flywheelExe} driver check ''${FLYWHEEL_DRIVER_CHECK_ARGS:-}
+          '';
+
+      jobCompleted = ''
+        #!${shellPath}
+        # ACTIONS_RUNNER_HOOK_JOB_COMPLETED: push what the job built to the lane's cache: the
+        # closures of the result* symlinks in $GITHUB_WORKSPACE and the paths listed one per line in
+        # $FLYWHEEL_PUSH_PATHS. Never for pull requests. Never fails the job: always exits 0.
+        ${if cacheUrl == null then "" else "FLYWHEEL_CACHE_URL=\"\${FLYWHEEL_CACHE_URL:-${cacheUrl}}\"\n"}if [ -z "''${FLYWHEEL_CACHE_URL:-}" ] || [ -z "''${FLYWHEEL_CACHE_TOKEN:-}" ]; then
+          exit 0
+        fi
+        case "''${GITHUB_EVENT_NAME:-}" in
+          pull_request|pull_request_target)
+            echo "flywheel: not pushing to the cache for a $GITHUB_EVENT_NAME event"
+            exit 0 ;;
+        esac
+        paths=()
+        if [ -n "''${GITHUB_WORKSPACE:-}" ] && [ -d "$GITHUB_WORKSPACE" ]; then
+          for r in "$GITHUB_WORKSPACE"/result*; do
+            if [ -L "$r" ] && [ -e "$r" ]; then paths+=("$r"); fi
+          done
+        fi
+        if [ -n "''${FLYWHEEL_PUSH_PATHS:-}" ] && [ -f "$FLYWHEEL_PUSH_PATHS" ]; then
+          while IFS= read -r p || [ -n "$p" ]; do
+            if [ -n "$p" ]; then paths+=("$p"); fi
+          done < "$FLYWHEEL_PUSH_PATHS"
+        fi
+        if [ "''${#paths[@]}" -eq 0 ]; then
+          echo "flywheel: nothing to push to $FLYWHEEL_CACHE_URL (no result* links, no FLYWHEEL_PUSH_PATHS)"
+          exit 0
+        fi
+        echo "flywheel: pushing ''${#paths[@]} path(s) and their closures to $FLYWHEEL_CACHE_URL"
+        if ${flywheelExe} cache push --to "$FLYWHEEL_CACHE_URL" --token "$FLYWHEEL_CACHE_TOKEN" "''${paths[@]}"; then
+          echo "flywheel: pushed to $FLYWHEEL_CACHE_URL"
+        else
+          echo "flywheel: pushing to $FLYWHEEL_CACHE_URL failed (exit $?); the job's result stands"
+        fi
+        exit 0
+      '';
+
+      nixConf = concatStringsSep "\n" (
+        [
+          "# Written by flywheel's mkRunnerImage: single-user Nix as the runner user."
+          "experimental-features = nix-command flakes"
+          "build-users-group ="
+          "sandbox = false"
+        ]
+        ++ (if cacheUrl == null then [ ] else [ "extra-substituters = ${cacheUrl}" ])
+        ++ (if cachePublicKey == null then [ ] else [ "extra-trusted-public-keys = ${cachePublicKey}" ])
+      ) + "\n";
+
+      entries = [
+        { path = "/etc/passwd"; text = "root:x:0:0:root:/root:${shellPath}\n${user}:x:${uidGid}:${user}:${home}:${shellPath}\n"; }
+        { path = "/etc/group"; text = "root:x:0:\n${user}:x:${toString gid}:\n"; }
+        { path = "/etc/nix/nix.conf"; text = nixConf; }
+        { path = "/bin/sh"; symlink = shellPath; }
+        { path = "/bin/bash"; symlink = shellPath; }
+        { path = "/tmp"; directory = true; }
+        { path = "/root"; directory = true; mode = "0700"; }
+        { path = "${home}/run.sh"; text = runSh; mode = "0755"; }
+        { path = "${home}/_work"; directory = true; }
+        { path = "${home}/hooks/job-started.sh"; text = jobStarted; mode = "0755"; }
+        { path = "${home}/hooks/job-completed.sh"; text = jobCompleted; mode = "0755"; }
+      ];
+
+      tree = mkTree {
+        inherit flywheel system entries;
+        name = "runner-tree";
+      };
+
+      caPath = if caBundle == null then null else toString caBundle;
+      env =
+        [
+          "PATH=${concatStringsSep ":" (map (p: "${p}/bin") packages)}"
+          "HOME=${home}"
+          "USER=${user}"
+          "ACTIONS_RUNNER_HOOK_JOB_STARTED=${home}/hooks/job-started.sh"
+          "ACTIONS_RUNNER_HOOK_JOB_COMPLETED=${home}/hooks/job-completed.sh"
+        ]
+        ++ (
+          if caPath == null then
+            [ ]
+          else
+            [
+              "SSL_CERT_FILE=${caPath}"
+              "NIX_SSL_CERT_FILE=${caPath}"
+              "GIT_SSL_CAINFO=${caPath}"
+            ]
+        )
+        ++ (if cacheUrl == null then [ ] else [ "FLYWHEEL_CACHE_URL=${cacheUrl}" ])
+        ++ map (k: "${k}=${extraEnv.${k}}") (attrNames extraEnv);
+
+      rootOf = x: if isDerivation x then x.outPath else storeRootOf x;
+      closureRoots = unique (
+        map rootOf packages
+        ++ [
+          (rootOf runner)
+          (rootOf shell)
+        ]
+        ++ (if flywheelRoot == null then [ ] else [ flywheelRoot ])
+        ++ (if caBundle == null then [ ] else [ (rootOf caBundle) ])
+      );
+
+      image = mkImage (
+        {
+          inherit flywheel system name tag format closureRoots;
+          layers =
+            (if driverLayerSpec == null then [ ] else [ driverLayerSpec ])
+            ++ [
+              {
+                name = "runner";
+                source = tree;
+                prefix = "/";
+                overrides = [
+                  {
+                    path = "/tmp";
+                    mode = "1777";
+                  }
+                  {
+                    path = "/root";
+                    mode = "0700";
+                  }
+                  # The store keeps only 0555/0444: the runner writes its home (_work, its
+                  # registration), and everything there is a directory or a script.
+                  {
+                    path = home;
+                    mode = "0755";
+                    inherit uid gid;
+                    recursive = true;
+                  }
+                ];
+              }
+            ];
+          config = {
+            User = uidGid;
+            WorkingDir = home;
+            Env = env;
+            Entrypoint = [ "${home}/run.sh" ];
+            Labels =
+              (if sourceRevision == null then { } else { "org.opencontainers.image.revision" = sourceRevision; })
+              // { "dev.flywheel.runner.user" = user; }
+              // labels;
+          };
+        }
+        // (if compression == null then { } else { inherit compression; })
+        // (if sourceDateEpoch == null then { } else { inherit sourceDateEpoch; })
+        // (if maxLayers == null then { } else { inherit maxLayers; })
+        // (if layering == null then { } else { inherit layering; })
+      );
+    in
+    assert valid;
+    image // { runnerTree = tree; };
 in
 {
   inherit
     mkImageSpec
     mkImage
     mkDriverLayer
+    mkTree
+    mkRunnerImage
     ociArchitecture
     ;
 }

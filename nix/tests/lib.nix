@@ -5,7 +5,14 @@
 # Prints a summary on success; throws (non-zero exit) listing the failed cases.
 let
   flywheel = import ../lib;
-  inherit (flywheel) mkImageSpec mkImage mkDriverLayer ociArchitecture;
+  inherit (flywheel)
+    mkImageSpec
+    mkImage
+    mkDriverLayer
+    mkTree
+    mkRunnerImage
+    ociArchitecture
+    ;
 
   # A fixture derivation: never built, only its output path is computed.
   fixture = builtins.derivation {
@@ -104,6 +111,80 @@ let
       }
     ];
   };
+
+  # mkTree and mkRunnerImage, from fixture derivations standing in for the runner, bash, git.
+  fx =
+    name:
+    builtins.derivation {
+      inherit name;
+      system = "x86_64-linux";
+      builder = "/bin/sh";
+    };
+  runnerPkg = fx "github-runner";
+  bashPkg = fx "bash";
+  gitPkg = fx "git";
+  caPkg = fx "cacert";
+
+  tree = mkTree {
+    flywheel = "/opt/flywheel";
+    system = "x86_64-linux";
+    name = "t";
+    entries = [
+      {
+        path = "/home/runner/run.sh";
+        text = "#!/bin/sh\n";
+        mode = "0755";
+      }
+      {
+        path = "/bin/sh";
+        symlink = "${bashPkg}/bin/bash";
+      }
+      {
+        path = "/tmp";
+        directory = true;
+      }
+    ];
+  };
+  treeWith =
+    entries:
+    mkTree {
+      flywheel = "/opt/flywheel";
+      system = "x86_64-linux";
+      name = "t";
+      inherit entries;
+    };
+
+  runnerArgs = {
+    flywheel = "/opt/flywheel";
+    system = "x86_64-linux";
+    runner = "${runnerPkg}/bin/Runner.Listener";
+    shell = "${bashPkg}/bin/bash";
+    packages = [
+      gitPkg
+      bashPkg
+    ];
+  };
+  runnerPlain = mkRunnerImage runnerArgs;
+  runnerFull = mkRunnerImage (
+    runnerArgs
+    // {
+      driverLayer = driverLayer;
+      caBundle = "${caPkg}/etc/ssl/certs/ca-bundle.crt";
+      cacheUrl = "http://cache.lane:8080/main";
+      cachePublicKey = "lane-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+      sourceRevision = "0123abcd";
+      extraEnv.FOO = "bar";
+      labels."org.example.team" = "gpu";
+      tag = "v2";
+      compression = "gzip";
+    }
+  );
+  runnerCfg = img: img.imageSpec.config;
+  runnerTreeText =
+    img: path: (builtins.head (builtins.filter (e: e.path == path) img.runnerTree.flywheelTree)).text;
+  hasEnv = img: e: builtins.elem e (runnerCfg img).Env;
+  envNames = img: map (e: builtins.head (builtins.match "([^=]*)=.*" e)) (runnerCfg img).Env;
+  lines = s: builtins.filter (l: builtins.isString l && l != "") (builtins.split "\n" s);
 
   # Does evaluating `x` deeply fail (throw or assert)?
   throws = x: !(builtins.tryEval (builtins.deepSeq x x)).success;
@@ -458,6 +539,219 @@ let
       name = "x";
       format = "tarball";
     });
+    # ---- mkTree ----
+    treeBuiltByFlywheel =
+      tree.builder == "/opt/flywheel"
+      && tree.args == [
+        "image"
+        "tree"
+        "--nix-attrs"
+      ]
+      && tree.__structuredAttrs;
+    treeCarriesTheEntries = builtins.length tree.flywheelTree == 3 && (builtins.elemAt tree.flywheelTree 2).directory;
+    rejectsTreeRelativePath = throws (treeWith [
+      {
+        path = "etc/passwd";
+        text = "";
+      }
+    ]);
+    rejectsTreeDotDot = throws (treeWith [
+      {
+        path = "/etc/../passwd";
+        text = "";
+      }
+    ]);
+    rejectsTreeTwoKinds = throws (treeWith [
+      {
+        path = "/a";
+        text = "";
+        symlink = "b";
+      }
+    ]);
+    rejectsTreeNoKind = throws (treeWith [ { path = "/a"; } ]);
+    rejectsTreeBadMode = throws (treeWith [
+      {
+        path = "/a";
+        text = "";
+        mode = "rwx";
+      }
+    ]);
+    rejectsTreeSymlinkMode = throws (treeWith [
+      {
+        path = "/a";
+        symlink = "b";
+        mode = "0755";
+      }
+    ]);
+    rejectsTreeDuplicates = throws (treeWith [
+      {
+        path = "/a";
+        text = "";
+      }
+      {
+        path = "/a";
+        directory = true;
+      }
+    ]);
+    rejectsTreeUnknownAttribute = throws (treeWith [
+      {
+        path = "/a";
+        text = "";
+        owner = 0;
+      }
+    ]);
+    rejectsTreeWithoutName = throws (mkTree {
+      flywheel = "/opt/flywheel";
+      entries = [ ];
+    });
+    rejectsTreeEntriesNotAList = throws (treeWith { });
+
+    # ---- mkRunnerImage ----
+    runnerDefaults =
+      runnerPlain.imageSpec.name == "flywheel/gpu-runner"
+      && runnerPlain.imageSpec.tag == "latest"
+      && runnerPlain.name == "flywheel-gpu-runner-image"
+      && runnerPlain.flywheelSpec == runnerPlain.imageSpec;
+    runnerConfigWithoutDriverOrCache =
+      runnerCfg runnerPlain == {
+        User = "1001:1001";
+        WorkingDir = "/home/runner";
+        Entrypoint = [ "/home/runner/run.sh" ];
+        Env = [
+          "PATH=${gitPkg}/bin:${bashPkg}/bin"
+          "HOME=/home/runner"
+          "USER=runner"
+          "ACTIONS_RUNNER_HOOK_JOB_STARTED=/home/runner/hooks/job-started.sh"
+          "ACTIONS_RUNNER_HOOK_JOB_COMPLETED=/home/runner/hooks/job-completed.sh"
+        ];
+        Labels."dev.flywheel.runner.user" = "runner";
+      };
+    runnerLayersWithoutDriver =
+      map (l: l.name) runnerPlain.imageSpec.layers == [ "runner" ]
+      && (builtins.head runnerPlain.imageSpec.layers).source == runnerPlain.runnerTree.outPath
+      && (builtins.head runnerPlain.imageSpec.layers).overrides == [
+        {
+          path = "/tmp";
+          mode = "1777";
+        }
+        {
+          path = "/root";
+          mode = "0700";
+        }
+        {
+          path = "/home/runner";
+          mode = "0755";
+          uid = 1001;
+          gid = 1001;
+          recursive = true;
+        }
+      ];
+    runnerClosureRoots = runnerPlain.imageSpec.closureRoots == [
+      gitPkg.outPath
+      bashPkg.outPath
+      runnerPkg.outPath
+    ];
+    runnerNixConfWithoutCache =
+      lines (runnerTreeText runnerPlain "/etc/nix/nix.conf") == [
+        "# Written by flywheel's mkRunnerImage: single-user Nix as the runner user."
+        "experimental-features = nix-command flakes"
+        "build-users-group ="
+        "sandbox = false"
+      ];
+    runnerHookWithoutDriverSkips =
+      builtins.match ".*no driver layer.*exit 0.*" (runnerTreeText runnerPlain "/home/runner/hooks/job-started.sh")
+      != null;
+    runnerRunShExecsTheRunner =
+      builtins.elem "exec ${runnerPkg}/bin/Runner.Listener run \"$@\"" (lines (runnerTreeText runnerPlain "/home/runner/run.sh"))
+      && builtins.substring 0 2 (runnerTreeText runnerPlain "/home/runner/run.sh") == "#!";
+    runnerPasswd =
+      lines (runnerTreeText runnerPlain "/etc/passwd") == [
+        "root:x:0:0:root:/root:${bashPkg}/bin/bash"
+        "runner:x:1001:1001:runner:/home/runner:${bashPkg}/bin/bash"
+      ]
+      && lines (runnerTreeText runnerPlain "/etc/group") == [
+        "root:x:0:"
+        "runner:x:1001:"
+      ];
+    runnerConfigWithDriverAndCache =
+      envNames runnerFull == [
+        "PATH"
+        "HOME"
+        "USER"
+        "ACTIONS_RUNNER_HOOK_JOB_STARTED"
+        "ACTIONS_RUNNER_HOOK_JOB_COMPLETED"
+        "SSL_CERT_FILE"
+        "NIX_SSL_CERT_FILE"
+        "GIT_SSL_CAINFO"
+        "FLYWHEEL_CACHE_URL"
+        "FOO"
+      ]
+      && hasEnv runnerFull "FLYWHEEL_CACHE_URL=http://cache.lane:8080/main"
+      && hasEnv runnerFull "GIT_SSL_CAINFO=${caPkg}/etc/ssl/certs/ca-bundle.crt"
+      && (runnerCfg runnerFull).Labels == {
+        "dev.flywheel.runner.user" = "runner";
+        "org.opencontainers.image.revision" = "0123abcd";
+        "org.example.team" = "gpu";
+      }
+      && runnerFull.imageSpec.tag == "v2"
+      && runnerFull.imageSpec.compression == "gzip";
+    runnerLayersWithDriver =
+      map (l: l.name) runnerFull.imageSpec.layers == [
+        "nvidia-driver"
+        "runner"
+      ]
+      && (builtins.head runnerFull.imageSpec.layers).driver == driverLayer.outPath
+      && builtins.elem caPkg.outPath runnerFull.imageSpec.closureRoots;
+    runnerNixConfWithCache =
+      builtins.elem "extra-substituters = http://cache.lane:8080/main" (lines (runnerTreeText runnerFull "/etc/nix/nix.conf"))
+      && builtins.elem "extra-trusted-public-keys = lane-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=" (
+        lines (runnerTreeText runnerFull "/etc/nix/nix.conf")
+      );
+    runnerHookWithDriverChecks =
+      builtins.match ".*/opt/flywheel driver check.*" (runnerTreeText runnerFull "/home/runner/hooks/job-started.sh")
+      != null;
+    runnerHookPushesToTheCache =
+      let
+        t = runnerTreeText runnerFull "/home/runner/hooks/job-completed.sh";
+      in
+      builtins.match ".*cache push --to \"\\$FLYWHEEL_CACHE_URL\" --token \"\\$FLYWHEEL_CACHE_TOKEN\".*" t != null
+      && builtins.match ".*pull_request\\|pull_request_target.*" t != null
+      && builtins.match ".*FLYWHEEL_CACHE_URL=\"\\$\\{FLYWHEEL_CACHE_URL:-http://cache.lane:8080/main}\".*" t != null;
+    runnerDriverLayerAsALayer =
+      map (l: l.name) (mkRunnerImage (runnerArgs // {
+        driverLayer = {
+          name = "nvidia-580";
+          driver = driverLayer;
+        };
+      })).imageSpec.layers == [
+        "nvidia-580"
+        "runner"
+      ];
+    runnerCustomUser =
+      (runnerCfg (mkRunnerImage (runnerArgs // {
+        user = "ci";
+        uid = 2000;
+        gid = 3000;
+      }))).User == "2000:3000";
+    rejectsRunnerCacheUrlWithoutKey = throws (mkRunnerImage (runnerArgs // { cacheUrl = "http://cache:8080/main"; }));
+    rejectsRunnerKeyWithoutCacheUrl = throws (mkRunnerImage (runnerArgs // { cachePublicKey = "k-1:AAAA"; }));
+    rejectsRunnerBadCacheUrl = throws (mkRunnerImage (runnerArgs // {
+      cacheUrl = "cache:8080";
+      cachePublicKey = "k-1:AAAA";
+    }));
+    rejectsRunnerWithoutRunner = throws (mkRunnerImage (removeAttrs runnerArgs [ "runner" ]));
+    rejectsRunnerWithoutShell = throws (mkRunnerImage (removeAttrs runnerArgs [ "shell" ]));
+    rejectsRunnerWithoutFlywheel = throws (mkRunnerImage (removeAttrs runnerArgs [ "flywheel" ]));
+    rejectsRunnerRunnerOutsideTheStore = throws (mkRunnerImage (runnerArgs // { runner = "/usr/bin/Runner.Listener"; }));
+    rejectsRunnerPackagesNotAList = throws (mkRunnerImage (runnerArgs // { packages = gitPkg; }));
+    rejectsRunnerRootUser = throws (mkRunnerImage (runnerArgs // { user = "root"; }));
+    rejectsRunnerBadUid = throws (mkRunnerImage (runnerArgs // { uid = "1001"; }));
+    rejectsRunnerUnknownArgument = throws (mkRunnerImage (runnerArgs // { cachePublicKeys = [ ]; }));
+    rejectsRunnerBadExtraEnv = throws (mkRunnerImage (runnerArgs // { extraEnv.N = 1; }));
+    rejectsRunnerBadLabels = throws (mkRunnerImage (runnerArgs // { labels.x = true; }));
+    rejectsRunnerBadDriverLayer = throws (mkRunnerImage (runnerArgs // { driverLayer = "nvidia"; }));
+    rejectsRunnerBadFormat = throws (mkRunnerImage (runnerArgs // { format = "tarball"; }));
+    rejectsRunnerBadName = throws (mkRunnerImage (runnerArgs // { name = "Runner"; }));
   };
 
   names = builtins.attrNames cases;

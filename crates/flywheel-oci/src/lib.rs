@@ -29,6 +29,7 @@ pub mod registry;
 pub mod sbom;
 pub mod spec;
 pub mod tar;
+pub mod tree;
 
 use std::path::PathBuf;
 

@@ -455,6 +455,28 @@ flywheel image build --spec image.json --format docker-archive --out image.tar"
     Push(ImagePushArgs),
     /// Which layers and bytes two images share: what a node holding A downloads for B.
     Diff(ImageDiffArgs),
+    /// Write a small directory tree (files, symlinks, directories) from a list of entries: an
+    /// image's customisation layer. nix/lib's mkTree builds so.
+    #[command(
+        after_help = "Entries (a JSON array): {\"path\": \"/home/runner/run.sh\", \"text\": \"...\", \"mode\": \"0755\"}, \
+{\"path\": \"/bin/sh\", \"symlink\": \"/nix/store/...-bash/bin/bash\"}, {\"path\": \"/tmp\", \"directory\": true, \"mode\": \"1777\"}.\n\
+Example:\n  flywheel image tree --spec entries.json --out tree"
+    )]
+    Tree(ImageTreeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ImageTreeArgs {
+    /// The entries: a JSON array of {path, text | symlink | directory, mode}.
+    #[arg(long, value_name = "FILE", required_unless_present = "nix_attrs")]
+    pub spec: Option<PathBuf>,
+    /// Read the entries (`flywheelTree`) and the output (`outputs.out`) from a Nix build's
+    /// structured attributes ($NIX_ATTRS_JSON_FILE, or ./.attrs.json).
+    #[arg(long, conflicts_with = "spec")]
+    pub nix_attrs: bool,
+    /// Where to write the tree (must not exist, or be empty); written atomically.
+    #[arg(long, value_name = "DIR", required_unless_present = "nix_attrs")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

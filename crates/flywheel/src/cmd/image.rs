@@ -11,14 +11,46 @@ use flywheel_oci::spec::LayerSpec;
 use flywheel_oci::{plan, BuildOptions, Compression, Format, ImageSpec};
 
 use super::{human_bytes, Store};
-use crate::cli::{ImageBuildArgs, ImageCommand, ImageDiffArgs, ImagePushArgs};
+use crate::cli::{ImageBuildArgs, ImageCommand, ImageDiffArgs, ImagePushArgs, ImageTreeArgs};
 
 pub fn run(command: ImageCommand) -> anyhow::Result<()> {
     match command {
         ImageCommand::Build(args) => build(*args),
         ImageCommand::Push(args) => push(args),
         ImageCommand::Diff(args) => diff(args),
+        ImageCommand::Tree(args) => tree(args),
     }
+}
+
+/// `flywheel image tree`: the entries from --spec or from the Nix build's `flywheelTree`.
+fn tree(a: ImageTreeArgs) -> anyhow::Result<()> {
+    let (entries, out, what) = if a.nix_attrs {
+        let path = nix_attrs_file();
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("reading the build's attributes {}", path.display()))?;
+        let mut attrs: serde_json::Value = serde_json::from_slice(&bytes)
+            .with_context(|| format!("reading the build's attributes {}", path.display()))?;
+        let out = attrs.pointer("/outputs/out").and_then(|v| v.as_str()).map(PathBuf::from);
+        let entries = attrs
+            .get_mut("flywheelTree")
+            .map(serde_json::Value::take)
+            .ok_or_else(|| anyhow!("{}: no flywheelTree attribute (is this a mkTree build?)", path.display()))?;
+        (entries, a.out.clone().or(out), path)
+    } else {
+        let Some(file) = &a.spec else { bail!("--spec or --nix-attrs is required") };
+        let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+        let entries = serde_json::from_slice(&bytes).with_context(|| format!("reading {}", file.display()))?;
+        (entries, a.out.clone(), file.clone())
+    };
+    let out = out.ok_or_else(|| anyhow!("--out is required (no outputs.out in the build's attributes)"))?;
+    let tree = flywheel_oci::tree::Tree::from_json(entries).with_context(|| what.display().to_string())?;
+    tree.write(&out)?;
+    eprintln!("wrote {} ({} entries)", out.display(), tree.nodes.len());
+    Ok(())
+}
+
+fn nix_attrs_file() -> PathBuf {
+    std::env::var_os("NIX_ATTRS_JSON_FILE").map_or_else(|| PathBuf::from(".attrs.json"), PathBuf::from)
 }
 
 fn build(a: ImageBuildArgs) -> anyhow::Result<()> {

@@ -1,0 +1,112 @@
+# The GPU runner image for the shared GPU lane: the GitHub Actions runner from nixpkgs, a
+# shell, git, Nix, CA certificates, the flywheel canary, and the NVIDIA userspace of one
+# pinned driver version, baked in with nix/lib's mkDriverLayer (docs/driver.md).
+#
+#   nix build .#gpu-runner-image          # x86_64-linux only (the NVIDIA driver)
+#
+# `pkgs` must allow the NVIDIA driver's unfree licence (the flake passes a package set
+# whose allowUnfreePredicate accepts nvidia-x11 and nvidia-dc only).
+#
+# nixpkgs attributes used here, and the files they were checked in (docs/nix.md):
+#   github-runner (bin/Runner.Listener, bin/config.sh, bin/run.sh, bin/env.sh)
+#       pkgs/by-name/gi/github-runner/package.nix (`executables` wrapped into $out/bin)
+#   linuxPackages.nvidiaPackages.mkDriver   pkgs/top-level/linux-kernels.nix (nvidiaPackages),
+#       pkgs/os-specific/linux/nvidia-x11/default.nix (mkDriver = generic; dc_580),
+#       pkgs/os-specific/linux/nvidia-x11/generic.nix (arguments; outputs out, lib32, bin, firmware)
+#   bashInteractive                         pkgs/shells/bash/ (bashInteractive = callPackage ./5.nix)
+#   coreutils, gitMinimal                   pkgs/by-name/gi/github-runner/package.nix (callPackage args)
+#   gnutar, gzip                            pkgs/by-name/gn/gnutar/package.nix, pkgs/by-name/gz/gzip/package.nix
+#   zstd                                    pkgs/by-name/bb/bbox/package.nix (callPackage arg)
+#   nix                                     pkgs/top-level/all-packages.nix
+#   cacert (etc/ssl/certs/ca-bundle.crt)    pkgs/by-name/ca/cacert/package.nix
+{
+  pkgs,
+  flywheelLib,
+  flywheel,
+  canary,
+  # The NVIDIA userspace must be exactly the nodes' kernel module version ("Driver/library
+  # version mismatch" otherwise). 580.159.04 is what the GPU machine we test on runs.
+  driverVersion ? "580.159.04",
+  # Another driver package (a nixpkgs NVIDIA driver derivation, or a list of store paths of a
+  # host tree): overrides the pinned one. Its version must still be driverVersion.
+  driver ? null,
+  cacheUrl ? null,
+  cachePublicKey ? null,
+  sourceRevision ? null,
+}:
+let
+  system = pkgs.stdenv.hostPlatform.system;
+
+  # Data center (Tesla) driver releases, with the hashes nixpkgs itself records for them in
+  # pkgs/os-specific/linux/nvidia-x11/default.nix (the dc_580 entry). Built through mkDriver,
+  # so the version does not depend on which 580 release the pinned nixpkgs' dc_580 names.
+  knownDrivers = {
+    "580.159.04" = rec {
+      version = "580.159.04";
+      url = "https://us.download.nvidia.com/tesla/${version}/NVIDIA-Linux-x86_64-${version}.run";
+      sha256_64bit = "sha256-weZnYbCI0Xs632y2l53przi+JoTRArABoXbc+vq9yh4=";
+      openSha256 = "sha256-zsNmjZW0cyZWPp3vDT3mNeqAo0hS0M7e9Tbvwvij+F4=";
+      persistencedSha256 = "sha256-vDawiy52GB8JABUKZDiQUc8uda8p/7jCFW7rTu6QMa4=";
+      fabricmanagerSha256 = "sha256-Jk6XVn/d6vqfxYGAACiD9UHelnjdC4+zOi4EEv8LuKE=";
+      useFabricmanager = true;
+      usePersistenced = true;
+      useSettings = false;
+    };
+  };
+
+  driverPackage =
+    if driver != null then
+      driver
+    else if system != "x86_64-linux" then
+      throw "images/gpu-runner: the NVIDIA data center driver is pinned for x86_64-linux only (system is ${system}); pass `driver` for another system"
+    else if builtins.hasAttr driverVersion knownDrivers then
+      # A kernel-package-set attribute: it builds the kernel module for pkgs.linuxPackages'
+      # kernel too, but the image takes only the userspace outputs (out, bin, firmware).
+      pkgs.linuxPackages.nvidiaPackages.mkDriver knownDrivers.${driverVersion}
+    else
+      throw "images/gpu-runner: no pinned NVIDIA driver ${driverVersion} (known: ${builtins.concatStringsSep ", " (builtins.attrNames knownDrivers)}); add its hashes to knownDrivers or pass `driver`";
+
+  driverLayer = flywheelLib.mkDriverLayer {
+    inherit flywheel system;
+    driver = driverPackage;
+    version = driverVersion;
+    capabilities = [
+      "utility"
+      "compute"
+    ];
+  };
+in
+flywheelLib.mkRunnerImage {
+  inherit
+    flywheel
+    system
+    driverLayer
+    cacheUrl
+    cachePublicKey
+    sourceRevision
+    ;
+  name = "flywheel/gpu-runner";
+  tag = driverVersion;
+  # What pkgs/by-name/gi/github-runner/package.nix installs: bin/Runner.Listener (the
+  # listener, wrapped to set RUNNER_ROOT, default $HOME/.github-runner), bin/config.sh,
+  # bin/run.sh, bin/Runner.Worker, bin/Runner.PluginHost, bin/env.sh.
+  runner = "${pkgs.github-runner}/bin/Runner.Listener";
+  shell = "${pkgs.bashInteractive}/bin/bash";
+  packages = [
+    pkgs.github-runner
+    pkgs.bashInteractive
+    pkgs.coreutils
+    pkgs.gitMinimal
+    pkgs.gnutar # actions/cache and most setup-* actions unpack with tar
+    pkgs.gzip
+    pkgs.zstd
+    pkgs.nix
+    pkgs.cacert
+    canary
+    flywheel
+  ];
+  caBundle = "${pkgs.cacert}/etc/ssl/certs/ca-bundle.crt";
+  labels = {
+    "dev.flywheel.runner.version" = pkgs.github-runner.version;
+  };
+}

@@ -1,0 +1,387 @@
+//! nix/lib's mkRunnerImage, built by Debian's Nix from tests/runner-flake: the image is the one
+//! `flywheel image build --spec` gives for the same spec, holds what actions-runner-controller
+//! starts (run.sh, the runner user, the job hooks, nix.conf), and its hooks do what they say.
+//! Also `flywheel image tree`, which mkTree runs as the builder.
+
+#![allow(clippy::unwrap_used)] // a test that cannot read its own fixture should panic
+
+mod support;
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+use support::*;
+
+const SYSTEM: &str = "x86_64-linux";
+const CACHE_URL: &str = "http://cache.lane.invalid:8080/main";
+const CACHE_KEY: &str = "lane-1:Z2F0ZXdheS1maXh0dXJlLWtleS1ub3QtYS1yZWFsLW9uZQ==";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn read_json(path: &Path) -> Value {
+    let bytes = fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+fn blob(layout: &Path, digest: &str) -> PathBuf {
+    layout.join("blobs/sha256").join(digest.strip_prefix("sha256:").unwrap())
+}
+
+fn manifest_digest(layout: &Path) -> String {
+    read_json(&layout.join("index.json"))["manifests"][0]["digest"].as_str().unwrap().to_string()
+}
+
+fn manifest(layout: &Path) -> Value {
+    read_json(&blob(layout, &manifest_digest(layout)))
+}
+
+fn image_config(layout: &Path) -> Value {
+    read_json(&blob(layout, manifest(layout)["config"]["digest"].as_str().unwrap()))
+}
+
+/// tests/runner-flake with nix/lib beside it as ./lib and settings naming this flywheel (the
+/// flake has no flywheel input: settings.json names the cargo-built binary, as in image.rs).
+struct RunnerFlake {
+    _work: tempfile::TempDir,
+    dir: PathBuf,
+}
+
+impl RunnerFlake {
+    fn new() -> Self {
+        let work = tempdir();
+        let dir = work.path().join("flake");
+        fs::create_dir_all(dir.join("lib")).unwrap();
+        fs::copy(repo().join("tests/runner-flake/flake.nix"), dir.join("flake.nix")).unwrap();
+        for e in fs::read_dir(repo().join("nix/lib")).unwrap() {
+            let e = e.unwrap();
+            fs::copy(e.path(), dir.join("lib").join(e.file_name())).unwrap();
+        }
+        let settings = serde_json::json!({
+            "flywheel": env!("CARGO_BIN_EXE_flywheel"),
+            "system": SYSTEM,
+            "tag": format!("runner-e2e-{}", std::process::id()),
+            "templateLibrary": support::driver_root::template_library(),
+        });
+        fs::write(dir.join("settings.json"), settings.to_string()).unwrap();
+        RunnerFlake { _work: work, dir }
+    }
+
+    fn attr(&self, attr: &str) -> String {
+        format!("path:{}#{attr}", self.dir.display())
+    }
+
+    fn build(&self, attr: &str) -> PathBuf {
+        let link = self.dir.join(format!("result-{}", attr.replace('.', "-")));
+        ok(nix().args(["build", "--out-link"]).arg(&link).arg(self.attr(attr)));
+        fs::canonicalize(&link).unwrap()
+    }
+
+    fn eval_raw(&self, attr: &str) -> String {
+        ok_str(nix().args(["eval", "--raw", &self.attr(attr)]))
+    }
+
+    /// Builds `packages.SYSTEM.NAME` and checks that `flywheel image build --spec` gives the same
+    /// image, digest for digest, from the spec the derivation carries.
+    fn build_and_compare(&self, name: &str) -> PathBuf {
+        let built = self.build(&format!("packages.{SYSTEM}.{name}"));
+        let spec = ok(nix().args(["eval", "--json", &self.attr(&format!("specs.{SYSTEM}.{name}"))]));
+        let spec_file = self.dir.join(format!("{name}.json"));
+        fs::write(&spec_file, spec).unwrap();
+        let out = self.dir.join(format!("cli-{name}"));
+        let digest = ok_str(
+            flywheel()
+                .args(["image", "build", "--no-layer-cache", "--spec"])
+                .env_remove("SOURCE_DATE_EPOCH")
+                .arg(&spec_file)
+                .arg("--out")
+                .arg(&out),
+        );
+        assert_eq!(digest.trim(), manifest_digest(&built), "{name}: nix build and flywheel image build --spec differ");
+        assert_eq!(listing(&out), listing(&built), "{name}: the same blobs");
+        built
+    }
+}
+
+/// `umoci unpack --rootless` of the layout's `latest` image into `bundle`; returns its rootfs.
+fn umoci_unpack(layout: &Path, bundle: &Path) -> PathBuf {
+    ok(Command::new("umoci")
+        .args(["unpack", "--rootless", "--image"])
+        .arg(format!("{}:latest", layout.display()))
+        .arg(bundle));
+    bundle.join("rootfs")
+}
+
+/// (uid, gid, mode) of `path` (relative, as in the layer tars) in whichever layer holds it.
+fn owner_in_layers(layout: &Path, path: &str) -> Option<(u64, u64, u32)> {
+    for l in manifest(layout)["layers"].as_array().unwrap() {
+        assert_eq!(l["mediaType"], "application/vnd.oci.image.layer.v1.tar+gzip");
+        let file = fs::File::open(blob(layout, l["digest"].as_str().unwrap())).unwrap();
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+        for e in archive.entries().unwrap() {
+            let e = e.unwrap();
+            let p = e.path().unwrap().to_string_lossy().trim_start_matches("./").trim_end_matches('/').to_string();
+            if p == path {
+                let h = e.header();
+                return Some((h.uid().unwrap(), h.gid().unwrap(), h.mode().unwrap()));
+            }
+        }
+    }
+    None
+}
+
+fn env_of(config: &Value) -> Vec<String> {
+    config["config"]["Env"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect()
+}
+
+fn run_hook(hook: &Path, env: &[(&str, &str)]) -> std::process::Output {
+    let mut c = Command::new(hook);
+    c.env_clear().env("PATH", "/usr/bin:/bin");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap_or_else(|e| panic!("running {}: {e}", hook.display()))
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn nix_flake_show_lists_the_runner_images() {
+    let flake = RunnerFlake::new();
+    let show = ok_str(nix().args(["flake", "show", "--json"]).arg(format!("path:{}", flake.dir.display())));
+    let show: Value = serde_json::from_str(&show).unwrap();
+    let packages = &show["packages"][SYSTEM];
+    for name in ["gpu-runner-image", "plain-runner-image", "gpu-runner-tree", "driverLayer"] {
+        assert_eq!(packages[name]["type"], "derivation", "{name} in {show}");
+    }
+    assert_eq!(packages["gpu-runner-image"]["name"], "flywheel-gpu-runner-image");
+}
+
+#[test]
+fn mk_runner_image_with_driver_and_cache_is_what_the_cli_builds_and_arc_can_start() {
+    let flake = RunnerFlake::new();
+    let image = flake.build_and_compare("gpu-runner-image");
+
+    // The image config.
+    let cfg = image_config(&image);
+    let c = &cfg["config"];
+    assert_eq!(c["User"], "1001:1001");
+    assert_eq!(c["WorkingDir"], "/home/runner");
+    assert_eq!(c["Entrypoint"], serde_json::json!(["/home/runner/run.sh"]));
+    let labels = &c["Labels"];
+    assert_eq!(labels["org.opencontainers.image.revision"], "0123456789abcdef0123456789abcdef01234567");
+    assert_eq!(labels["dev.flywheel.runner.user"], "runner");
+    assert_eq!(labels["org.example.purpose"], "e2e");
+    assert_eq!(labels["dev.flywheel.driver.version"], "580.159.04", "mkImage labels the driver");
+    let git = flake.eval_raw(&format!("packages.{SYSTEM}.git.outPath"));
+    let nixp = flake.eval_raw(&format!("packages.{SYSTEM}.nix.outPath"));
+    let bash = flake.eval_raw(&format!("packages.{SYSTEM}.bash.outPath"));
+    let cacert = flake.eval_raw(&format!("packages.{SYSTEM}.cacert.outPath"));
+    let runner = flake.eval_raw(&format!("packages.{SYSTEM}.runner.outPath"));
+    let ca = format!("{cacert}/etc/ssl/certs/ca-bundle.crt");
+    assert_eq!(
+        env_of(&cfg),
+        vec![
+            format!("PATH={git}/bin:{nixp}/bin:{bash}/bin"),
+            "HOME=/home/runner".to_string(),
+            "USER=runner".to_string(),
+            "ACTIONS_RUNNER_HOOK_JOB_STARTED=/home/runner/hooks/job-started.sh".to_string(),
+            "ACTIONS_RUNNER_HOOK_JOB_COMPLETED=/home/runner/hooks/job-completed.sh".to_string(),
+            format!("SSL_CERT_FILE={ca}"),
+            format!("NIX_SSL_CERT_FILE={ca}"),
+            format!("GIT_SSL_CAINFO={ca}"),
+            format!("FLYWHEEL_CACHE_URL={CACHE_URL}"),
+            "RUNNER_ALLOW_RUNASROOT=0".to_string(),
+        ]
+    );
+    assert_eq!(cfg["created"], "2025-12-29T17:14:27Z");
+
+    // The filesystem, as umoci unpacks it.
+    let rootfs = umoci_unpack(&image, &flake.dir.join("bundle"));
+    let run_sh = rootfs.join("home/runner/run.sh");
+    assert!(fs::metadata(&run_sh).unwrap().permissions().mode() & 0o111 != 0, "run.sh is executable");
+    let run_text = fs::read_to_string(&run_sh).unwrap();
+    assert!(run_text.starts_with(&format!("#!{bash}/bin/bash\n")), "{run_text}");
+    assert!(run_text.contains(&format!("exec {runner}/bin/Runner.Listener run \"$@\"")), "{run_text}");
+    let passwd = fs::read_to_string(rootfs.join("etc/passwd")).unwrap();
+    assert!(passwd.lines().any(|l| l == format!("runner:x:1001:1001:runner:/home/runner:{bash}/bin/bash")), "{passwd}");
+    assert!(passwd.starts_with("root:x:0:0:"), "{passwd}");
+    let group = fs::read_to_string(rootfs.join("etc/group")).unwrap();
+    assert!(group.lines().any(|l| l == "runner:x:1001:"), "{group}");
+    let nix_conf = fs::read_to_string(rootfs.join("etc/nix/nix.conf")).unwrap();
+    for line in [
+        "experimental-features = nix-command flakes",
+        "build-users-group =",
+        "sandbox = false",
+        &format!("extra-substituters = {CACHE_URL}"),
+        &format!("extra-trusted-public-keys = {CACHE_KEY}"),
+    ] {
+        assert!(nix_conf.lines().any(|l| l == line), "{line:?} in {nix_conf}");
+    }
+    for hook in ["job-started.sh", "job-completed.sh"] {
+        let p = rootfs.join("home/runner/hooks").join(hook);
+        assert!(fs::metadata(&p).unwrap().permissions().mode() & 0o111 != 0, "{hook} is executable");
+    }
+    assert!(rootfs.join("usr/share/flywheel/driver/manifest.json").is_file(), "the driver layer");
+    assert!(rootfs.join(ca.trim_start_matches('/')).is_file(), "the CA bundle");
+    assert!(rootfs.join(format!("{}/bin/git", git.trim_start_matches('/'))).is_file(), "the packages");
+    assert_eq!(fs::read_link(rootfs.join("bin/sh")).unwrap(), PathBuf::from(format!("{bash}/bin/bash")));
+
+    // Owners and modes, as the layers record them (umoci --rootless maps them to this user).
+    assert_eq!(owner_in_layers(&image, "home/runner/run.sh"), Some((1001, 1001, 0o755)));
+    assert_eq!(owner_in_layers(&image, "home/runner"), Some((1001, 1001, 0o755)));
+    assert_eq!(owner_in_layers(&image, "home/runner/_work"), Some((1001, 1001, 0o755)));
+    assert_eq!(owner_in_layers(&image, "home/runner/hooks/job-completed.sh"), Some((1001, 1001, 0o755)));
+    assert_eq!(owner_in_layers(&image, "tmp"), Some((0, 0, 0o1777)));
+    assert_eq!(owner_in_layers(&image, "etc/passwd").map(|(u, g, _)| (u, g)), Some((0, 0)));
+
+    // run.sh starts the listener with ARC's JIT configuration in the environment.
+    let out =
+        Command::new(&run_sh).env("ACTIONS_RUNNER_INPUT_JITCONFIG", "eyJqaXQiOnRydWV9").arg("--once").output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Runner.Listener run --once\njitconfig=eyJqaXQiOnRydWV9\n");
+
+    // job-started: the driver check, against the node's kernel module.
+    let started = rootfs.join("home/runner/hooks/job-started.sh");
+    let good = flake.dir.join("kernel-good");
+    fs::write(&good, support::driver_root::kernel_version_text("580.159.04")).unwrap();
+    let bad = flake.dir.join("kernel-bad");
+    fs::write(&bad, support::driver_root::kernel_version_text("570.86.15")).unwrap();
+    let args = |k: &Path| format!("--tree {} --kernel-version-file {}", rootfs.display(), k.display());
+    let out = run_hook(&started, &[("FLYWHEEL_DRIVER_CHECK_ARGS", &args(&good))]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok:"), "{}", text(&out));
+    let out = run_hook(&started, &[("FLYWHEEL_DRIVER_CHECK_ARGS", &args(&bad))]);
+    assert!(!out.status.success(), "a driver that does not match the kernel module fails the job: {}", text(&out));
+
+    // job-completed: never fails the job.
+    let completed = rootfs.join("home/runner/hooks/job-completed.sh");
+    // No token: quietly nothing (FLYWHEEL_CACHE_URL defaults to the lane's cache).
+    let out = run_hook(&completed, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(text(&out), "");
+    // A pull request: not pushed, and says so.
+    let workspace = flake.dir.join("workspace");
+    fs::create_dir_all(&workspace).unwrap();
+    std::os::unix::fs::symlink(&git, workspace.join("result")).unwrap();
+    let ws = workspace.to_str().unwrap();
+    let out = run_hook(
+        &completed,
+        &[("FLYWHEEL_CACHE_TOKEN", "t"), ("GITHUB_EVENT_NAME", "pull_request"), ("GITHUB_WORKSPACE", ws)],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("not pushing") && text(&out).contains("pull_request"), "{}", text(&out));
+    // A push to a cache that cannot be reached: it tries, says it failed, and exits 0.
+    let list = flake.dir.join("push-paths");
+    fs::write(&list, format!("{nixp}\n")).unwrap();
+    let out = run_hook(
+        &completed,
+        &[
+            ("FLYWHEEL_CACHE_TOKEN", "t"),
+            ("FLYWHEEL_CACHE_URL", "http://127.0.0.1:9/main"),
+            ("GITHUB_EVENT_NAME", "push"),
+            ("GITHUB_WORKSPACE", ws),
+            ("FLYWHEEL_PUSH_PATHS", list.to_str().unwrap()),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("pushing 2 path(s)") && said.contains("http://127.0.0.1:9/main"), "{said}");
+    assert!(said.contains("failed"), "{said}");
+}
+
+#[test]
+fn mk_runner_image_without_driver_or_cache() {
+    let flake = RunnerFlake::new();
+    let image = flake.build_and_compare("plain-runner-image");
+    let cfg = image_config(&image);
+    let env = env_of(&cfg);
+    assert!(!env.iter().any(|e| e.starts_with("FLYWHEEL_CACHE_URL=") || e.starts_with("SSL_CERT_FILE=")), "{env:?}");
+    assert!(cfg["config"]["Labels"].get("dev.flywheel.driver.version").is_none());
+    assert!(cfg["config"]["Labels"].get("org.opencontainers.image.revision").is_none());
+    assert_eq!(cfg["config"]["Labels"]["dev.flywheel.runner.user"], "runner");
+    let layers = manifest(&image)["layers"].as_array().unwrap().len();
+    assert!(layers >= 2, "the runner tree and the packages");
+
+    // The tree mkTree built for it, straight from the store.
+    let tree = PathBuf::from(flake.eval_raw(&format!("packages.{SYSTEM}.plain-runner-image.runnerTree.outPath")));
+    ok(nix().args(["build", "--no-link", &flake.attr(&format!("packages.{SYSTEM}.plain-runner-image.runnerTree"))]));
+    let nix_conf = fs::read_to_string(tree.join("etc/nix/nix.conf")).unwrap();
+    assert!(!nix_conf.contains("extra-substituters") && !nix_conf.contains("extra-trusted-public-keys"), "{nix_conf}");
+    assert!(tree.join("tmp").is_dir());
+    // No driver layer: the job-started hook says so and lets the job run.
+    let out = run_hook(&tree.join("home/runner/hooks/job-started.sh"), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("no driver layer"), "{}", text(&out));
+    // No cache configured, none in the environment: nothing to do, exit 0.
+    let out = run_hook(&tree.join("home/runner/hooks/job-completed.sh"), &[("FLYWHEEL_CACHE_TOKEN", "t")]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(text(&out), "");
+}
+
+#[test]
+fn image_tree_writes_entries_and_refuses_bad_ones_in_one_line() {
+    let work = tempdir();
+    let spec = work.path().join("entries.json");
+    fs::write(
+        &spec,
+        serde_json::json!([
+            { "path": "/home/runner/run.sh", "text": "#!/bin/sh\n", "mode": "0755" },
+            { "path": "/bin/sh", "symlink": "/nix/store/x-bash/bin/bash" },
+            { "path": "/home/runner/_work", "directory": true, "mode": "0700" },
+        ])
+        .to_string(),
+    )
+    .unwrap();
+    let out = work.path().join("tree");
+    ok(flywheel().args(["image", "tree", "--spec"]).arg(&spec).arg("--out").arg(&out));
+    assert_eq!(fs::metadata(out.join("home/runner/run.sh")).unwrap().permissions().mode() & 0o7777, 0o755);
+    assert_eq!(fs::metadata(out.join("home/runner/_work")).unwrap().permissions().mode() & 0o7777, 0o700);
+    assert_eq!(fs::read_link(out.join("bin/sh")).unwrap(), PathBuf::from("/nix/store/x-bash/bin/bash"));
+
+    for (entries, says) in [
+        (serde_json::json!([{ "path": "etc/passwd", "text": "" }]), "not absolute"),
+        (serde_json::json!([{ "path": "/a/../b", "text": "" }]), ".."),
+        (serde_json::json!([{ "path": "/a", "text": "" }, { "path": "/a", "text": "" }]), "twice"),
+        (serde_json::json!([{ "path": "/a", "symlink": "b" }, { "path": "/a/c", "text": "" }]), "under /a"),
+        (serde_json::json!([{ "path": "/a", "text": "", "mode": "999" }]), "octal"),
+        (serde_json::json!([{ "path": "/a" }]), "exactly one"),
+    ] {
+        let bad = work.path().join("bad.json");
+        fs::write(&bad, entries.to_string()).unwrap();
+        let target = work.path().join("bad-tree");
+        let o = flywheel().args(["image", "tree", "--spec"]).arg(&bad).arg("--out").arg(&target).output().unwrap();
+        assert_eq!(o.status.code(), Some(1), "{entries}");
+        let line = one_line_error(&o);
+        assert!(line.contains(says), "{entries}: {line}");
+        assert!(!target.exists(), "nothing written");
+    }
+    // Usage errors exit 2.
+    let o = flywheel().args(["image", "tree", "--out"]).arg(work.path().join("x")).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    // Only the output appears beside it: no temporary directories left behind.
+    let mut names: Vec<String> =
+        fs::read_dir(work.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, vec!["bad.json", "entries.json", "tree"]);
+}
+
+#[test]
+fn nix_lib_evaluation_tests_pass() {
+    let out = Command::new("nix-instantiate")
+        .args(["--eval", "--strict"])
+        .arg(repo().join("nix/tests/lib.nix"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut said = String::new();
+    out.stdout.as_slice().read_to_string(&mut said).unwrap();
+    assert!(said.contains("cases passed"), "{said}");
+}

@@ -1,0 +1,154 @@
+# A flake that builds GitHub Actions runner images with nix/lib's mkRunnerImage from fixture
+# derivations, using only Debian's Nix (no nixpkgs, no network). tests/e2e/runner_image.rs copies
+# this file into a temporary directory together with nix/lib (as ./lib) and a settings.json
+# naming the cargo-built flywheel binary (the flywheel the builders and the hooks run), then builds
+# it with the sandbox off and checks the image against `flywheel image build --spec`. ./quickstart
+# builds it the same way, with settings naming its own cache (cacheUrl, cachePublicKey).
+{
+  description = "flywheel runner image tests: mkRunnerImage with fixture derivations";
+
+  outputs =
+    { self }:
+    let
+      settings = builtins.fromJSON (builtins.readFile ./settings.json);
+      inherit (settings) system;
+      flywheelLib = import ./lib;
+
+      sh =
+        name: script: env:
+        derivation (
+          {
+            inherit name system;
+            builder = "/bin/sh";
+            args = [
+              "-e"
+              "-c"
+              script
+            ];
+            PATH = "/usr/bin:/bin";
+            fixtureTag = settings.tag;
+          }
+          // env
+        );
+
+      # Stand-ins for nixpkgs' github-runner, bash, git, nix and cacert.
+      runner = sh "github-runner-2.330.0" ''
+        mkdir -p "$out/bin"
+        printf '#!/bin/sh\necho "Runner.Listener $*"\necho "jitconfig=$ACTIONS_RUNNER_INPUT_JITCONFIG"\n' > "$out/bin/Runner.Listener"
+        chmod 0755 "$out/bin/Runner.Listener"
+      '' { };
+      bash = sh "bash-5.2" ''
+        mkdir -p "$out/bin"
+        cp /bin/bash "$out/bin/bash"
+        chmod 0755 "$out/bin/bash"
+      '' { };
+      git = sh "git-2.50.0" ''
+        mkdir -p "$out/bin"
+        printf '#!/bin/sh\necho "git (fixture %s) $*"\n' "$fixtureTag" > "$out/bin/git"
+        chmod 0755 "$out/bin/git"
+      '' { };
+      nix = sh "nix-2.28.0" ''
+        mkdir -p "$out/bin"
+        printf '#!/bin/sh\necho "nix (fixture %s) $*"\n' "$fixtureTag" > "$out/bin/nix"
+        chmod 0755 "$out/bin/nix"
+      '' { };
+      cacert = sh "cacert-3.100" ''
+        mkdir -p "$out/etc/ssl/certs"
+        printf '# a CA bundle fixture %s\n' "$fixtureTag" > "$out/etc/ssl/certs/ca-bundle.crt"
+      '' { };
+
+      # The fake NVIDIA driver, as tests/image-flake makes it: this machine's libz dressed up as
+      # the driver's libraries by Debian's patchelf (sandbox off).
+      fakeDriver = derivation {
+        name = "nvidia-x11-580.159.04";
+        inherit system;
+        builder = "/bin/sh";
+        outputs = [
+          "out"
+          "bin"
+        ];
+        PATH = "/usr/bin:/bin";
+        fixtureTag = settings.tag;
+        args = [
+          "-e"
+          "-c"
+          ''
+            v=580.159.04
+            mkdir -p "$out/lib" "$out/etc/OpenCL/vendors" "$bin/bin"
+            for pair in libnvidia-ml:libnvidia-ml.so.1 libcuda:libcuda.so.1 libnvidia-ptxjitcompiler:libnvidia-ptxjitcompiler.so.1 libnvidia-opencl:libnvidia-opencl.so.1; do
+              lib=''${pair%%:*}; soname=''${pair#*:}
+              cp -L ${settings.templateLibrary} "$out/lib/$lib.so.$v"
+              chmod u+w "$out/lib/$lib.so.$v"
+              patchelf --set-soname "$soname" "$out/lib/$lib.so.$v"
+              ln -s "$lib.so.$v" "$out/lib/$soname"
+            done
+            echo libnvidia-opencl.so.1 > "$out/etc/OpenCL/vendors/nvidia.icd"
+            printf '#!/bin/sh\necho nvidia-smi %s %s\n' "$v" "$fixtureTag" > "$bin/bin/nvidia-smi"
+            chmod 0755 "$bin/bin/nvidia-smi"
+          ''
+        ];
+      };
+
+      driverLayer = flywheelLib.mkDriverLayer {
+        flywheel = settings.flywheel;
+        inherit system;
+        driver = fakeDriver;
+        version = "580.159.04";
+      };
+
+      common = {
+        flywheel = settings.flywheel;
+        inherit system;
+        runner = "${runner}/bin/Runner.Listener";
+        shell = "${bash}/bin/bash";
+        packages = [
+          git
+          nix
+          bash
+        ];
+      };
+
+      # The GPU runner: driver layer, CA bundle, the lane's cache.
+      gpu-runner-image = flywheelLib.mkRunnerImage (
+        common
+        // {
+          inherit driverLayer;
+          caBundle = "${cacert}/etc/ssl/certs/ca-bundle.crt";
+          # ./quickstart names its own running cache here; the tests use these stand-ins.
+          cacheUrl = settings.cacheUrl or "http://cache.lane.invalid:8080/main";
+          cachePublicKey = settings.cachePublicKey or "lane-1:Z2F0ZXdheS1maXh0dXJlLWtleS1ub3QtYS1yZWFsLW9uZQ==";
+          sourceRevision = "0123456789abcdef0123456789abcdef01234567";
+          labels."org.example.purpose" = "e2e";
+          extraEnv.RUNNER_ALLOW_RUNASROOT = "0";
+          sourceDateEpoch = 1767028467;
+          # umoci 0.4 (Debian 12), which the test unpacks it with, predates zstd layers.
+          compression = "gzip";
+        }
+      );
+
+      # A runner without a driver layer or a cache.
+      plain-runner-image = flywheelLib.mkRunnerImage (common // { name = "flywheel/plain-runner"; });
+    in
+    {
+      packages.${system} = {
+        inherit
+          runner
+          bash
+          git
+          nix
+          cacert
+          fakeDriver
+          driverLayer
+          gpu-runner-image
+          plain-runner-image
+          ;
+        gpu-runner-tree = gpu-runner-image.runnerTree;
+        default = gpu-runner-image;
+      };
+      # The specs, for `nix eval --json` and `flywheel image build --spec`.
+      specs.${system} = {
+        gpu-runner-image = gpu-runner-image.imageSpec;
+        plain-runner-image = plain-runner-image.imageSpec;
+      };
+    };
+}
