@@ -45,11 +45,14 @@ fn image_config(layout: &Path) -> Value {
     read_json(&blob(layout, manifest(layout)["config"]["digest"].as_str().unwrap()))
 }
 
-/// tests/runner-flake with nix/lib beside it as ./lib and settings naming this flywheel (the
-/// flake has no flywheel input: settings.json names the cargo-built binary, as in image.rs).
+/// tests/runner-flake with nix/lib beside it as ./lib and its settings; the cargo-built flywheel
+/// goes in as the flake's `flywheel` input (`--override-input`): a folder whose bin/flywheel runs
+/// it (the binary itself is 300 MB with debug info: copying it into the store for every build
+/// would cost more than the test).
 struct RunnerFlake {
     _work: tempfile::TempDir,
     dir: PathBuf,
+    input: PathBuf,
 }
 
 impl RunnerFlake {
@@ -63,13 +66,24 @@ impl RunnerFlake {
             fs::copy(e.path(), dir.join("lib").join(e.file_name())).unwrap();
         }
         let settings = serde_json::json!({
-            "flywheel": env!("CARGO_BIN_EXE_flywheel"),
             "system": SYSTEM,
             "tag": format!("runner-e2e-{}", std::process::id()),
             "templateLibrary": support::driver_root::template_library(),
         });
         fs::write(dir.join("settings.json"), settings.to_string()).unwrap();
-        RunnerFlake { _work: work, dir }
+        let input = work.path().join("flywheel-input");
+        fs::create_dir_all(input.join("bin")).unwrap();
+        let wrapper = input.join("bin/flywheel");
+        fs::write(&wrapper, format!("#!/bin/sh\nexec {} \"$@\"\n", env!("CARGO_BIN_EXE_flywheel"))).unwrap();
+        fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        RunnerFlake { _work: work, dir, input }
+    }
+
+    /// `nix SUBCOMMAND...` with the flywheel input overridden (a flag of the subcommand).
+    fn nix(&self, sub: &[&str]) -> std::process::Command {
+        let mut c = nix();
+        c.args(sub).args(["--override-input", "flywheel"]).arg(format!("path:{}", self.input.display()));
+        c
     }
 
     fn attr(&self, attr: &str) -> String {
@@ -78,19 +92,19 @@ impl RunnerFlake {
 
     fn build(&self, attr: &str) -> PathBuf {
         let link = self.dir.join(format!("result-{}", attr.replace('.', "-")));
-        ok(nix().args(["build", "--out-link"]).arg(&link).arg(self.attr(attr)));
+        ok(self.nix(&["build"]).args(["--out-link"]).arg(&link).arg(self.attr(attr)));
         fs::canonicalize(&link).unwrap()
     }
 
     fn eval_raw(&self, attr: &str) -> String {
-        ok_str(nix().args(["eval", "--raw", &self.attr(attr)]))
+        ok_str(self.nix(&["eval"]).args(["--raw", &self.attr(attr)]))
     }
 
     /// Builds `packages.SYSTEM.NAME` and checks that `flywheel image build --spec` gives the same
     /// image, digest for digest, from the spec the derivation carries.
     fn build_and_compare(&self, name: &str) -> PathBuf {
         let built = self.build(&format!("packages.{SYSTEM}.{name}"));
-        let spec = ok(nix().args(["eval", "--json", &self.attr(&format!("specs.{SYSTEM}.{name}"))]));
+        let spec = ok(self.nix(&["eval"]).args(["--json", &self.attr(&format!("specs.{SYSTEM}.{name}"))]));
         let spec_file = self.dir.join(format!("{name}.json"));
         fs::write(&spec_file, spec).unwrap();
         let out = self.dir.join(format!("cli-{name}"));
@@ -155,7 +169,7 @@ fn text(out: &std::process::Output) -> String {
 #[test]
 fn nix_flake_show_lists_the_runner_images() {
     let flake = RunnerFlake::new();
-    let show = ok_str(nix().args(["flake", "show", "--json"]).arg(format!("path:{}", flake.dir.display())));
+    let show = ok_str(flake.nix(&["flake", "show"]).args(["--json"]).arg(format!("path:{}", flake.dir.display())));
     let show: Value = serde_json::from_str(&show).unwrap();
     let packages = &show["packages"][SYSTEM];
     for name in ["gpu-runner-image", "plain-runner-image", "gpu-runner-tree", "driverLayer"] {
@@ -312,7 +326,9 @@ fn mk_runner_image_without_driver_or_cache() {
 
     // The tree mkTree built for it, straight from the store.
     let tree = PathBuf::from(flake.eval_raw(&format!("packages.{SYSTEM}.plain-runner-image.runnerTree.outPath")));
-    ok(nix().args(["build", "--no-link", &flake.attr(&format!("packages.{SYSTEM}.plain-runner-image.runnerTree"))]));
+    ok(flake
+        .nix(&["build"])
+        .args(["--no-link", &flake.attr(&format!("packages.{SYSTEM}.plain-runner-image.runnerTree"))]));
     let nix_conf = fs::read_to_string(tree.join("etc/nix/nix.conf")).unwrap();
     assert!(!nix_conf.contains("extra-substituters") && !nix_conf.contains("extra-trusted-public-keys"), "{nix_conf}");
     assert!(tree.join("tmp").is_dir());

@@ -1,15 +1,24 @@
 # A flake that builds GitHub Actions runner images with nix/lib's mkRunnerImage from fixture
 # derivations, using only Debian's Nix (no nixpkgs, no network). tests/e2e/runner_image.rs copies
-# this file into a temporary directory together with nix/lib (as ./lib) and a settings.json
-# naming the cargo-built flywheel binary (the flywheel the builders and the hooks run), then builds
-# it with the sandbox off and checks the image against `flywheel image build --spec`. ./quickstart
+# this file into a temporary directory together with nix/lib (as ./lib) and a settings.json, passes
+# the cargo-built flywheel with `--override-input flywheel`, then builds it with the sandbox off and
+# checks the image against `flywheel image build --spec`. ./quickstart
 # builds it the same way, with settings naming its own cache (cacheUrl, cachePublicKey).
 {
   description = "flywheel runner image tests: mkRunnerImage with fixture derivations";
 
+  # The flywheel the builders and the hooks run: a folder with bin/flywheel, always given with
+  # `--override-input flywheel path:DIR` (the tests and ./quickstart pass a bin/flywheel that
+  # runs the cargo-built binary).
+  inputs.flywheel = {
+    url = "path:/nonexistent/override-with--override-input-flywheel";
+    flake = false;
+  };
+
   outputs =
-    { self }:
+    { self, flywheel }:
     let
+      flywheelBin = "${flywheel}/bin/flywheel";
       settings = builtins.fromJSON (builtins.readFile ./settings.json);
       inherit (settings) system;
       flywheelLib = import ./lib;
@@ -90,14 +99,14 @@
       };
 
       driverLayer = flywheelLib.mkDriverLayer {
-        flywheel = settings.flywheel;
+        flywheel = flywheelBin;
         inherit system;
         driver = fakeDriver;
         version = "580.159.04";
       };
 
       common = {
-        flywheel = settings.flywheel;
+        flywheel = flywheelBin;
         inherit system;
         runner = "${runner}/bin/Runner.Listener";
         shell = "${bash}/bin/bash";
