@@ -135,6 +135,12 @@ let
       maxLayers       most layers, pinned ones included (default 100)
       layering        "cost" (default), "auto" or "popularity"
       compression     "zstd" (default), "zstd:N", "gzip", "gzip:N" or "none"
+      nixStore        null (default) or { owner ? { uid; gid; }; registration ? false; }:
+                      owner owns every entry of the store-path layers (and /nix,
+                      /nix/store); registration adds the layer "nix-db" with
+                      /nix/var/nix/{db,gcroots,profiles,temproots} and
+                      /nix/.flywheel-registration (every store path of the image
+                      for `nix-store --load-db`)
   */
   mkImageSpec =
     {
@@ -152,6 +158,7 @@ let
       maxLayers ? null,
       layering ? null,
       compression ? null,
+      nixStore ? null,
       # Unknown arguments are reported by the check below (with `throw`, which
       # builtins.tryEval can catch) rather than by Nix's own argument error.
       ...
@@ -173,8 +180,19 @@ let
         "maxLayers"
         "layering"
         "compression"
+        "nixStore"
       ];
       unknownArgs = filter (k: !(builtins.elem k knownArgs)) (attrNames args);
+
+      isId = x: builtins.isInt x && x >= 0 && x <= 4294967295;
+      checkNixStore =
+        check (isAttrs nixStore && all (k: builtins.elem k [ "owner" "registration" ]) (attrNames nixStore)) fn
+          "nixStore must be an attribute set { owner ? { uid; gid; }; registration ? false; }"
+        && check (!(nixStore ? owner) || (isAttrs nixStore.owner && attrNames nixStore.owner == [ "gid" "uid" ]
+          && isId nixStore.owner.uid && isId nixStore.owner.gid)) fn
+          "nixStore.owner must be { uid; gid; } with non-negative integers"
+        && check (!(nixStore ? registration) || builtins.isBool nixStore.registration) fn
+          "nixStore.registration must be true or false";
 
       layerNames = map (l: l.name) layers;
       duplicateLayerNames = unique (filter (n: length (filter (m: m == n) layerNames) > 1) layerNames);
@@ -272,7 +290,10 @@ let
           "popularity"
         ]) fn "layering must be \"cost\", \"auto\" or \"popularity\""
         && check (compression == null || (isString compression && match "(zstd|gzip)(:[0-9]+)?|none" compression != null)) fn
-          "compression must be \"zstd\", \"zstd:N\", \"gzip\", \"gzip:N\" or \"none\"";
+          "compression must be \"zstd\", \"zstd:N\", \"gzip\", \"gzip:N\" or \"none\""
+        && (nixStore == null || checkNixStore)
+        && check (!(nixStore.registration or false) || !(builtins.elem "nix-db" layerNames)) fn
+          "the layer name \"nix-db\" is taken by the Nix database layer (nixStore.registration)";
 
       optional = n: v: if v == null then { } else { ${n} = v; };
 
@@ -321,7 +342,8 @@ let
       // optional "sourceDateEpoch" sourceDateEpoch
       // optional "maxLayers" maxLayers
       // optional "layering" layering
-      // optional "compression" compression;
+      // optional "compression" compression
+      // optional "nixStore" nixStore;
     in
     # Force every store-path conversion too, so a bad root throws here, not later
     # when the Rust side happens to read that field. (Only the path lists: config
@@ -700,6 +722,17 @@ let
         # ACTIONS_RUNNER_INPUT_JITCONFIG set: the listener reads its just-in-time (ephemeral)
         # registration from it, runs one job and exits.
         set -eu
+        # The image's store is the runner user's, and /nix/.flywheel-registration lists its
+        # paths: register them with Nix on the first start, so `nix build` finds them valid.
+        if [ ! -e /nix/var/nix/db/db.sqlite ] && [ -e /nix/.flywheel-registration ]; then
+          if command -v nix-store >/dev/null 2>&1; then
+            echo "flywheel: registering the image's store paths with Nix (nix-store --load-db)"
+            nix-store --load-db < /nix/.flywheel-registration \
+              || echo "flywheel: nix-store --load-db failed (exit $?); Nix does not know the image's store paths"
+          else
+            echo "flywheel: nix-store is not on PATH; not registering the image's store paths"
+          fi
+        fi
         exec ${runnerPath} run "$@"
       '';
 
@@ -824,6 +857,12 @@ let
       image = mkImage (
         {
           inherit flywheel system name tag format closureRoots;
+          # Single-user Nix as the runner user: the store is theirs, and Nix learns its paths
+          # from the registration on the first start (run.sh).
+          nixStore = {
+            owner = { inherit uid gid; };
+            registration = true;
+          };
           layers =
             (if driverLayerSpec == null then [ ] else [ driverLayerSpec ])
             ++ [

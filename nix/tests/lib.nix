@@ -269,6 +269,72 @@ let
     # The spec's JSON keeps the string context, so a derivation writing it depends on the roots.
     jsonKeepsRootContext = builtins.hasContext (builtins.toJSON full);
 
+    nixStorePassedThrough =
+      (mkImageSpec {
+        name = "x";
+        nixStore = {
+          owner = {
+            uid = 1001;
+            gid = 1002;
+          };
+          registration = true;
+        };
+      }).nixStore == {
+        owner = {
+          uid = 1001;
+          gid = 1002;
+        };
+        registration = true;
+      };
+    nixStoreAbsentByDefault = !(minimal ? nixStore);
+    rejectsNixStoreNotASet = throws (mkImageSpec {
+      name = "x";
+      nixStore = "1001";
+    });
+    rejectsNixStoreUnknownAttribute = throws (mkImageSpec {
+      name = "x";
+      nixStore.ownr = { };
+    });
+    rejectsNixStoreOwnerWithoutGid = throws (mkImageSpec {
+      name = "x";
+      nixStore.owner.uid = 1001;
+    });
+    rejectsNixStoreNegativeUid = throws (mkImageSpec {
+      name = "x";
+      nixStore.owner = {
+        uid = -1;
+        gid = 1;
+      };
+    });
+    rejectsNixStoreRegistrationNotABool = throws (mkImageSpec {
+      name = "x";
+      nixStore.registration = "yes";
+    });
+    rejectsNixDbLayerNameWithRegistration = throws (mkImageSpec {
+      name = "x";
+      nixStore.registration = true;
+      layers = [
+        {
+          name = "nix-db";
+          source = fixture;
+        }
+      ];
+    });
+    runnerStoreOwnedAndRegistered =
+      runnerPlain.imageSpec.nixStore == {
+        owner = {
+          uid = 1001;
+          gid = 1001;
+        };
+        registration = true;
+      }
+      && (mkRunnerImage (runnerArgs // { uid = 2000; gid = 2001; })).imageSpec.nixStore.owner == {
+        uid = 2000;
+        gid = 2001;
+      };
+    runnerRunShLoadsTheNixDb =
+      builtins.match ''.*if \[ ! -e /nix/var/nix/db/db.sqlite ] && \[ -e /nix/.flywheel-registration ]; then.*command -v nix-store.*nix-store --load-db < /nix/.flywheel-registration.*exec [^ ]*/bin/Runner.Listener run.*''
+        (runnerTreeText runnerPlain "/home/runner/run.sh") != null;
     rejectsUnknownArchitecture = throws (mkImageSpec {
       name = "x";
       architecture = "x86_64";

@@ -149,6 +149,60 @@ fn owner_in_layers(layout: &Path, path: &str) -> Option<(u64, u64, u32)> {
     None
 }
 
+/// The image's registration, loaded by real Nix into a fresh chroot store, describes the
+/// closures of `roots` as the host store does (path, NarHash, NarSize, references); loaded into
+/// the unpacked rootfs as a store, `nix store verify` finds every file as registered.
+fn check_registration(rootfs: &Path, work: &Path, roots: &[&str]) {
+    let registration = fs::read(rootfs.join("nix/.flywheel-registration")).unwrap();
+    let fresh = work.join("registered-store");
+    let out = run_with_input(nix_store().arg("--store").arg(&fresh).arg("--load-db"), &registration);
+    assert!(out.status.success(), "nix-store --load-db: {}", String::from_utf8_lossy(&out.stderr));
+    let info = |store: Option<&Path>, root: &str| -> Value {
+        let mut c = nix();
+        c.args(["path-info", "--json", "-r"]);
+        if let Some(s) = store {
+            c.arg("--store").arg(s);
+        }
+        serde_json::from_slice(&ok(c.arg(root))).unwrap()
+    };
+    // Nix 2.8 prints a list; later ones an object keyed by path.
+    let by_path = |v: Value| -> std::collections::BTreeMap<String, (String, u64, Vec<String>)> {
+        let items: Vec<(String, Value)> = match v {
+            Value::Array(a) => a.into_iter().map(|i| (i["path"].as_str().unwrap().to_string(), i)).collect(),
+            Value::Object(o) => o.into_iter().collect(),
+            other => panic!("path-info --json: {other}"),
+        };
+        items
+            .into_iter()
+            .map(|(p, i)| {
+                let mut refs: Vec<String> =
+                    i["references"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_string()).collect();
+                refs.sort();
+                (p, (i["narHash"].as_str().unwrap().to_string(), i["narSize"].as_u64().unwrap(), refs))
+            })
+            .collect()
+    };
+    let mut registered_paths = 0;
+    for root in roots {
+        let registered = by_path(info(Some(&fresh), root));
+        let host = by_path(info(None, root));
+        assert!(!registered.is_empty());
+        assert_eq!(registered, host, "the closure of {root} as registered and as the host store has it");
+        registered_paths += registered.len();
+    }
+    assert!(registered_paths > 0);
+    let listed = String::from_utf8_lossy(&registration).lines().filter(|l| l.starts_with("/nix/store/")).count();
+    assert!(listed >= roots.len(), "{listed} paths listed");
+
+    // The unpacked image as a store: its files are what the registration says.
+    let out = run_with_input(nix_store().arg("--store").arg(rootfs).arg("--load-db"), &registration);
+    assert!(out.status.success(), "nix-store --load-db into the rootfs: {}", String::from_utf8_lossy(&out.stderr));
+    let mut verify = nix();
+    verify.args(["store", "verify", "--no-trust", "--store"]).arg(rootfs).arg("-r").args(roots);
+    let out = verify.output().unwrap();
+    assert!(out.status.success(), "nix store verify: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 fn env_of(config: &Value) -> Vec<String> {
     config["config"]["Env"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect()
 }
@@ -255,6 +309,26 @@ fn mk_runner_image_with_driver_and_cache_is_what_the_cli_builds_and_arc_can_star
     assert_eq!(owner_in_layers(&image, "home/runner/hooks/job-completed.sh"), Some((1001, 1001, 0o755)));
     assert_eq!(owner_in_layers(&image, "tmp"), Some((0, 0, 0o1777)));
     assert_eq!(owner_in_layers(&image, "etc/passwd").map(|(u, g, _)| (u, g)), Some((0, 0)));
+
+    // The store is the runner user's (nixStore.owner), modes as the NAR records them.
+    assert_eq!(owner_in_layers(&image, "nix"), Some((1001, 1001, 0o755)));
+    assert_eq!(owner_in_layers(&image, "nix/store"), Some((1001, 1001, 0o755)));
+    let git_rel = git.trim_start_matches('/');
+    assert_eq!(owner_in_layers(&image, git_rel), Some((1001, 1001, 0o555)));
+    assert_eq!(owner_in_layers(&image, &format!("{git_rel}/bin")), Some((1001, 1001, 0o555)));
+    assert_eq!(owner_in_layers(&image, &format!("{git_rel}/bin/git")).map(|(u, g, _)| (u, g)), Some((1001, 1001)));
+    let bash_rel = bash.trim_start_matches('/');
+    assert_eq!(owner_in_layers(&image, &format!("{bash_rel}/bin/bash")).map(|(u, g, _)| (u, g)), Some((1001, 1001)));
+    // ... and the image carries Nix's state directories and the registration (nixStore.registration).
+    for d in ["nix/var/nix/db", "nix/var/nix/gcroots", "nix/var/nix/profiles", "nix/var/nix/temproots"] {
+        assert_eq!(owner_in_layers(&image, d), Some((1001, 1001, 0o755)), "{d}");
+    }
+    assert_eq!(owner_in_layers(&image, "nix/.flywheel-registration"), Some((1001, 1001, 0o444)));
+    let layer_names: Vec<String> =
+        cfg["history"].as_array().unwrap().iter().map(|h| h["created_by"].as_str().unwrap().to_string()).collect();
+    assert_eq!(layer_names.last().unwrap(), "flywheel image build: nix-db layer nix-db", "{layer_names:?}");
+    assert!(run_text.contains("nix-store --load-db < /nix/.flywheel-registration"), "{run_text}");
+    check_registration(&rootfs, &flake.dir, &[&git, &bash, &runner, &cacert]);
 
     // run.sh starts the listener with ARC's JIT configuration in the environment.
     let out =

@@ -46,6 +46,36 @@ impl PathInfo {
     }
 }
 
+/// Appends one path in the format `nix-store --dump-db` prints and `nix-store --load-db` reads:
+/// the path, its NarHash in base16 (sha256, without a prefix), its NarSize, its deriver (an
+/// empty line when none), the number of references, then each reference on its own line.
+/// `--load-db` takes the hashes as given and does not read the store paths.
+pub fn push_load_db_entry<'a>(
+    text: &mut String,
+    store_dir: &StoreDir,
+    path: &StorePath,
+    nar_sha256: &[u8; 32],
+    nar_size: u64,
+    deriver: Option<&StorePath>,
+    references: impl ExactSizeIterator<Item = &'a StorePath>,
+) {
+    use std::fmt::Write as _;
+    text.push_str(&store_dir.render_path(path));
+    text.push('\n');
+    for b in nar_sha256 {
+        let _ = write!(text, "{b:02x}");
+    }
+    let _ = write!(text, "\n{nar_size}\n");
+    if let Some(d) = deriver {
+        text.push_str(&store_dir.render_path(d));
+    }
+    let _ = writeln!(text, "\n{}", references.len());
+    for r in references {
+        text.push_str(&store_dir.render_path(r));
+        text.push('\n');
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreDbError {
     #[error("opening the Nix database {}", path.display())]

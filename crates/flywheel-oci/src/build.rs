@@ -124,6 +124,7 @@ fn layer_report(closure: &Closure, l: &PlannedLayer, built: Option<(LayerBlob, b
         LayerSource::Directory { source, prefix, .. } => {
             (Vec::new(), Some(source.display().to_string()), Some(prefix.clone()))
         }
+        LayerSource::Generated { .. } => (Vec::new(), None, Some("/".to_string())),
     };
     LayerReport {
         name: l.name.clone(),
@@ -170,7 +171,15 @@ pub fn build(
     let writer = LayoutWriter::new(out)?;
     let default_store = PathBuf::from(closure.store_dir.as_str());
     let real_store = if opts.real_store.as_os_str().is_empty() { &default_store } else { &opts.real_store };
-    let ctx = LayerContext { closure, compression, mtime, cache: cache.as_ref(), blobs: writer.blobs(), real_store };
+    let ctx = LayerContext {
+        closure,
+        compression,
+        mtime,
+        cache: cache.as_ref(),
+        blobs: writer.blobs(),
+        real_store,
+        store_owner: spec.store_owner(),
+    };
     let built = write_layers(layers, threads, ctx)?;
 
     // SBOM first: its digest goes into the config's labels.
@@ -197,6 +206,7 @@ pub fn build(
                 comment: match &l.source {
                     LayerSource::Store(m) => Some(format!("{} store paths", m.len())),
                     LayerSource::Directory { prefix, .. } => Some(format!("directory at {prefix}")),
+                    LayerSource::Generated { .. } => Some("Nix database".to_string()),
                 },
             })
             .collect(),
@@ -398,6 +408,8 @@ struct LayerContext<'a> {
     cache: Option<&'a LayerCache>,
     blobs: &'a Path,
     real_store: &'a Path,
+    /// `nixStore.owner`: the owner of every entry of the store layers.
+    store_owner: Option<(u32, u32)>,
 }
 
 enum Lookup {
@@ -408,7 +420,7 @@ enum Lookup {
 
 fn lookup(ctx: &LayerContext<'_>, l: &PlannedLayer) -> Result<Lookup, ImageError> {
     let Some(cache) = ctx.cache else { return Ok(Lookup::Miss(None)) };
-    let key = cache_key(ctx.closure, l, ctx.compression, ctx.mtime)?;
+    let key = cache_key(ctx.closure, l, ctx.compression, ctx.mtime, ctx.store_owner)?;
     Ok(match cache.get(&key, ctx.blobs) {
         Some(blob) => Lookup::Hit(blob),
         None => Lookup::Miss(Some(key)),
@@ -421,7 +433,7 @@ fn write_new(
     key: Option<&str>,
     zstd_workers: u32,
 ) -> Result<LayerBlob, ImageError> {
-    let entries = layer_entries(ctx.closure, l, ctx.real_store)?;
+    let entries = layer_entries(ctx.closure, l, ctx.real_store, ctx.store_owner)?;
     let blob = layer::write_blob(&entries, ctx.mtime, ctx.compression, zstd_workers, ctx.blobs)?;
     if let (Some(cache), Some(key)) = (ctx.cache, key) {
         cache.put(key, &blob, ctx.blobs);
@@ -454,10 +466,16 @@ fn driver_labels(layers: &[PlannedLayer]) -> Result<Vec<(String, String)>, Image
     Ok(labels)
 }
 
-/// The sorted entries of a layer. Store layers start with the store directory's own entries.
-fn layer_entries(closure: &Closure, l: &PlannedLayer, real_store: &Path) -> Result<Vec<Entry>, ImageError> {
+/// The sorted entries of a layer. Store layers start with the store directory's own entries;
+/// with a store owner, every entry of a store layer is theirs.
+pub(crate) fn layer_entries(
+    closure: &Closure,
+    l: &PlannedLayer,
+    real_store: &Path,
+    store_owner: Option<(u32, u32)>,
+) -> Result<Vec<Entry>, ImageError> {
     match &l.source {
-        LayerSource::Directory { entries, .. } => Ok(entries.clone()),
+        LayerSource::Directory { entries, .. } | LayerSource::Generated { entries } => Ok(entries.clone()),
         LayerSource::Store(members) => {
             let store = closure.store_dir.as_str();
             let store_rel = store.trim_matches('/').as_bytes();
@@ -468,44 +486,48 @@ fn layer_entries(closure: &Closure, l: &PlannedLayer, real_store: &Path) -> Resu
                 entries::gather(&on_disk, &entries::store_entry_path(store, &base), Modes::Nar, &mut list)?;
             }
             entries::sort_entries(&mut list, &l.name)?;
+            if let Some((uid, gid)) = store_owner {
+                for e in &mut list {
+                    e.uid = uid;
+                    e.gid = gid;
+                }
+            }
             Ok(list)
         }
     }
 }
 
-fn cache_key(closure: &Closure, l: &PlannedLayer, compression: Compression, mtime: u64) -> Result<String, ImageError> {
+pub(crate) fn cache_key(
+    closure: &Closure,
+    l: &PlannedLayer,
+    compression: Compression,
+    mtime: u64,
+    store_owner: Option<(u32, u32)>,
+) -> Result<String, ImageError> {
     let hex = |h: &[u8; 32]| Digest(*h).hex();
     let content = match &l.source {
-        LayerSource::Store(members) => json!({
-            "kind": "store",
-            "storeDir": closure.store_dir.as_str(),
-            "paths": members.iter().map(|&i| {
-                let o = &closure.objects[i];
-                json!([o.path.to_basename(), hex(&o.nar_hash)])
-            }).collect::<Vec<_>>(),
-        }),
+        LayerSource::Store(members) => {
+            let mut content = json!({
+                "kind": "store",
+                "storeDir": closure.store_dir.as_str(),
+                "paths": members.iter().map(|&i| {
+                    let o = &closure.objects[i];
+                    json!([o.path.to_basename(), hex(&o.nar_hash)])
+                }).collect::<Vec<_>>(),
+            });
+            // Only with an owner, so the keys of root-owned layers stay what they were.
+            if let (Some((uid, gid)), Some(map)) = (store_owner, content.as_object_mut()) {
+                map.insert("owner".to_string(), json!([uid, gid]));
+            }
+            content
+        }
         LayerSource::Directory { source, prefix, entries } => {
             // Modes and owners are not in a NAR: the entry list covers them, the NAR hash the bytes.
             let tree = flywheel_nix::nar::hash_path(source)
                 .map_err(|e| ImageError::Internal(format!("hashing {}: {e}", source.display())))?;
-            let meta: Vec<serde_json::Value> = entries
-                .iter()
-                .map(|e| {
-                    json!([
-                        String::from_utf8_lossy(&e.path),
-                        e.mode,
-                        e.uid,
-                        e.gid,
-                        match &e.kind {
-                            entries::EntryKind::Dir => "d".to_string(),
-                            entries::EntryKind::File { size, .. } => format!("f{size}"),
-                            entries::EntryKind::Symlink { target } => format!("l{}", String::from_utf8_lossy(target)),
-                        }
-                    ])
-                })
-                .collect();
-            json!({ "kind": "directory", "prefix": prefix, "tree": hex(&tree.sha256), "entries": Digest::of(&crate::json::canonical(&meta).unwrap_or_default()).hex() })
+            json!({ "kind": "directory", "prefix": prefix, "tree": hex(&tree.sha256), "entries": entries_digest(entries) })
         }
+        LayerSource::Generated { entries } => json!({ "kind": "generated", "entries": entries_digest(entries) }),
     };
     Ok(LayerCache::key(&json!({
         "policy": tar::POLICY_VERSION,
@@ -513,4 +535,163 @@ fn cache_key(closure: &Closure, l: &PlannedLayer, compression: Compression, mtim
         "mtime": mtime,
         "content": content,
     })))
+}
+
+/// The digest of what entries say about themselves: path, mode, owner, kind and size (and the
+/// contents of generated files).
+fn entries_digest(entries: &[Entry]) -> String {
+    let meta: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|e| {
+            json!([
+                String::from_utf8_lossy(&e.path),
+                e.mode,
+                e.uid,
+                e.gid,
+                match &e.kind {
+                    entries::EntryKind::Dir => "d".to_string(),
+                    entries::EntryKind::File { size, .. } => format!("f{size}"),
+                    entries::EntryKind::Symlink { target } => format!("l{}", String::from_utf8_lossy(target)),
+                    entries::EntryKind::Data { bytes } => format!("b{}", Digest::of(bytes).hex()),
+                }
+            ])
+        })
+        .collect();
+    Digest::of(&crate::json::canonical(&meta).unwrap_or_default()).hex()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::closure::GraphEntry;
+    use crate::plan::{nix_db_layer, REGISTRATION_PATH};
+    use flywheel_nix::StoreDir;
+
+    const A: &str = "00bgd045z0d4icpbc2yyz4gx48ak44la-a";
+    const B: &str = "11bgd045z0d4icpbc2yyz4gx48ak44la-b";
+    const H: &str = "sha256:1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s";
+
+    fn fixture(dir: &Path) -> (Closure, PlannedLayer) {
+        let a = dir.join(A);
+        std::fs::create_dir_all(a.join("bin")).unwrap();
+        std::fs::write(a.join("bin/tool"), b"#!/bin/sh\n").unwrap();
+        std::os::unix::fs::symlink("bin/tool", a.join("link")).unwrap();
+        std::fs::write(dir.join(B), b"data").unwrap();
+        let entry = |name: &str, refs: &[&str]| GraphEntry {
+            path: format!("/nix/store/{name}"),
+            nar_hash: H.to_string(),
+            nar_size: 100,
+            references: refs.iter().map(|r| format!("/nix/store/{r}")).collect(),
+        };
+        let closure = Closure::from_graph(StoreDir::default(), vec![entry(A, &[B, A]), entry(B, &[])]).unwrap();
+        let layer = PlannedLayer {
+            name: "store".into(),
+            kind: LayerKind::Closure,
+            source: LayerSource::Store(vec![0, 1]),
+            bytes: 200,
+        };
+        (closure, layer)
+    }
+
+    #[test]
+    fn the_store_owner_owns_every_store_entry_and_keys_the_cache() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (closure, layer) = fixture(tmp.path());
+        let plain = layer_entries(&closure, &layer, tmp.path(), None).unwrap();
+        let owned = layer_entries(&closure, &layer, tmp.path(), Some((1001, 1002))).unwrap();
+        let paths: Vec<String> = owned.iter().map(|e| String::from_utf8_lossy(&e.path).into_owned()).collect();
+        assert!(paths.starts_with(&["nix".to_string(), "nix/store".to_string()]), "{paths:?}");
+        assert_eq!(plain.len(), owned.len());
+        assert_eq!(plain.len(), 2 + 4 + 1);
+        for (p, o) in plain.iter().zip(&owned) {
+            assert_eq!((p.uid, p.gid), (0, 0), "{}", p.display_path());
+            assert_eq!((o.uid, o.gid), (1001, 1002), "{}", o.display_path());
+            assert_eq!((&p.path, &p.kind, p.mode), (&o.path, &o.kind, o.mode), "only the owner changes");
+        }
+
+        let compression = Compression::default();
+        let without = cache_key(&closure, &layer, compression, 1, None).unwrap();
+        let with = cache_key(&closure, &layer, compression, 1, Some((1001, 1002))).unwrap();
+        let other = cache_key(&closure, &layer, compression, 1, Some((1001, 1001))).unwrap();
+        assert_ne!(without, with);
+        assert_ne!(with, other);
+        // Without an owner the key is what it always was: cached layers stay valid.
+        let before = LayerCache::key(&json!({
+            "policy": tar::POLICY_VERSION,
+            "compression": compression.describe(),
+            "mtime": 1,
+            "content": {
+                "kind": "store",
+                "storeDir": "/nix/store",
+                "paths": [[A, Digest(closure.objects[0].nar_hash).hex()], [B, Digest(closure.objects[1].nar_hash).hex()]],
+            },
+        }));
+        assert_eq!(without, before);
+    }
+
+    #[test]
+    fn without_an_owner_the_layer_bytes_do_not_change() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (closure, layer) = fixture(tmp.path());
+        let blobs = tmp.path().join("blobs");
+        std::fs::create_dir(&blobs).unwrap();
+        let plain = layer_entries(&closure, &layer, tmp.path(), None).unwrap();
+        // What a store layer was before owners existed: parents, gathered objects, sorted.
+        let mut old = entries::parents(b"nix/store", tar::DIR_MODE);
+        for base in [A, B] {
+            entries::gather(&tmp.path().join(base), format!("nix/store/{base}").as_bytes(), Modes::Nar, &mut old)
+                .unwrap();
+        }
+        entries::sort_entries(&mut old, "t").unwrap();
+        assert_eq!(plain, old);
+        let a = layer::write_blob(&plain, 1, Compression::None, 1, &blobs).unwrap();
+        let b = layer::write_blob(&old, 1, Compression::None, 1, &blobs).unwrap();
+        assert_eq!(a, b);
+        let owned = layer_entries(&closure, &layer, tmp.path(), Some((1001, 1001))).unwrap();
+        assert_ne!(layer::write_blob(&owned, 1, Compression::None, 1, &blobs).unwrap().diff_id, a.diff_id);
+    }
+
+    #[test]
+    fn the_nix_db_layer_holds_the_state_directories_and_the_registration() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (closure, _) = fixture(tmp.path());
+        let l = nix_db_layer(&closure, Some((1001, 1001))).unwrap();
+        assert_eq!((l.name.as_str(), l.kind), ("nix-db", LayerKind::NixDb));
+        let list = layer_entries(&closure, &l, tmp.path(), None).unwrap();
+        let paths: Vec<&[u8]> = list.iter().map(|e| e.path.as_slice()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                &b"nix"[..],
+                b"nix/.flywheel-registration",
+                b"nix/var",
+                b"nix/var/nix",
+                b"nix/var/nix/db",
+                b"nix/var/nix/gcroots",
+                b"nix/var/nix/profiles",
+                b"nix/var/nix/temproots",
+            ]
+        );
+        assert!(list.iter().all(|e| (e.uid, e.gid) == (1001, 1001)));
+        let reg = list.iter().find(|e| e.path == REGISTRATION_PATH.as_bytes()).unwrap();
+        let entries::EntryKind::Data { bytes } = &reg.kind else { panic!("not data") };
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        // B first (A refers to it); A's self-reference is kept.
+        let hash = Digest(closure.objects[0].nar_hash).hex();
+        assert_eq!(
+            text,
+            format!(
+                "/nix/store/{B}\n{hash}\n100\n\n0\n/nix/store/{A}\n{hash}\n100\n\n2\n/nix/store/{A}\n/nix/store/{B}\n"
+            )
+        );
+        let root_owned = nix_db_layer(&closure, None).unwrap();
+        let k = |l: &PlannedLayer| cache_key(&closure, l, Compression::default(), 1, None).unwrap();
+        assert_ne!(k(&l), k(&root_owned));
+        // It is written like any layer.
+        let blobs = tmp.path().join("blobs");
+        std::fs::create_dir(&blobs).unwrap();
+        layer::write_blob(&list, 1, Compression::default(), 1, &blobs).unwrap();
+    }
 }

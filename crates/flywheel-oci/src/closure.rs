@@ -15,6 +15,8 @@ pub struct StoreObject {
     pub nar_size: u64,
     /// Indexes into `Closure::objects`, self-references left out, sorted.
     pub references: Vec<usize>,
+    /// Whether the path refers to itself (kept for the Nix database the image may carry).
+    pub self_reference: bool,
 }
 
 /// A closed set of store objects, sorted by path.
@@ -95,6 +97,7 @@ impl Closure {
         let mut objects = Vec::with_capacity(rows.len());
         for (i, (rendered, path, nar_hash, e)) in rows.iter().enumerate() {
             let mut references = Vec::with_capacity(e.references.len());
+            let mut self_reference = false;
             for r in &e.references {
                 // A malformed reference is reported as such, not as missing.
                 let rendered_ref = store_dir.render_path(&parse(r)?);
@@ -104,11 +107,19 @@ impl Closure {
                 })?;
                 if j != i {
                     references.push(j);
+                } else {
+                    self_reference = true;
                 }
             }
             references.sort_unstable();
             references.dedup();
-            objects.push(StoreObject { path: path.clone(), nar_hash: *nar_hash, nar_size: e.nar_size, references });
+            objects.push(StoreObject {
+                path: path.clone(),
+                nar_hash: *nar_hash,
+                nar_size: e.nar_size,
+                references,
+                self_reference,
+            });
         }
         Ok(Closure { store_dir, objects })
     }
@@ -185,6 +196,60 @@ impl Closure {
     }
 }
 
+impl Closure {
+    /// The indexes of every object, each after everything it refers to; ties in path order.
+    pub fn references_first(&self) -> Vec<usize> {
+        let mut order = Vec::with_capacity(self.len());
+        let mut state = vec![0u8; self.len()]; // 0 new, 1 on the stack, 2 done
+        for start in 0..self.len() {
+            let mut stack = vec![(start, 0usize)];
+            while let Some((i, next)) = stack.pop() {
+                if next == 0 && state[i] != 0 {
+                    continue;
+                }
+                state[i] = 1;
+                match self.objects[i].references.get(next) {
+                    Some(&r) => {
+                        stack.push((i, next + 1));
+                        if state[r] == 0 {
+                            stack.push((r, 0));
+                        }
+                    }
+                    None => {
+                        state[i] = 2;
+                        order.push(i);
+                    }
+                }
+            }
+        }
+        order
+    }
+
+    /// Every object in the format of `nix-store --dump-db`, for `nix-store --load-db`, references
+    /// first: what makes Nix in a container know the image's store paths are valid.
+    pub fn load_db_text(&self) -> String {
+        let mut text = String::new();
+        for i in self.references_first() {
+            let o = &self.objects[i];
+            let mut refs: Vec<&StorePath> = o.references.iter().map(|&r| &self.objects[r].path).collect();
+            if o.self_reference {
+                refs.push(&o.path);
+            }
+            refs.sort_by_key(|p| self.store_dir.render_path(p));
+            flywheel_nix::store_db::push_load_db_entry(
+                &mut text,
+                &self.store_dir,
+                &o.path,
+                &o.nar_hash,
+                o.nar_size,
+                None,
+                refs.into_iter(),
+            );
+        }
+        text
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,7 +274,17 @@ mod tests {
         let c =
             Closure::from_graph(StoreDir::default(), vec![entry(C, &[A, C]), entry(A, &[]), entry(B, &[A])]).unwrap();
         assert_eq!(c.render(0), format!("/nix/store/{A}"));
-        assert_eq!(c.objects[2].references, vec![0]); // self-reference dropped
+        assert_eq!(c.objects[2].references, vec![0]); // self-reference kept apart
+        assert!(c.objects[2].self_reference && !c.objects[0].self_reference);
+        assert_eq!(c.references_first(), vec![0, 1, 2]);
+        let text = c.load_db_text();
+        assert!(text.starts_with(&format!("/nix/store/{A}\n")), "{text}");
+        assert!(text.ends_with(&format!("\n100\n\n2\n/nix/store/{A}\n/nix/store/{C}\n")), "{text}");
+        assert_eq!(text.lines().count(), 5 + 6 + 7);
+        // References come first even when they sort after their referrer.
+        let d = "33bgd045z0d4icpbc2yyz4gx48ak44la-d";
+        let c2 = Closure::from_graph(StoreDir::default(), vec![entry(A, &[d]), entry(d, &[])]).unwrap();
+        assert_eq!(c2.references_first(), vec![1, 0]);
         assert_eq!(c.reachable(&[1]), vec![true, true, false]);
         let r = c.restrict(&c.reachable(&[1]));
         assert_eq!(r.len(), 2);

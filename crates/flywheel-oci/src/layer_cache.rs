@@ -1,8 +1,9 @@
 //! A cache of built layers, so that a rebuild after one path changes only writes the layers
 //! that changed. A layer is found by what determines its bytes: the header policy version, the
 //! compressor and its settings, the mtime, and the layer's content identity (its store paths
-//! with their NarHashes, which identify immutable store contents; or the NarHash of a
-//! directory layer's tree with its prefix and overrides). Blobs are hard-linked into the
+//! with their NarHashes, which identify immutable store contents, and their owner when the spec
+//! sets `nixStore.owner`; or the NarHash of a directory layer's tree with its prefix and
+//! overrides). Blobs are hard-linked into the
 //! output (copied across filesystems). Deleting the cache directory is always safe.
 
 use std::fs;

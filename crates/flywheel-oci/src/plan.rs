@@ -10,7 +10,7 @@ use flywheel_nix::{StoreDir, StorePath};
 
 use crate::closure::{Closure, ClosureError};
 use crate::layering::{self, Strategy};
-use crate::spec::{normalize_prefix, ImageSpec};
+use crate::spec::{normalize_prefix, ImageSpec, NIX_DB_LAYER};
 use crate::tar::{entries, Entry, Modes};
 use crate::ImageError;
 
@@ -27,6 +27,8 @@ pub enum LayerSource {
     Store(Vec<usize>),
     /// A directory tree, already gathered and checked.
     Directory { source: PathBuf, prefix: String, entries: Vec<Entry> },
+    /// Entries flywheel writes itself (the Nix database layer), sorted.
+    Generated { entries: Vec<Entry> },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -39,6 +41,9 @@ pub enum LayerKind {
     Directory,
     /// A collected NVIDIA driver tree (a directory layer that labels the image).
     Driver,
+    /// The Nix database's directories and the registration of the image's store paths.
+    #[serde(rename = "nix-db")]
+    NixDb,
 }
 
 impl std::fmt::Display for LayerKind {
@@ -48,6 +53,7 @@ impl std::fmt::Display for LayerKind {
             LayerKind::Pinned => "pinned",
             LayerKind::Directory => "directory",
             LayerKind::Driver => "driver",
+            LayerKind::NixDb => "nix-db",
         })
     }
 }
@@ -172,12 +178,13 @@ pub fn plan_layers(
         .iter()
         .filter_map(|d: &PlannedLayer| match &d.source {
             LayerSource::Directory { entries, .. } => Some((d.name.as_str(), entries.as_slice())),
-            LayerSource::Store(_) => None,
+            LayerSource::Store(_) | LayerSource::Generated { .. } => None,
         })
         .collect();
     entries::check_collisions(&named)?;
+    let nix_db = if spec.nix_registration() { Some(nix_db_layer(closure, spec.store_owner())?) } else { None };
 
-    let fixed = pinned.len() + directories.len();
+    let fixed = pinned.len() + directories.len() + usize::from(nix_db.is_some());
     let left = excluded.iter().filter(|&&e| !e).count();
     if left > 0 && fixed >= max_layers {
         return Err(ImageError::NoRoomForClosure { max_layers, fixed });
@@ -207,7 +214,41 @@ pub fn plan_layers(
         }
         _ => true,
     }));
+    layers.extend(nix_db);
     Ok(layers)
+}
+
+/// Where the registration of the image's store paths lies in the image.
+pub const REGISTRATION_PATH: &str = "nix/.flywheel-registration";
+
+/// The `nix-db` layer: the state directories single-user Nix writes to, and every store path
+/// of the image in `nix-store --load-db` format, all owned by `owner` (0:0 without one).
+pub fn nix_db_layer(closure: &Closure, owner: Option<(u32, u32)>) -> Result<PlannedLayer, ImageError> {
+    let (uid, gid) = owner.unwrap_or((0, 0));
+    let mut list = entries::parents(b"nix/var/nix", crate::tar::DIR_MODE);
+    for d in ["db", "gcroots", "profiles", "temproots"] {
+        list.push(Entry::dir(format!("nix/var/nix/{d}").as_bytes(), crate::tar::DIR_MODE));
+    }
+    let text = closure.load_db_text().into_bytes();
+    let bytes = text.len() as u64;
+    list.push(Entry {
+        path: REGISTRATION_PATH.as_bytes().to_vec(),
+        kind: entries::EntryKind::Data { bytes: text },
+        mode: 0o444,
+        uid: 0,
+        gid: 0,
+    });
+    for e in &mut list {
+        e.uid = uid;
+        e.gid = gid;
+    }
+    entries::sort_entries(&mut list, NIX_DB_LAYER)?;
+    Ok(PlannedLayer {
+        name: NIX_DB_LAYER.to_string(),
+        kind: LayerKind::NixDb,
+        source: LayerSource::Generated { entries: list },
+        bytes,
+    })
 }
 
 /// A collected driver tree: checked against its manifest, placed at `/`, and its manifest moved

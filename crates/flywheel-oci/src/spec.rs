@@ -62,7 +62,40 @@ pub struct ImageSpec {
     /// `zstd`, `zstd:N`, `gzip`, `gzip:N` or `none`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<String>,
+    /// Who owns the store in the image, and whether the image carries a Nix database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nix_store: Option<NixStoreSpec>,
 }
+
+/// `nixStore`: for images whose user runs Nix itself (single-user Nix as a non-root user).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NixStoreSpec {
+    /// Every entry of the store-path layers (and `/nix`, `/nix/store`) is owned by this user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
+    /// Adds the layer `nix-db`: `/nix/var/nix/{db,gcroots,profiles,temproots}` and
+    /// `/nix/.flywheel-registration`, every store path of the image for `nix-store --load-db`.
+    #[serde(default)]
+    pub registration: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl NixStoreSpec {
+    /// The owner as (uid, gid).
+    pub fn owner(&self) -> Option<(u32, u32)> {
+        self.owner.map(|o| (o.uid, o.gid))
+    }
+}
+
+/// The layer name of the Nix database layer (`nixStore.registration`).
+pub const NIX_DB_LAYER: &str = "nix-db";
 
 /// A pinned layer: either store paths (exactly those, placed under the store directory) or a
 /// directory tree placed at `prefix`.
@@ -125,7 +158,17 @@ impl ImageSpec {
             max_layers: None,
             layering: None,
             compression: None,
+            nix_store: None,
         }
+    }
+
+    /// The owner of the store-path layers' entries, when `nixStore.owner` is set.
+    pub fn store_owner(&self) -> Option<(u32, u32)> {
+        self.nix_store.and_then(|n| n.owner())
+    }
+
+    pub fn nix_registration(&self) -> bool {
+        self.nix_store.is_some_and(|n| n.registration)
     }
 
     pub fn from_json(bytes: &[u8]) -> Result<Self, SpecError> {
@@ -219,6 +262,11 @@ impl ImageSpec {
             let what = format!("layers[{i}]");
             if l.name.is_empty() {
                 return err(format!("{what}.name is empty"));
+            }
+            if self.nix_registration() && l.name == NIX_DB_LAYER {
+                return err(format!(
+                    "layer name {NIX_DB_LAYER:?} is taken by the Nix database layer (nixStore.registration)"
+                ));
             }
             if !names.insert(l.name.as_str()) {
                 return err(format!("layer name {:?} is used twice", l.name));
@@ -375,11 +423,30 @@ mod tests {
                 serde_json::json!({ "flywheelImageSpec": 1, "layers": [{ "name": "a", "driver": "/x" }, { "name": "b", "driver": "/y" }] }),
                 "one driver layer",
             ),
+            (serde_json::json!({ "flywheelImageSpec": 1, "nixStore": { "ownr": {} } }), "ownr"),
+            (serde_json::json!({ "flywheelImageSpec": 1, "nixStore": { "owner": { "uid": 1 } } }), "gid"),
+            (serde_json::json!({ "flywheelImageSpec": 1, "nixStore": { "owner": { "uid": -1, "gid": 1 } } }), "u32"),
+            (serde_json::json!({ "flywheelImageSpec": 1, "nixStore": { "registration": "yes" } }), "boolean"),
+            (
+                serde_json::json!({ "flywheelImageSpec": 1, "nixStore": { "registration": true }, "layers": [{ "name": "nix-db", "source": "/x" }] }),
+                "nix-db",
+            ),
         ];
         for (json, needle) in cases {
             let e = spec(json.clone()).expect_err(&json.to_string()).to_string();
             assert!(e.contains(needle), "{json}: {e}");
         }
+    }
+
+    #[test]
+    fn nix_store_is_read() {
+        let s = spec(serde_json::json!({ "flywheelImageSpec": 1,
+            "nixStore": { "owner": { "uid": 1001, "gid": 1002 }, "registration": true } }))
+        .unwrap();
+        assert_eq!((s.store_owner(), s.nix_registration()), (Some((1001, 1002)), true));
+        let s = spec(serde_json::json!({ "flywheelImageSpec": 1 })).unwrap();
+        assert_eq!((s.store_owner(), s.nix_registration()), (None, false));
+        assert!(!serde_json::to_string(&s).unwrap().contains("nixStore"));
     }
 
     #[test]

@@ -554,6 +554,13 @@ pub struct ImageBuildArgs {
     /// How store paths are grouped into layers: cost (default), auto (nixpkgs' auto-layer) or popularity.
     #[arg(long, value_parser = Strategy::parse)]
     pub layering: Option<Strategy>,
+    /// Owner of every store-path entry (and /nix, /nix/store): the spec's nixStore.owner.
+    #[arg(long, value_name = "UID:GID", value_parser = parse_uid_gid)]
+    pub nix_store_owner: Option<(u32, u32)>,
+    /// Add the nix-db layer: Nix's state directories and /nix/.flywheel-registration for
+    /// `nix-store --load-db` (the spec's nixStore.registration).
+    #[arg(long)]
+    pub nix_registration: bool,
     /// oci (a layout directory), oci-archive (a tar of it) or docker-archive (for docker load).
     #[arg(long, default_value = "oci", value_parser = Format::parse)]
     pub format: Format,
@@ -806,4 +813,11 @@ fn parse_step_timeout(s: &str) -> Result<(Option<flywheel_canary::StepName>, std
 fn parse_rfc3339(s: &str) -> Result<time::OffsetDateTime, String> {
     time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
         .map_err(|e| format!("{s:?} is not an RFC 3339 time like 2026-11-25T10:00:00Z: {e}"))
+}
+
+/// `UID:GID`, two numbers.
+fn parse_uid_gid(s: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("{s:?} is not UID:GID such as 1001:1001");
+    let (u, g) = s.split_once(':').ok_or_else(bad)?;
+    Ok((u.parse().map_err(|_| bad())?, g.parse().map_err(|_| bad())?))
 }

@@ -104,20 +104,15 @@ impl LocalStore {
                     self.store_dir.render_path(&info.path)
                 )));
             };
-            text.push_str(&self.store_dir.render_path(&info.path));
-            text.push('\n');
-            for b in hash {
-                text.push_str(&format!("{b:02x}"));
-            }
-            text.push_str(&format!("\n{}\n", info.nar_size));
-            if let Some(d) = &info.deriver {
-                text.push_str(&self.store_dir.render_path(d));
-            }
-            text.push_str(&format!("\n{}\n", info.references.len()));
-            for r in &info.references {
-                text.push_str(&self.store_dir.render_path(r));
-                text.push('\n');
-            }
+            flywheel_nix::store_db::push_load_db_entry(
+                &mut text,
+                &self.store_dir,
+                &info.path,
+                hash,
+                info.nar_size,
+                info.deriver.as_ref(),
+                info.references.iter(),
+            );
         }
         // The restored files reach the disk before Nix records them valid: after a power cut, a
         // registered path is whole (Nix itself does not sync store files).

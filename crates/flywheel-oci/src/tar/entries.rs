@@ -32,6 +32,10 @@ pub enum EntryKind {
     Symlink {
         target: Vec<u8>,
     },
+    /// A regular file whose contents flywheel writes itself (the Nix registration).
+    Data {
+        bytes: Vec<u8>,
+    },
 }
 
 impl Entry {

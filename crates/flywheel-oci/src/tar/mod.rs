@@ -4,7 +4,8 @@
 //! (`nix`, `nix/store`) once, first, 0755; store objects with the modes a NAR records
 //! (directories and executables 0555, other files 0444, symlinks 0777); every mtime the same
 //! (SOURCE_DATE_EPOCH or 1); uid and gid 0 with empty user and group names unless a directory
-//! layer's override says otherwise; hard links written as regular files; no sparse entries,
+//! layer's override or the spec's `nixStore.owner` (store layers) says otherwise; hard links
+//! written as regular files; no sparse entries,
 //! no xattrs, no atime or ctime; ustar headers with PAX records only where a value does not
 //! fit (`header`). Nothing about the machine, the filesystem or the order of the input reaches
 //! the bytes.
@@ -58,13 +59,21 @@ pub fn write_entries<W: Write + ?Sized>(entries: &[Entry], mtime: u64, out: &mut
         let kind = match &e.kind {
             EntryKind::Dir => Kind::Dir,
             EntryKind::File { size, .. } => Kind::File { size: *size },
+            EntryKind::Data { bytes } => Kind::File { size: bytes.len() as u64 },
             EntryKind::Symlink { target } => Kind::Symlink { target },
         };
         let h = Header { path: &e.path, kind, mode: e.mode, uid: e.uid, gid: e.gid, mtime };
         header::write_header(out, &h).map_err(LayerError::Write)?;
-        if let EntryKind::File { source, size } = &e.kind {
-            copy_file(source, *size, out, &mut buf)?;
-            header::write_padding(out, *size).map_err(LayerError::Write)?;
+        match &e.kind {
+            EntryKind::File { source, size } => {
+                copy_file(source, *size, out, &mut buf)?;
+                header::write_padding(out, *size).map_err(LayerError::Write)?;
+            }
+            EntryKind::Data { bytes } => {
+                out.write_all(bytes).map_err(LayerError::Write)?;
+                header::write_padding(out, bytes.len() as u64).map_err(LayerError::Write)?;
+            }
+            EntryKind::Dir | EntryKind::Symlink { .. } => {}
         }
     }
     header::write_end(out).map_err(LayerError::Write)

@@ -278,6 +278,12 @@ fn apply_options(spec: &mut ImageSpec, a: &ImageBuildArgs, store_dir: &StoreDir)
     if a.layering.is_some() {
         spec.layering = a.layering;
     }
+    if let Some((uid, gid)) = a.nix_store_owner {
+        spec.nix_store.get_or_insert_with(Default::default).owner = Some(flywheel_oci::spec::Owner { uid, gid });
+    }
+    if a.nix_registration {
+        spec.nix_store.get_or_insert_with(Default::default).registration = true;
+    }
     Ok(())
 }
 
