@@ -62,36 +62,10 @@
         ln -s "$app/bin/app" "$out/bin/app"
       '' { inherit app; };
 
-      # A stand-in for nixpkgs' NVIDIA driver package, with its `out` and `bin` outputs: this
-      # machine's libz dressed up as the driver's libraries by Debian's patchelf (sandbox off).
-      fakeDriver = derivation {
-        name = "nvidia-x11-580.159.04";
+      # A stand-in for nixpkgs' NVIDIA driver package (tests/fake-driver.nix).
+      fakeDriver = import ./fake-driver.nix {
         inherit system;
-        builder = "/bin/sh";
-        outputs = [
-          "out"
-          "bin"
-        ];
-        PATH = "/usr/bin:/bin";
-        fixtureTag = settings.tag;
-        args = [
-          "-e"
-          "-c"
-          ''
-            v=580.159.04
-            mkdir -p "$out/lib" "$out/etc/OpenCL/vendors" "$bin/bin"
-            for pair in libnvidia-ml:libnvidia-ml.so.1 libcuda:libcuda.so.1 libnvidia-ptxjitcompiler:libnvidia-ptxjitcompiler.so.1 libnvidia-opencl:libnvidia-opencl.so.1; do
-              lib=''${pair%%:*}; soname=''${pair#*:}
-              cp -L ${settings.templateLibrary} "$out/lib/$lib.so.$v"
-              chmod u+w "$out/lib/$lib.so.$v"
-              patchelf --set-soname "$soname" "$out/lib/$lib.so.$v"
-              ln -s "$lib.so.$v" "$out/lib/$soname"
-            done
-            echo libnvidia-opencl.so.1 > "$out/etc/OpenCL/vendors/nvidia.icd"
-            printf '#!/bin/sh\necho nvidia-smi %s %s\n' "$v" "$fixtureTag" > "$bin/bin/nvidia-smi"
-            chmod 0755 "$bin/bin/nvidia-smi"
-          ''
-        ];
+        inherit (settings) templateLibrary tag;
       };
 
       driverLayer = flywheelLib.mkDriverLayer {
