@@ -1,0 +1,107 @@
+# images/gpu-runner evaluated against the real nix/lib with a stand-in for nixpkgs (nothing here
+# can fetch nixpkgs): each package is a derivation-shaped attribute set over a store path that
+# builtins.toFile makes, and linuxPackages.nvidiaPackages.mkDriver checks the arguments it is
+# given. What this proves: images/gpu-runner calls mkRunnerImage and mkDriverLayer with
+# arguments they accept, and the image it describes has the runner user, the layers, the
+# labels, the lane's cache and Nix usable as the runner. What it cannot: that nixpkgs has these
+# packages at the pin (docs/nix.md lists the files checked for that).
+#
+#   nix-instantiate --eval --strict --read-write-mode nix/tests/gpu-runner-image.nix
+let
+  flywheelLib = import ../lib;
+  drv = name: {
+    type = "derivation";
+    inherit name;
+    version = "2.330.0";
+    outPath = builtins.toFile name "stand-in for nixpkgs' ${name}";
+    drvPath = builtins.toFile "${name}.drv" "";
+  };
+  driverArgs = [
+    "version"
+    "url"
+    "sha256_64bit"
+    "openSha256"
+    "persistencedSha256"
+    "fabricmanagerSha256"
+    "useFabricmanager"
+    "usePersistenced"
+    "useSettings"
+  ];
+  pkgs = {
+    stdenv.hostPlatform.system = "x86_64-linux";
+    github-runner = drv "github-runner";
+    bashInteractive = drv "bash";
+    coreutils = drv "coreutils";
+    gitMinimal = drv "git";
+    gnutar = drv "gnutar";
+    gzip = drv "gzip";
+    zstd = drv "zstd";
+    nix = drv "nix";
+    cacert = drv "cacert";
+    linuxPackages.nvidiaPackages.mkDriver =
+      args:
+      assert builtins.all (a: builtins.elem a driverArgs) (builtins.attrNames args);
+      drv "nvidia-dc-${args.version}"
+      // {
+        outputs = [
+          "out"
+          "bin"
+        ];
+        out = drv "nvidia-dc-out";
+        bin = drv "nvidia-dc-bin";
+      };
+  };
+  image =
+    args:
+    import ../../images/gpu-runner (
+      {
+        inherit pkgs flywheelLib;
+        flywheel = drv "flywheel";
+        canary = drv "flywheel-canary";
+      }
+      // args
+    );
+  lane = image {
+    cacheUrl = "http://cache.honey:5480/main";
+    cachePublicKey = "main-1:2cSmR83zxYFSezcjotnCrqTm5qTbIO3Itzv7kLAGNfU=";
+    sourceRevision = "0123456789abcdef";
+  };
+  spec = lane.imageSpec;
+  plain = (image { }).imageSpec;
+  throws = e: !(builtins.tryEval (builtins.deepSeq e e)).success;
+  nixConf = builtins.concatStringsSep "\n" (
+    map (e: e.text or "") (lane.runnerTree.flywheelTree or [ ])
+  );
+  cases = {
+    userIsTheRunner = spec.config.User == "1001:1001";
+    entrypointIsRunSh = spec.config.Entrypoint == [ "/home/runner/run.sh" ];
+    driverAndRunnerLayers = map (l: l.name) spec.layers == [
+      "nvidia-driver"
+      "runner"
+    ];
+    driverPinned = spec.tag == "580.159.04";
+    labels =
+      spec.config.Labels."org.opencontainers.image.revision" == "0123456789abcdef"
+      && spec.config.Labels."dev.flywheel.runner.version" == "2.330.0";
+    nixUsableAsTheRunner = spec.nixStore == {
+      owner = {
+        uid = 1001;
+        gid = 1001;
+      };
+      registration = true;
+    };
+    cacheInEnv = builtins.elem "FLYWHEEL_CACHE_URL=http://cache.honey:5480/main" spec.config.Env;
+    cacheInNixConf =
+      builtins.match ".*extra-substituters = http://cache.honey:5480/main.*" nixConf != null
+      && builtins.match ".*extra-trusted-public-keys = main-1:.*" nixConf != null;
+    noCacheWithoutOne = !(builtins.any (e: builtins.match "FLYWHEEL_CACHE_URL=.*" e != null) plain.config.Env);
+    canaryOnPath = builtins.any (p: builtins.match ".*flywheel-canary" p != null) spec.closureRoots;
+    unknownDriverVersionThrows = throws (image { driverVersion = "1.2.3"; }).imageSpec;
+    urlWithoutKeyThrows = throws (image { cacheUrl = "http://cache.honey:5480/main"; }).imageSpec;
+  };
+  failed = builtins.filter (n: !cases.${n}) (builtins.attrNames cases);
+in
+if failed == [ ] then
+  "nix/tests/gpu-runner-image.nix: all ${toString (builtins.length (builtins.attrNames cases))} cases passed"
+else
+  throw "nix/tests/gpu-runner-image.nix: failed: ${builtins.concatStringsSep ", " failed}"
