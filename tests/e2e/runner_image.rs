@@ -61,7 +61,7 @@ impl RunnerFlake {
         let dir = work.path().join("flake");
         fs::create_dir_all(dir.join("lib")).unwrap();
         fs::copy(repo().join("tests/runner-flake/flake.nix"), dir.join("flake.nix")).unwrap();
-        fs::copy(repo().join("tests/fake-driver.nix"), dir.join("fake-driver.nix")).unwrap();
+        fs::copy(repo().join("tests/fixtures.nix"), dir.join("fixtures.nix")).unwrap();
         for e in fs::read_dir(repo().join("nix/lib")).unwrap() {
             let e = e.unwrap();
             fs::copy(e.path(), dir.join("lib").join(e.file_name())).unwrap();

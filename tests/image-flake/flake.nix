@@ -14,22 +14,11 @@
       inherit (settings) system;
       flywheelLib = import ./lib;
 
-      sh =
-        name: script: env:
-        derivation (
-          {
-            inherit name system;
-            builder = "/bin/sh";
-            args = [
-              "-e"
-              "-c"
-              script
-            ];
-            PATH = "/usr/bin:/bin";
-            fixtureTag = settings.tag;
-          }
-          // env
-        );
+      fixtures = import ./fixtures.nix {
+        inherit system;
+        inherit (settings) templateLibrary tag;
+      };
+      inherit (fixtures) sh;
 
       libgreet = sh "libgreet-1.0" ''
         mkdir -p "$out/lib" "$out/share/doc"
@@ -62,11 +51,8 @@
         ln -s "$app/bin/app" "$out/bin/app"
       '' { inherit app; };
 
-      # A stand-in for nixpkgs' NVIDIA driver package (tests/fake-driver.nix).
-      fakeDriver = import ./fake-driver.nix {
-        inherit system;
-        inherit (settings) templateLibrary tag;
-      };
+      # A stand-in for nixpkgs' NVIDIA driver package (tests/fixtures.nix).
+      inherit (fixtures) fakeDriver;
 
       driverLayer = flywheelLib.mkDriverLayer {
         flywheel = settings.flywheel;

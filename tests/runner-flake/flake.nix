@@ -23,22 +23,11 @@
       inherit (settings) system;
       flywheelLib = import ./lib;
 
-      sh =
-        name: script: env:
-        derivation (
-          {
-            inherit name system;
-            builder = "/bin/sh";
-            args = [
-              "-e"
-              "-c"
-              script
-            ];
-            PATH = "/usr/bin:/bin";
-            fixtureTag = settings.tag;
-          }
-          // env
-        );
+      fixtures = import ./fixtures.nix {
+        inherit system;
+        inherit (settings) templateLibrary tag;
+      };
+      inherit (fixtures) sh;
 
       # Stand-ins for nixpkgs' github-runner, bash, git, nix and cacert.
       runner = sh "github-runner-2.330.0" ''
@@ -66,11 +55,8 @@
         printf '# a CA bundle fixture %s\n' "$fixtureTag" > "$out/etc/ssl/certs/ca-bundle.crt"
       '' { };
 
-      # A stand-in for nixpkgs' NVIDIA driver package (tests/fake-driver.nix).
-      fakeDriver = import ./fake-driver.nix {
-        inherit system;
-        inherit (settings) templateLibrary tag;
-      };
+      # A stand-in for nixpkgs' NVIDIA driver package (tests/fixtures.nix).
+      inherit (fixtures) fakeDriver;
 
       driverLayer = flywheelLib.mkDriverLayer {
         flywheel = flywheelBin;

@@ -3,7 +3,7 @@
 //! remove.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -223,11 +223,6 @@ impl Ctx {
         let path = dir.keep();
         self.state().scratch.push(path.clone());
         Ok(path)
-    }
-
-    /// Registers a path the run made elsewhere, for cleanup.
-    pub fn created(&self, path: &Path) {
-        self.state().scratch.push(path.to_path_buf());
     }
 
     pub fn scratch(&self) -> Vec<PathBuf> {

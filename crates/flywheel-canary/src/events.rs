@@ -110,26 +110,40 @@ pub enum EventsError {
     Io(#[from] io::Error),
 }
 
+impl Run {
+    /// A run from its events, in order: one run-start first, then steps, then run-end.
+    pub fn from_events(events: impl IntoIterator<Item = Event>) -> Result<Run, EventsError> {
+        let mut start = None;
+        let mut steps = Vec::new();
+        let mut end = None;
+        for (i, event) in events.into_iter().enumerate() {
+            match event {
+                Event::RunStart(s) if start.is_none() => start = Some(s),
+                Event::RunStart(_) => {
+                    return Err(EventsError::Bad { line: i + 1, message: "a second run-start".into() })
+                }
+                Event::Step(s) => steps.push(s),
+                Event::RunEnd(e) => end = Some(e),
+            }
+        }
+        let start = start.ok_or(EventsError::Bad { line: 0, message: "no run-start event".into() })?;
+        Ok(Run { start, steps, end })
+    }
+}
+
 /// Reads an event stream back into a run.
 pub fn read_run(input: impl BufRead) -> Result<Run, EventsError> {
-    let mut start = None;
-    let mut steps = Vec::new();
-    let mut end = None;
+    let mut events = Vec::new();
     for (i, line) in input.lines().enumerate() {
         let line = line?;
         if line.trim().is_empty() {
             continue;
         }
-        let bad = |message: String| EventsError::Bad { line: i + 1, message };
-        match serde_json::from_str::<Event>(&line).map_err(|e| bad(e.to_string()))? {
-            Event::RunStart(s) if start.is_none() => start = Some(s),
-            Event::RunStart(_) => return Err(bad("a second run-start".into())),
-            Event::Step(s) => steps.push(s),
-            Event::RunEnd(e) => end = Some(e),
-        }
+        let event = serde_json::from_str::<Event>(&line)
+            .map_err(|e| EventsError::Bad { line: i + 1, message: e.to_string() })?;
+        events.push(event);
     }
-    let start = start.ok_or(EventsError::Bad { line: 0, message: "no run-start event".into() })?;
-    Ok(Run { start, steps, end })
+    Run::from_events(events)
 }
 
 #[cfg(test)]

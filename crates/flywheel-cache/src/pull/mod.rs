@@ -111,15 +111,20 @@ impl Remote {
 
     /// The narinfo of `path`, checked: it describes `path`, and a trusted key signed it.
     async fn narinfo(&self, path: &StorePath) -> Result<Wanted, String> {
+        self.narinfo_if_any(path)
+            .await?
+            .ok_or_else(|| format!("{} is not in the cache {}", self.store_dir.render_path(path), self.base))
+    }
+
+    /// The same, or None when the cache does not have `path`.
+    async fn narinfo_if_any(&self, path: &StorePath) -> Result<Option<Wanted>, String> {
         let shown = self.store_dir.render_path(path);
         let url = format!("{}/{}.narinfo", self.base, &path.to_basename()[..32]);
-        let body = self.text(&url).await.map_err(|e| {
-            if e.contains("HTTP 404") {
-                format!("{shown} is not in the cache {}", self.base)
-            } else {
-                e
-            }
-        })?;
+        let body = match self.text(&url).await {
+            Ok(body) => body,
+            Err(e) if e.contains("HTTP 404") => return Ok(None),
+            Err(e) => return Err(e),
+        };
         let info = NarInfo::parse_in(&self.store_dir, &body).map_err(|e| format!("{url}: not a valid narinfo: {e}"))?;
         if info.store_path() != path {
             return Err(format!(
@@ -138,7 +143,7 @@ impl Remote {
         }
         let url =
             if info.url().contains("://") { info.url().to_string() } else { format!("{}/{}", self.base, info.url()) };
-        Ok(Wanted {
+        Ok(Some(Wanted {
             info: PathInfo {
                 path: path.clone(),
                 nar_hash: info.nar_hash().clone(),
@@ -152,8 +157,67 @@ impl Remote {
             },
             url,
             compression: info.compression().clone(),
-        })
+        }))
     }
+}
+
+/// What [`check_path`] measured of one path it fetched and checked.
+#[derive(Clone, Debug)]
+pub struct Checked {
+    pub narinfo_seconds: f64,
+    pub download_seconds: f64,
+    pub nar_size: u64,
+    /// Bytes downloaded (compressed).
+    pub file_bytes: u64,
+}
+
+/// Fetches one path from the cache at `base` and checks it as [`pull`] does (its narinfo is for
+/// `path` and signed by one of `keys`; its NAR, decompressed and hashed as it streams, has the
+/// narinfo's hash and size) without installing anything. None when the cache lacks the path.
+/// What the canary's cache step proves a cache with.
+pub async fn check_path(
+    http: &reqwest::Client,
+    base: &str,
+    token: Option<&str>,
+    store_dir: &StoreDir,
+    keys: &[TrustedPublicKey],
+    path: &StorePath,
+) -> Result<Option<Checked>, String> {
+    let remote = Remote {
+        http: http.clone(),
+        base: base.trim_end_matches('/').to_string(),
+        token: token.map(str::to_string),
+        store_dir: store_dir.clone(),
+        keys: keys.to_vec(),
+        attempts: 1,
+    };
+    let started = Instant::now();
+    let Some(w) = remote.narinfo_if_any(path).await? else { return Ok(None) };
+    let narinfo_seconds = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let got = fetch::download(http, token, &w.url, w.compression.clone(), |_| Ok(())).await.map_err(|f| f.message)?;
+    same_nar(&w, &got.nar)?;
+    Ok(Some(Checked {
+        narinfo_seconds,
+        download_seconds: started.elapsed().as_secs_f64(),
+        nar_size: got.nar.size,
+        file_bytes: got.file_bytes,
+    }))
+}
+
+/// Whether a download is the NAR its narinfo describes.
+fn same_nar(w: &Wanted, got: &flywheel_nix::nar::Digested) -> Result<(), String> {
+    if w.info.nar_hash == got.hash() && w.info.nar_size == got.size {
+        return Ok(());
+    }
+    Err(format!(
+        "{}: NAR hash mismatch: the narinfo says {} ({} bytes), the download gives {} ({} bytes)",
+        w.url,
+        w.info.nar_hash.to_nix_nixbase32_string(),
+        w.info.nar_size,
+        got.to_nix32(),
+        got.size
+    ))
 }
 
 async fn pull_async(
@@ -392,10 +456,9 @@ fn lock_all(store: &LocalStore, paths: &[StorePath]) -> Result<(Vec<PathLock>, H
 /// Downloads one path's NAR into the store (`direct`, the path's lock held by the caller) or a
 /// spool file, checked against its narinfo; returns the bytes downloaded.
 async fn fetch_one(remote: &Arc<Remote>, w: &Wanted, target: std::path::PathBuf, direct: bool) -> Result<u64, String> {
-    let NixHash::Sha256(expected) = w.info.nar_hash.clone() else {
+    if !matches!(w.info.nar_hash, NixHash::Sha256(_)) {
         return Err("NarHash is not sha256".into());
-    };
-    let size = w.info.nar_size;
+    }
     let result = with_retries(remote.attempts, || {
         let target = target.clone();
         let compression = w.compression.clone();
@@ -417,18 +480,9 @@ async fn fetch_one(remote: &Arc<Remote>, w: &Wanted, target: std::path::PathBuf,
                     return Err(e);
                 }
             };
-            if got.nar.sha256 != expected || got.nar.size != size {
+            if let Err(message) = same_nar(w, &got.nar) {
                 let _ = flywheel_nix::nar::remove_tree(&target);
-                return Err(Failure {
-                    message: format!(
-                        "{}: NAR hash mismatch: the narinfo says {} ({size} bytes), the download gives {} ({} bytes)",
-                        w.url,
-                        w.info.nar_hash.to_nix_nixbase32_string(),
-                        got.nar.to_nix32(),
-                        got.nar.size
-                    ),
-                    retry: true,
-                });
+                return Err(Failure { message, retry: true });
             }
             Ok(got.file_bytes)
         }

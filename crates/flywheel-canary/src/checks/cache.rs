@@ -2,15 +2,14 @@
 //! `nix-cache-info` and narinfo latency, a known path pulled and verified (signature, NAR hash
 //! and size), and with a write token, a fresh path pushed and pulled back.
 
-use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use flywheel_nix::narinfo::{Compression, NarInfo, TrustedPublicKey};
-use flywheel_nix::store_path::{default_store_dir, nixbase32};
-use flywheel_nix::{NixHash, StoreDir, StorePath};
-use sha2::{Digest, Sha256};
+use flywheel_cache::pull::check_path;
+use flywheel_nix::narinfo::TrustedPublicKey;
+use flywheel_nix::store_path::default_store_dir;
+use flywheel_nix::{StoreDir, StorePath};
 
 use crate::checks::command::{output_within, CommandOutcome};
 use crate::context::{CacheOptions, Ctx};
@@ -257,7 +256,8 @@ fn own_store_path(store_dir: &StoreDir) -> Option<String> {
     flywheel_nix::store_path::resolve(&exe, store_dir).ok().map(|p| store_dir.render_path(&p))
 }
 
-/// Fetches `path`'s narinfo and NAR and checks both. Ok(None) on a miss.
+/// Fetches `path`'s narinfo and NAR and checks both, with the pull client's own checks
+/// (flywheel_cache::pull::check_path). Ok(None) on a miss.
 async fn pull_verified(
     client: &Client,
     store_dir: &StoreDir,
@@ -267,145 +267,26 @@ async fn pull_verified(
     what: &str,
 ) -> Result<Option<f64>, String> {
     let shown = store_dir.render_path(path);
-    let hash_part = &path.to_basename()[..32];
-    let started = Instant::now();
-    let (status, text) = client.get_text(&format!("{hash_part}.narinfo")).await?;
-    let latency = started.elapsed().as_secs_f64();
-    o.metric_with("cache_narinfo_latency_seconds", latency, &[("path", what)]);
-    match status {
-        200 => {}
-        404 => {
-            o.detail(&format!("{what}_path"), serde_json::json!({"path": shown, "result": "miss"}));
-            return Ok(None);
-        }
-        s => return Err(format!("{shown}: narinfo: HTTP {s}")),
-    }
-    let info =
-        NarInfo::parse_in(store_dir, text.as_bytes()).map_err(|e| format!("{shown}: not a valid narinfo: {e}"))?;
-    if info.store_path() != path {
-        return Err(format!(
-            "{shown}: the cache answered with the narinfo of {}",
-            store_dir.render_path(info.store_path())
-        ));
-    }
-    if !info.has_valid_signature(store_dir, keys) {
-        let signers: Vec<&str> = info.signatures().iter().map(|s| s.key_name.as_str()).collect();
-        return Err(format!(
-            "{shown}: no valid signature by a trusted key (signed by: {})",
-            if signers.is_empty() { "nobody".into() } else { signers.join(", ") }
-        ));
-    }
-    let started = Instant::now();
-    let (file_bytes, nar_hash, nar_size) = fetch_nar(client, info.url(), info.compression()).await?;
-    let seconds = started.elapsed().as_secs_f64().max(1e-6);
-    if NixHash::Sha256(nar_hash) != *info.nar_hash() || nar_size != info.nar_size() {
-        return Err(format!(
-            "{shown}: the NAR the cache served does not match its narinfo (sha256:{} size {nar_size}, narinfo says {} size {})",
-            nixbase32::encode(&nar_hash),
-            info.nar_hash().to_nix_nixbase32_string(),
-            info.nar_size()
-        ));
-    }
-    let rate = nar_size as f64 / seconds;
+    let checked = check_path(&client.http, &client.url, client.token.as_deref(), store_dir, keys, path).await?;
+    let Some(c) = checked else {
+        o.detail(&format!("{what}_path"), serde_json::json!({"path": shown, "result": "miss"}));
+        return Ok(None);
+    };
+    o.metric_with("cache_narinfo_latency_seconds", c.narinfo_seconds, &[("path", what)]);
+    let rate = c.nar_size as f64 / c.download_seconds.max(1e-6);
     o.metric_with("cache_pull_bytes_per_second", rate, &[("path", what)]);
     o.detail(
         &format!("{what}_path"),
-        serde_json::json!({"path": shown, "result": "hit", "nar_size": nar_size, "file_size": file_bytes,
-            "narinfo_ms": latency * 1e3, "download_ms": seconds * 1e3, "mb_per_s": rate / 1e6}),
+        serde_json::json!({"path": shown, "result": "hit", "nar_size": c.nar_size, "file_size": c.file_bytes,
+            "narinfo_ms": c.narinfo_seconds * 1e3, "download_ms": c.download_seconds * 1e3, "mb_per_s": rate / 1e6}),
     );
     o.note(format!(
         "{what} path {shown}: hit, signature and NAR hash verified, {:.1} MB in {:.0} ms ({:.1} MB/s)",
-        nar_size as f64 / 1e6,
-        seconds * 1e3,
+        c.nar_size as f64 / 1e6,
+        c.download_seconds * 1e3,
         rate / 1e6
     ));
     Ok(Some(rate))
-}
-
-/// Downloads a NAR file and returns (file bytes, sha256 of the NAR, NAR size), decompressing as
-/// it arrives (through a pipe to a thread: the NAR is never held whole).
-async fn fetch_nar(client: &Client, url: &str, compression: &Compression) -> Result<(u64, [u8; 32], u64), String> {
-    let kind = match compression {
-        Compression::None => flywheel_cache::ingest::Upload::None,
-        Compression::Xz => flywheel_cache::ingest::Upload::Xz,
-        Compression::Zstd => flywheel_cache::ingest::Upload::Zstd,
-        other => return Err(format!("NAR compressed with {other:?}: not supported")),
-    };
-    let mut resp = client.request(url).send().await.map_err(|e| format!("{url}: {e}"))?;
-    if !resp.status().is_success() {
-        return Err(format!("{url}: HTTP {} (the narinfo names a NAR the cache does not serve)", resp.status()));
-    }
-    // Chunks go to a thread that decompresses and hashes them: the NAR is never held whole.
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(16);
-    let hasher = std::thread::spawn(move || -> io::Result<([u8; 32], u64)> {
-        let reader = ChunkReader { rx, current: Vec::new(), at: 0 };
-        let mut decoded = flywheel_cache::ingest::decoder(kind, reader)?;
-        let mut sink = HashSink::default();
-        let n = io::copy(&mut decoded, &mut sink)?;
-        Ok((sink.0.finalize().into(), n))
-    });
-    let mut file_bytes = 0u64;
-    let mut failure = None;
-    loop {
-        match resp.chunk().await {
-            Ok(Some(chunk)) => {
-                file_bytes += chunk.len() as u64;
-                if tx.send(chunk.to_vec()).is_err() {
-                    // The decoder stopped early: its error tells why.
-                    break;
-                }
-            }
-            Ok(None) => break,
-            Err(e) => {
-                failure = Some(format!("{url}: {e}"));
-                break;
-            }
-        }
-    }
-    drop(tx);
-    let hashed = hasher.join().map_err(|_| "the hashing thread panicked".to_string())?;
-    if let Some(f) = failure {
-        return Err(f);
-    }
-    let (hash, size) = hashed.map_err(|e| format!("{url}: decompressing: {e}"))?;
-    Ok((file_bytes, hash, size))
-}
-
-struct ChunkReader {
-    rx: std::sync::mpsc::Receiver<Vec<u8>>,
-    current: Vec<u8>,
-    at: usize,
-}
-
-impl io::Read for ChunkReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.at == self.current.len() {
-            match self.rx.recv() {
-                Ok(chunk) => {
-                    self.current = chunk;
-                    self.at = 0;
-                }
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len() - self.at);
-        buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
-    }
-}
-
-#[derive(Default)]
-struct HashSink(Sha256);
-
-impl Write for HashSink {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 /// Adds a fresh file to the local store, pushes it with flywheel's client and pulls it back.

@@ -23,6 +23,8 @@ pub use prom::prometheus;
 pub use table::table;
 
 /// The files [`write_reports`] writes.
+/// The event stream, which the CLI writes as the run goes (as `events.jsonl.partial` until it ends).
+pub const EVENTS_FILE: &str = "events.jsonl";
 pub const JUNIT_FILE: &str = "junit.xml";
 pub const SUMMARY_FILE: &str = "summary.md";
 pub const PROMETHEUS_FILE: &str = "canary.prom";

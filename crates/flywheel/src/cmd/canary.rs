@@ -27,7 +27,7 @@ pub fn run(args: CanaryArgs) -> anyhow::Result<()> {
     };
     let mut stream = match &report_dir {
         Some(dir) => {
-            let partial = dir.join("events.jsonl.partial");
+            let partial = dir.join(format!("{}.partial", report::EVENTS_FILE));
             let file = File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
             Some((BufWriter::new(file), partial))
         }
@@ -56,7 +56,7 @@ pub fn run(args: CanaryArgs) -> anyhow::Result<()> {
         }
         events.push(event.clone());
     });
-    let run = assemble(events)?;
+    let run = Run::from_events(events)?;
     print!("{}", report::table(&run));
     if let Some(e) = write_failed {
         bail!(e);
@@ -64,7 +64,7 @@ pub fn run(args: CanaryArgs) -> anyhow::Result<()> {
     if let (Some(dir), Some((out, partial))) = (&report_dir, stream) {
         drop(out);
         report::write_reports(dir, &run).with_context(|| format!("writing the reports in {}", dir.display()))?;
-        let events = dir.join("events.jsonl");
+        let events = dir.join(report::EVENTS_FILE);
         std::fs::rename(&partial, &events)
             .with_context(|| format!("renaming {} to {}", partial.display(), events.display()))?;
         eprintln!("canary: reports in {}", dir.display());
@@ -79,21 +79,6 @@ pub fn run(args: CanaryArgs) -> anyhow::Result<()> {
         bail!("canary failed: required step(s) {} did not pass", failed.join(", "));
     }
     Ok(())
-}
-
-fn assemble(events: Vec<Event>) -> anyhow::Result<Run> {
-    let mut start = None;
-    let mut steps = Vec::new();
-    let mut end = None;
-    for e in events {
-        match e {
-            Event::RunStart(s) => start = Some(s),
-            Event::Step(s) => steps.push(s),
-            Event::RunEnd(e) => end = Some(e),
-        }
-    }
-    let Some(start) = start else { bail!("the run emitted no run-start event") };
-    Ok(Run { start, steps, end })
 }
 
 fn first_chars(s: &str, n: usize) -> String {
@@ -123,19 +108,12 @@ fn options(args: &CanaryArgs) -> anyhow::Result<Options> {
     if let Some(s) = &args.skip {
         o.skip = s.0.iter().copied().collect();
     }
-    for (step, limit) in &args.step_timeouts {
-        match step {
-            Some(s) => {
-                o.limits.insert(*s, *limit);
-            }
-            None => {
-                for s in StepName::ALL {
-                    o.limits.entry(s).or_insert(*limit);
-                }
-            }
+    // Limits for every step first, so that a step's own limit wins wherever it is given.
+    for (_, limit) in args.step_timeouts.iter().filter(|(s, _)| s.is_none()) {
+        for s in StepName::ALL {
+            o.limits.insert(s, *limit);
         }
     }
-    // A per-step limit given after a global one still wins.
     for (step, limit) in &args.step_timeouts {
         if let Some(s) = step {
             o.limits.insert(*s, *limit);
