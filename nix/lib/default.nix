@@ -736,58 +736,22 @@ let
         exec ${runnerPath} run "$@"
       '';
 
-      jobStarted =
-        if driverLayerSpec == null then
-          ''
-            #!${shellPath}
-            # ACTIONS_RUNNER_HOOK_JOB_STARTED: this image has no driver layer, so there is nothing to check.
-            echo "flywheel: no driver layer in this image; skipping the driver check"
-            exit 0
-          ''
-        else
-          ''
-            #!${shellPath}
-            # ACTIONS_RUNNER_HOOK_JOB_STARTED: check the image's driver userspace against the node's
-            # kernel module. A mismatch fails the job before it starts, on purpose.
-            # FLYWHEEL_DRIVER_CHECK_ARGS: extra arguments (e.g. --kernel-version-file FILE).
-            echo "flywheel: checking the driver layer against the kernel module"
-            exec ${flywheelExe} driver check ''${FLYWHEEL_DRIVER_CHECK_ARGS:-}
-          '';
+      # The hooks are `flywheel lane hook` (docs/lane.md): one line each in the job log.
+      jobStarted = ''
+        #!${shellPath}
+        # ACTIONS_RUNNER_HOOK_JOB_STARTED: the image's driver userspace against the node's kernel
+        # module (a mismatch refuses the job), the cache's reachability, and the job's start time
+        # for the completed hook.
+        ${if cacheUrl == null then "" else "export FLYWHEEL_CACHE_URL=\"\${FLYWHEEL_CACHE_URL:-${cacheUrl}}\"\n"}exec ${flywheelExe} lane hook job-started${if driverLayerSpec == null then " --no-driver" else ""}
+      '';
 
       jobCompleted = ''
         #!${shellPath}
-        # ACTIONS_RUNNER_HOOK_JOB_COMPLETED: push what the job built to the lane's cache: the
-        # closures of the result* symlinks in $GITHUB_WORKSPACE and the paths listed one per line in
-        # $FLYWHEEL_PUSH_PATHS. Never for pull requests. Never fails the job: always exits 0.
-        ${if cacheUrl == null then "" else "FLYWHEEL_CACHE_URL=\"\${FLYWHEEL_CACHE_URL:-${cacheUrl}}\"\n"}if [ -z "''${FLYWHEEL_CACHE_URL:-}" ] || [ -z "''${FLYWHEEL_CACHE_TOKEN:-}" ]; then
-          exit 0
-        fi
-        case "''${GITHUB_EVENT_NAME:-}" in
-          pull_request|pull_request_target)
-            echo "flywheel: not pushing to the cache for a $GITHUB_EVENT_NAME event"
-            exit 0 ;;
-        esac
-        paths=()
-        if [ -n "''${GITHUB_WORKSPACE:-}" ] && [ -d "$GITHUB_WORKSPACE" ]; then
-          for r in "$GITHUB_WORKSPACE"/result*; do
-            if [ -L "$r" ] && [ -e "$r" ]; then paths+=("$r"); fi
-          done
-        fi
-        if [ -n "''${FLYWHEEL_PUSH_PATHS:-}" ] && [ -f "$FLYWHEEL_PUSH_PATHS" ]; then
-          while IFS= read -r p || [ -n "$p" ]; do
-            if [ -n "$p" ]; then paths+=("$p"); fi
-          done < "$FLYWHEEL_PUSH_PATHS"
-        fi
-        if [ "''${#paths[@]}" -eq 0 ]; then
-          echo "flywheel: nothing to push to $FLYWHEEL_CACHE_URL (no result* links, no FLYWHEEL_PUSH_PATHS)"
-          exit 0
-        fi
-        echo "flywheel: pushing ''${#paths[@]} path(s) and their closures to $FLYWHEEL_CACHE_URL"
-        if ${flywheelExe} cache push --to "$FLYWHEEL_CACHE_URL" --token "$FLYWHEEL_CACHE_TOKEN" "''${paths[@]}"; then
-          echo "flywheel: pushed to $FLYWHEEL_CACHE_URL"
-        else
-          echo "flywheel: pushing to $FLYWHEEL_CACHE_URL failed (exit $?); the job's result stands"
-        fi
+        # ACTIONS_RUNNER_HOOK_JOB_COMPLETED: push what the job built to the lane's cache
+        # (`flywheel cache push --since` the job's start, the result* links in $GITHUB_WORKSPACE,
+        # the paths listed in $FLYWHEEL_PUSH_PATHS), never for pull requests; remove the job's
+        # temporary files; check no process of the job holds the GPU. Never fails the job.
+        ${if cacheUrl == null then "" else "export FLYWHEEL_CACHE_URL=\"\${FLYWHEEL_CACHE_URL:-${cacheUrl}}\"\n"}${flywheelExe} lane hook job-completed || echo "flywheel: job-completed: the hook failed (exit $?); the job's result stands"
         exit 0
       '';
 

@@ -725,7 +725,7 @@ let
         "sandbox = false"
       ];
     runnerHookWithoutDriverSkips =
-      builtins.match ".*no driver layer.*exit 0.*" (runnerTreeText runnerPlain "/home/runner/hooks/job-started.sh")
+      builtins.match ".*exec /opt/flywheel lane hook job-started --no-driver\n" (runnerTreeText runnerPlain "/home/runner/hooks/job-started.sh")
       != null;
     runnerRunShExecsTheRunner =
       builtins.elem "exec ${runnerPkg}/bin/Runner.Listener run \"$@\"" (lines (runnerTreeText runnerPlain "/home/runner/run.sh"))
@@ -774,15 +774,14 @@ let
         lines (runnerTreeText runnerFull "/etc/nix/nix.conf")
       );
     runnerHookWithDriverChecks =
-      builtins.match ".*/opt/flywheel driver check.*" (runnerTreeText runnerFull "/home/runner/hooks/job-started.sh")
+      builtins.match ".*exec /opt/flywheel lane hook job-started\n" (runnerTreeText runnerFull "/home/runner/hooks/job-started.sh")
       != null;
     runnerHookPushesToTheCache =
       let
         t = runnerTreeText runnerFull "/home/runner/hooks/job-completed.sh";
       in
-      builtins.match ".*cache push --to \"\\$FLYWHEEL_CACHE_URL\" --token \"\\$FLYWHEEL_CACHE_TOKEN\".*" t != null
-      && builtins.match ".*pull_request\\|pull_request_target.*" t != null
-      && builtins.match ".*FLYWHEEL_CACHE_URL=\"\\$\\{FLYWHEEL_CACHE_URL:-http://cache.lane:8080/main}\".*" t != null;
+      builtins.match ".*/opt/flywheel lane hook job-completed \\|\\| echo.*exit 0\n" t != null
+      && builtins.match ".*export FLYWHEEL_CACHE_URL=\"\\$\\{FLYWHEEL_CACHE_URL:-http://cache.lane:8080/main}\".*" t != null;
     runnerDriverLayerAsALayer =
       map (l: l.name) (mkRunnerImage (runnerArgs // {
         driverLayer = {

@@ -208,13 +208,32 @@ fn env_of(config: &Value) -> Vec<String> {
     config["config"]["Env"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect()
 }
 
-fn run_hook(hook: &Path, env: &[(&str, &str)]) -> std::process::Output {
-    let mut c = Command::new(hook);
-    c.env_clear().env("PATH", "/usr/bin:/bin");
-    for (k, v) in env {
-        c.env(k, v);
+/// The hooks' environment: a private temp dir and state dir, so the completed hook's cleanup
+/// (what appeared in the temp dir since the started hook) never touches another test's files.
+struct HookEnv {
+    tmp: PathBuf,
+    state: PathBuf,
+}
+
+impl HookEnv {
+    fn new(dir: &Path) -> Self {
+        let (tmp, state) = (dir.join("hook-tmp"), dir.join("hook-state"));
+        fs::create_dir_all(&tmp).unwrap();
+        HookEnv { tmp, state }
     }
-    c.output().unwrap_or_else(|e| panic!("running {}: {e}", hook.display()))
+
+    fn run(&self, hook: &Path, env: &[(&str, &str)]) -> std::process::Output {
+        let mut c = Command::new(hook);
+        c.env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("TMPDIR", &self.tmp)
+            .env("FLYWHEEL_HOOK_STATE_DIR", &self.state)
+            .env("FLYWHEEL_GPU_DEVICES", self.tmp.join("no-gpu"));
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap_or_else(|e| panic!("running {}: {e}", hook.display()))
+    }
 }
 
 fn text(out: &std::process::Output) -> String {
@@ -337,40 +356,48 @@ fn mk_runner_image_with_driver_and_cache_is_what_the_cli_builds_and_arc_can_star
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "Runner.Listener run --once\njitconfig=eyJqaXQiOnRydWV9\n");
 
-    // job-started: the driver check, against the node's kernel module.
+    // job-started (`flywheel lane hook job-started`): the driver check, against the node's
+    // kernel module; the image's tree stands in for the container's /.
     let started = rootfs.join("home/runner/hooks/job-started.sh");
     let good = flake.dir.join("kernel-good");
     fs::write(&good, support::driver_root::kernel_version_text("580.159.04")).unwrap();
     let bad = flake.dir.join("kernel-bad");
     fs::write(&bad, support::driver_root::kernel_version_text("570.86.15")).unwrap();
-    let args = |k: &Path| format!("--tree {} --kernel-version-file {}", rootfs.display(), k.display());
-    let out = run_hook(&started, &[("FLYWHEEL_DRIVER_CHECK_ARGS", &args(&good))]);
+    let hook_env = HookEnv::new(&flake.dir);
+    let root = rootfs.to_str().unwrap();
+    let out = hook_env
+        .run(&started, &[("FLYWHEEL_DRIVER_ROOT", root), ("FLYWHEEL_KERNEL_VERSION_FILE", good.to_str().unwrap())]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok:"), "{}", text(&out));
-    let out = run_hook(&started, &[("FLYWHEEL_DRIVER_CHECK_ARGS", &args(&bad))]);
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(said.starts_with("flywheel: job-started: NVIDIA userspace 580.159.04 matches"), "{said}");
+    // The image's own cache URL is the default, and nothing listens there.
+    assert!(said.contains(&format!("cache {CACHE_URL} unreachable")), "{said}");
+    assert_eq!(said.lines().count(), 1, "{said}");
+    let out = hook_env
+        .run(&started, &[("FLYWHEEL_DRIVER_ROOT", root), ("FLYWHEEL_KERNEL_VERSION_FILE", bad.to_str().unwrap())]);
     assert!(!out.status.success(), "a driver that does not match the kernel module fails the job: {}", text(&out));
+    assert!(text(&out).contains("job refused") && text(&out).contains("570.86.15"), "{}", text(&out));
 
     // job-completed: never fails the job.
     let completed = rootfs.join("home/runner/hooks/job-completed.sh");
-    // No token: quietly nothing (FLYWHEEL_CACHE_URL defaults to the lane's cache).
-    let out = run_hook(&completed, &[]);
+    let out = hook_env.run(&completed, &[]);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(text(&out), "");
+    assert!(text(&out).contains("not pushed (no FLYWHEEL_CACHE_TOKEN)"), "{}", text(&out));
     // A pull request: not pushed, and says so.
     let workspace = flake.dir.join("workspace");
     fs::create_dir_all(&workspace).unwrap();
     std::os::unix::fs::symlink(&git, workspace.join("result")).unwrap();
     let ws = workspace.to_str().unwrap();
-    let out = run_hook(
+    let out = hook_env.run(
         &completed,
         &[("FLYWHEEL_CACHE_TOKEN", "t"), ("GITHUB_EVENT_NAME", "pull_request"), ("GITHUB_WORKSPACE", ws)],
     );
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("not pushing") && text(&out).contains("pull_request"), "{}", text(&out));
+    assert!(text(&out).contains("not pushed (pull_request event"), "{}", text(&out));
     // A push to a cache that cannot be reached: it tries, says it failed, and exits 0.
     let list = flake.dir.join("push-paths");
     fs::write(&list, format!("{nixp}\n")).unwrap();
-    let out = run_hook(
+    let out = hook_env.run(
         &completed,
         &[
             ("FLYWHEEL_CACHE_TOKEN", "t"),
@@ -382,8 +409,7 @@ fn mk_runner_image_with_driver_and_cache_is_what_the_cli_builds_and_arc_can_star
     );
     assert!(out.status.success(), "{}", text(&out));
     let said = text(&out);
-    assert!(said.contains("pushing 2 path(s)") && said.contains("http://127.0.0.1:9/main"), "{said}");
-    assert!(said.contains("failed"), "{said}");
+    assert!(said.contains("push failed") && said.contains("the job's result stands"), "{said}");
 }
 
 #[test]
@@ -408,13 +434,24 @@ fn mk_runner_image_without_driver_or_cache() {
     assert!(!nix_conf.contains("extra-substituters") && !nix_conf.contains("extra-trusted-public-keys"), "{nix_conf}");
     assert!(tree.join("tmp").is_dir());
     // No driver layer: the job-started hook says so and lets the job run.
-    let out = run_hook(&tree.join("home/runner/hooks/job-started.sh"), &[]);
+    let hook_env = HookEnv::new(&flake.dir);
+    let out = hook_env.run(&tree.join("home/runner/hooks/job-started.sh"), &[]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("no driver layer"), "{}", text(&out));
-    // No cache configured, none in the environment: nothing to do, exit 0.
-    let out = run_hook(&tree.join("home/runner/hooks/job-completed.sh"), &[("FLYWHEEL_CACHE_TOKEN", "t")]);
+    assert!(
+        text(&out).contains("no driver check (the image has no driver layer); no cache configured"),
+        "{}",
+        text(&out)
+    );
+    // No cache configured, none in the environment: nothing pushed, exit 0, and a file the
+    // "job" left in its temp dir is removed.
+    fs::write(hook_env.tmp.join("job-scratch"), "x").unwrap();
+    let out = hook_env.run(&tree.join("home/runner/hooks/job-completed.sh"), &[("FLYWHEEL_CACHE_TOKEN", "t")]);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(text(&out), "");
+    assert_eq!(
+        text(&out),
+        "flywheel: job-completed: not pushed (no FLYWHEEL_CACHE_URL); removed 1 temporary entry; GPU free\n"
+    );
+    assert!(!hook_env.tmp.join("job-scratch").exists());
 }
 
 #[test]

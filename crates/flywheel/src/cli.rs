@@ -51,6 +51,10 @@ flywheel canary --report-dir canary-report\n  \
 flywheel canary --require bootstrap,vulkan,cache --cache http://cache:8080/main --token \"$TOKEN\"\n  \
 nix run .#canary -- --report-dir canary-report")]
     Canary(Box<CanaryArgs>),
+    /// The shared GPU lane: render its ARC runner scale set and canary workflow from a lane
+    /// spec, check the spec against its image, and the runner's job hooks.
+    #[command(subcommand)]
+    Lane(LaneCommand),
 }
 
 impl Command {
@@ -66,6 +70,7 @@ impl Command {
             Command::Cache(CacheCommand::Serve(_) | CacheCommand::Push(_) | CacheCommand::Pull(_))
                 | Command::Image(ImageCommand::Push(_))
                 | Command::Canary(_)
+                | Command::Lane(LaneCommand::Check(_) | LaneCommand::Hook(_))
         )
     }
 
@@ -820,4 +825,75 @@ fn parse_uid_gid(s: &str) -> Result<(u32, u32), String> {
     let bad = || format!("{s:?} is not UID:GID such as 1001:1001");
     let (u, g) = s.split_once(':').ok_or_else(bad)?;
     Ok((u.parse().map_err(|_| bad())?, g.parse().map_err(|_| bad())?))
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LaneCommand {
+    /// Render a lane spec: Helm values for gha-runner-scale-set 0.13, the lane's canary
+    /// workflow and an operator README, into DIR. Same spec, same bytes; a spec with any
+    /// problem renders nothing.
+    #[command(after_help = "The spec's schema and the lane contract: docs/lane.md.\nExample:\n  \
+flywheel lane render docs/lanes/honey-gpu.toml --out rendered/honey-gpu")]
+    Render(LaneRenderArgs),
+    /// Check a lane spec: its fields, then the image it pins (from an OCI layout, or the
+    /// registry) against the driver version it names.
+    #[command(after_help = "Examples:\n  \
+flywheel lane check docs/lanes/honey-gpu.toml\n  \
+flywheel lane check docs/lanes/honey-gpu.toml --layout ./gpu-runner-image")]
+    Check(LaneCheckArgs),
+    /// Print a lane spec as flywheel reads it (defaults filled in), after checking its fields.
+    Show {
+        /// The lane spec (TOML).
+        spec: PathBuf,
+    },
+    /// The runner's job hooks (ACTIONS_RUNNER_HOOK_JOB_STARTED / _COMPLETED), as the runner
+    /// image runs them. Each prints one line for the job log.
+    #[command(subcommand)]
+    Hook(LaneHookCommand),
+}
+
+#[derive(Args, Debug)]
+pub struct LaneRenderArgs {
+    /// The lane spec (TOML).
+    pub spec: PathBuf,
+    /// Where the files go (created if missing; the rendered files in it are replaced).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Also check the image first, as `flywheel lane check --layout LAYOUT` does.
+    #[arg(long, value_name = "OCI-DIR")]
+    pub layout: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct LaneCheckArgs {
+    /// The lane spec (TOML).
+    pub spec: PathBuf,
+    /// Read the image from this OCI layout (DIR or DIR:TAG) instead of its registry.
+    #[arg(long, value_name = "OCI-DIR")]
+    pub layout: Option<String>,
+    /// Reach the registry over plain HTTP (a registry on 127.0.0.1).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Docker's config.json with registry credentials (default: $DOCKER_CONFIG/config.json or
+    /// ~/.docker/config.json).
+    #[arg(long, value_name = "FILE")]
+    pub docker_config: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LaneHookCommand {
+    /// Before the job: the image's driver against the node's kernel module (a mismatch
+    /// refuses the job, exit 1), the cache's reachability, and the job's start for the
+    /// completed hook. Reads FLYWHEEL_DRIVER_ROOT, FLYWHEEL_KERNEL_VERSION_FILE,
+    /// FLYWHEEL_CACHE_URL, FLYWHEEL_HOOK_STATE_DIR.
+    JobStarted {
+        /// The image has no driver layer: skip the driver check.
+        #[arg(long)]
+        no_driver: bool,
+    },
+    /// After the job: push what it built (`flywheel cache push --since START`) unless it came
+    /// from a pull request, remove its temporary files, check the GPU is free. Always exits 0.
+    /// Reads FLYWHEEL_CACHE_URL, FLYWHEEL_CACHE_TOKEN, GITHUB_EVENT_NAME, GITHUB_WORKSPACE,
+    /// FLYWHEEL_PUSH_PATHS, FLYWHEEL_PUSH_TIMEOUT, FLYWHEEL_HOOK_STATE_DIR.
+    JobCompleted,
 }

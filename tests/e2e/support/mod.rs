@@ -187,4 +187,5 @@ impl RawNar {
     }
 }
 pub mod driver_root;
+pub mod registry;
 pub mod server;

@@ -6,11 +6,13 @@
 //!
 //! - [`reference`](mod@reference) parses `HOST[:PORT]/REPO[:TAG][@DIGEST]`
 //! - `auth`: Docker's config.json, `WWW-Authenticate` challenges, bearer tokens
+//! - [`fetch`]: an image's config by digest, for `flywheel lane check`
 //! - `client`: HTTP with retries; `upload`: blobs; `manifest`: manifests and referrers;
 //!   `state`: which repository holds which blob, for mounts
 
 mod auth;
 mod client;
+pub mod fetch;
 mod manifest;
 pub mod reference;
 mod state;

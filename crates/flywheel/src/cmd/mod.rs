@@ -6,6 +6,7 @@ mod canary;
 mod driver;
 mod image;
 mod key;
+mod lane;
 mod nar;
 mod path_info;
 
@@ -23,6 +24,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Image(c) => image::run(c),
         Command::Driver(c) => driver::run(c),
         Command::Canary(a) => canary::run(*a),
+        Command::Lane(c) => lane::run(c),
     }
 }
 

@@ -1,0 +1,511 @@
+//! `flywheel lane`: the lane spec (docs/lanes/honey-gpu.toml) round trip, every refusal, the
+//! rendered Helm values and workflow against Kubernetes' pod spec schema and GitHub's workflow
+//! schema (tests/data/schemas), byte-identical renders, `lane check` against an OCI layout and
+//! a docker-registry, and the job hooks against a real cache server and a fixture driver tree.
+
+#![allow(clippy::unwrap_used)] // a test that cannot read its own fixture should panic
+
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+use support::driver_root::{self as fx, VERSION};
+use support::registry::Registry;
+use support::server::Server;
+use support::{flywheel, nix_store, ok, ok_str, one_line_error, tempdir};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn example_spec() -> String {
+    fs::read_to_string(repo().join("docs/lanes/honey-gpu.toml")).unwrap()
+}
+
+fn schema(name: &str) -> jsonschema::Validator {
+    let text = fs::read_to_string(repo().join("tests/data/schemas").join(name)).unwrap();
+    let schema: Value = serde_json::from_str(&text).unwrap();
+    jsonschema::validator_for(&schema).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn errors(v: &jsonschema::Validator, instance: &Value) -> Vec<String> {
+    v.iter_errors(instance).map(|e| format!("{} at {}", e, e.instance_path())).collect()
+}
+
+fn yaml_file(path: &Path) -> Value {
+    let text = fs::read_to_string(path).unwrap();
+    serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn render(spec: &Path, out: &Path) -> Output {
+    flywheel().args(["lane", "render"]).arg(spec).arg("--out").arg(out).output().unwrap()
+}
+
+fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), fs::read(e.path()).unwrap()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn the_example_spec_round_trips_and_renders_the_same_valid_bytes_every_time() {
+    let t = tempdir();
+    let spec = t.path().join("honey-gpu.toml");
+    fs::write(&spec, example_spec()).unwrap();
+
+    // Round trip: what `lane show` prints reads back to the same spec (a fixed point), and is
+    // the same TOML data as the file with its defaults filled in.
+    let shown = ok_str(flywheel().args(["lane", "show"]).arg(&spec));
+    let again = t.path().join("shown.toml");
+    fs::write(&again, &shown).unwrap();
+    assert_eq!(ok_str(flywheel().args(["lane", "show"]).arg(&again)), shown);
+    let original: toml::Value = toml::from_str(&example_spec()).unwrap();
+    let reread: toml::Value = toml::from_str(&shown).unwrap();
+    assert_eq!(reread["image"], original["image"]);
+    assert_eq!(reread["labels"], original["labels"]);
+    assert_eq!(reread["runners"]["gpu_resource"].as_str(), Some("nvidia.com/gpu"), "defaults are filled in");
+
+    // Same spec, same bytes: twice from the file, once from its round trip.
+    let (a, b, c) = (t.path().join("a"), t.path().join("b"), t.path().join("c"));
+    for (s, out) in [(&spec, &a), (&spec, &b), (&again, &c)] {
+        let o = render(s, out);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let rendered = files(&a);
+    let names: Vec<&str> = rendered.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["README.md", "honey-gpu-canary.yml", "values.yaml"]);
+    assert_eq!(files(&b), rendered);
+    assert_eq!(files(&c), rendered);
+    assert!(
+        !fs::read_dir(&a).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with('.')),
+        "no temp files left"
+    );
+
+    // The values: template.spec is a valid Kubernetes pod spec, and says what the lane needs.
+    let values = yaml_file(&a.join("values.yaml"));
+    let pod = &values["template"]["spec"];
+    let podspec = schema("k8s-podspec-v1.33-strict.json");
+    assert_eq!(errors(&podspec, pod), Vec::<String>::new());
+    assert_eq!(values["runnerScaleSetName"], "gpu");
+    assert_eq!(values["githubConfigSecret"], "arc-github-app");
+    assert_eq!((values["minRunners"].as_u64(), values["maxRunners"].as_u64()), (Some(0), Some(2)));
+    assert_eq!(pod["runtimeClassName"], "nvidia");
+    assert_eq!(pod["priorityClassName"], "ci-gpu");
+    assert_eq!(pod["nodeSelector"]["nvidia.com/gpu.present"], "true");
+    assert_eq!(pod["tolerations"][0]["key"], "nvidia.com/gpu");
+    let runner = &pod["containers"][0];
+    assert_eq!(runner["name"], "runner", "ARC finds the runner container by name");
+    assert_eq!(runner["command"][0], "/home/runner/run.sh");
+    assert!(runner["image"].as_str().unwrap().contains("@sha256:"));
+    assert_eq!(runner["resources"]["limits"]["nvidia.com/gpu"], "1");
+    let env: Vec<(String, Value)> = runner["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap().to_string(), e.clone()))
+        .collect();
+    let var =
+        |n: &str| env.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone()).unwrap_or_else(|| panic!("{n} missing"));
+    assert_eq!(var("ACTIONS_RUNNER_HOOK_JOB_STARTED")["value"], "/home/runner/hooks/job-started.sh");
+    assert_eq!(var("ACTIONS_RUNNER_HOOK_JOB_COMPLETED")["value"], "/home/runner/hooks/job-completed.sh");
+    assert_eq!(var("FLYWHEEL_CACHE_URL")["value"], "http://flywheel-cache.nix-cache.svc.cluster.local:8080/main");
+    assert_eq!(var("FLYWHEEL_CACHE_TOKEN")["valueFrom"]["secretKeyRef"]["name"], "flywheel-cache-main");
+    assert_eq!(var("FLYWHEEL_CACHE_PUBLIC_KEY")["valueFrom"]["secretKeyRef"]["key"], "public-key");
+    assert!(var("NIX_CONFIG")["value"]
+        .as_str()
+        .unwrap()
+        .contains("extra-trusted-public-keys = $(FLYWHEEL_CACHE_PUBLIC_KEY)"));
+    let mounts: Vec<&str> =
+        runner["volumeMounts"].as_array().unwrap().iter().map(|m| m["mountPath"].as_str().unwrap()).collect();
+    assert_eq!(mounts, ["/nix", "/home/runner/_work", "/home/runner/.cache"]);
+    let volumes = pod["volumes"].as_array().unwrap();
+    assert_eq!(volumes[0]["ephemeral"]["volumeClaimTemplate"]["spec"]["resources"]["requests"]["storage"], "60Gi");
+    assert_eq!(volumes[2]["emptyDir"]["sizeLimit"], "10Gi");
+    assert_eq!(pod["initContainers"][0]["volumeMounts"][0]["name"], "nix", "the /nix volume is seeded from the image");
+
+    // The schema is not a rubber stamp: a misspelt field and a wrong type are caught.
+    let mut broken = pod.clone();
+    broken["containers"][0]["imagePullPolicy"] = Value::from(3);
+    broken["runtimeClass"] = Value::from("nvidia");
+    let found = errors(&podspec, &broken);
+    assert!(found.iter().any(|e| e.contains("imagePullPolicy")), "{found:?}");
+    assert!(found.iter().any(|e| e.contains("runtimeClass")), "{found:?}");
+
+    // The workflow: valid for GitHub, on the lane's label and schedule, never on pull requests.
+    let workflow = yaml_file(&a.join("honey-gpu-canary.yml"));
+    let gh = schema("github-workflows.json");
+    assert_eq!(errors(&gh, &workflow), Vec::<String>::new());
+    assert_eq!(workflow["jobs"]["canary"]["runs-on"], "gpu");
+    assert_eq!(workflow["jobs"]["canary"]["timeout-minutes"], 20);
+    assert_eq!(workflow["on"]["schedule"][0]["cron"], "17 */6 * * *");
+    assert!(workflow["on"].get("pull_request").is_none() && workflow["on"].get("pull_request_target").is_none());
+    let mut bad = workflow.clone();
+    bad["jobs"]["canary"]["timeout-minutes"] = Value::from("soon");
+    assert!(!gh.is_valid(&bad), "a time limit that is not a number");
+    let mut bad = workflow.clone();
+    bad["jobs"]["canary"]["steps"][0]["runs"] = Value::from("typo");
+    assert!(!gh.is_valid(&bad), "a misspelt step key");
+    let mut bad = workflow.clone();
+    bad["on"]["schedule"] = Value::from("17 * * * *");
+    assert!(!gh.is_valid(&bad), "a schedule that is not a list of crons");
+
+    // The README: who owns each part of the contract, and how to apply.
+    let readme = String::from_utf8(rendered[0].1.clone()).unwrap();
+    for part in
+        ["| bootstrap |", "| cache |", "| traces |", "| queue |", "| cleanup |", "helm upgrade --install honey-gpu"]
+    {
+        assert!(readme.contains(part), "README lacks {part}");
+    }
+
+    // No secret value anywhere in what is rendered.
+    for (name, bytes) in &rendered {
+        let text = String::from_utf8_lossy(bytes);
+        assert!(!text.contains("ghp_") && !text.contains("BEGIN"), "{name}");
+    }
+}
+
+/// (what to change in the example spec, text the one-line refusal must hold)
+const REFUSALS: &[(&str, &str, &[&str])] = &[
+    (
+        "@sha256:4b1d33b4f3e1c95b3a6d0e3c4e2f5a6b7c8d9e0f1a2b3c4d5e6f708192a3b4c5",
+        ":v1",
+        &["image.reference", "not pinned by digest", "REGISTRY/REPOSITORY@sha256:DIGEST"],
+    ),
+    (
+        "labels = [\"gpu\", \"gpu-nvidia\"]",
+        "labels = [\"gpu\", \"cmux-gpu\"]",
+        &["labels[1]", "repo-named", "\"cmux\"", "capability words"],
+    ),
+    ("labels = [\"gpu\", \"gpu-nvidia\"]", "labels = [\"jesssullivan/cmux\"]", &["labels[0]", "repo-named"]),
+    ("gpus = 1", "gpus = 0", &["runners.gpus", "at least 1"]),
+    ("min = 0\nmax = 2", "min = 3\nmax = 2", &["runners.min", "min 3 is more than max 2", "at most runners.max"]),
+    (
+        "push_token = { secret = \"flywheel-cache-main\", key = \"push-token\" }",
+        "push_token = \"ghp_abcdefghijklmnopqrstuvwxyz0123456789\"",
+        &["cache.push_token", "inline", "secret = \"NAME\", key = \"push-token\""],
+    ),
+    (
+        "public_key = { secret = \"flywheel-cache-main\", key = \"public-key\" }",
+        "public_key = \"main-1:6Vw6AfaXtv5dxLH9N1D2gfQgm8O1vzpX4aqdSyzR5Y0=\"",
+        &["cache.public_key", "inline"],
+    ),
+    (
+        "requests = { cpu = \"4\", memory = \"16Gi\" }",
+        "env = { GITHUB_TOKEN = \"abc\" }",
+        &["runners.env.GITHUB_TOKEN", "inline secret"],
+    ),
+    (
+        "config_secret = { secret = \"arc-github-app\" }",
+        "config_secret = \"arc-github-app\"",
+        &["github.config_secret", "inline"],
+    ),
+    ("schedule = \"17 */6 * * *\"", "schedule = \"every day\"", &["canary.schedule", "five-field cron"]),
+    ("cleanup = \"infra team (job hooks)\"", "cleanup = \"\"", &["owners.cleanup", "nobody owns it"]),
+    ("[volumes.cache]\nsize = \"10Gi\"", "[volumes.cache]\nsize = \"lots\"", &["volumes.cache.size", "not a size"]),
+    ("driver_version = \"580.159.04\"", "driver_version = \"latest\"", &["image.driver_version", "580.159.04"]),
+    (
+        "namespace = \"arc-runners\"",
+        "namespace = \"arc-runners\"\nnamspace = \"x\"",
+        &["line 9", "unknown field `namspace`"],
+    ),
+    ("name = \"honey-gpu\"", "name = \"honey-gpu", &["line 5", "honey-gpu.toml"]),
+];
+
+#[test]
+fn every_bad_spec_is_refused_in_one_line_naming_the_field_and_the_fix_and_nothing_is_rendered() {
+    let t = tempdir();
+    for (i, (from, to, want)) in REFUSALS.iter().enumerate() {
+        let text = example_spec();
+        assert!(text.contains(from), "case {i}: the example spec has no {from:?}");
+        let spec = t.path().join(format!("{i}/honey-gpu.toml"));
+        fs::create_dir_all(spec.parent().unwrap()).unwrap();
+        fs::write(&spec, text.replacen(from, to, 1)).unwrap();
+        let out = t.path().join(format!("{i}/out"));
+        let o = render(&spec, &out);
+        assert_eq!(o.status.code(), Some(1), "case {i}: {}", String::from_utf8_lossy(&o.stderr));
+        let line = one_line_error(&o);
+        for w in *want {
+            assert!(line.contains(w), "case {i}: {w:?} not in: {line}");
+        }
+        assert!(!out.exists(), "case {i}: rendered something");
+        // `lane check` refuses the same spec before it reads any image.
+        let o = flywheel().args(["lane", "check"]).arg(&spec).args(["--layout", "/nonexistent"]).output().unwrap();
+        assert_eq!(o.status.code(), Some(1), "case {i}");
+        assert!(one_line_error(&o).contains(want[0]), "case {i}: {}", one_line_error(&o));
+    }
+    // Several problems at once: all of them, numbered, on one line.
+    let spec = t.path().join("many.toml");
+    fs::write(&spec, example_spec().replace("gpus = 1", "gpus = 0").replace("min = 0", "min = 9")).unwrap();
+    let line = one_line_error(&render(&spec, &t.path().join("many")));
+    assert!(line.contains("2 problems: (1) runners.gpus") && line.contains("(2) runners.min"), "{line}");
+    // A usage error is exit 2.
+    let o = flywheel().args(["lane", "render"]).arg(&spec).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+}
+
+/// A driver tree for `version` (as `flywheel driver collect` writes it) and an image of it.
+fn driver_image(dir: &Path, version: &str) -> (PathBuf, PathBuf, String) {
+    let root = dir.join(format!("nvidia-{version}"));
+    fx::host_root(&root, version);
+    let tree = dir.join(format!("tree-{version}"));
+    ok(flywheel().args(["driver", "collect", "--no-nvml", "--driver-root"]).arg(&root).arg("--out").arg(&tree));
+    let image = dir.join(format!("image-{version}"));
+    let digest =
+        ok_str(flywheel().args(["image", "build", "--no-layer-cache", "--driver"]).arg(&tree).arg("--out").arg(&image));
+    (tree, image, digest.trim().to_string())
+}
+
+fn spec_for(dir: &Path, name: &str, reference: &str, driver: &str) -> PathBuf {
+    let text = example_spec()
+        .replace(
+            "ghcr.io/tinyland-inc/flywheel-gpu-runner@sha256:4b1d33b4f3e1c95b3a6d0e3c4e2f5a6b7c8d9e0f1a2b3c4d5e6f708192a3b4c5",
+            reference,
+        )
+        .replace("driver_version = \"580.159.04\"", &format!("driver_version = \"{driver}\""));
+    let path = dir.join(name);
+    fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn lane_check_compares_the_spec_with_the_image_in_a_layout_and_in_a_registry() {
+    let t = tempdir();
+    let (_, image, digest) = driver_image(t.path(), VERSION);
+    let layout = image.to_str().unwrap();
+    let reference = format!("registry.example/flywheel/gpu-runner@{digest}");
+
+    let good = spec_for(t.path(), "good.toml", &reference, VERSION);
+    let line = ok_str(flywheel().args(["lane", "check"]).arg(&good).args(["--layout", layout]));
+    assert!(line.contains(&format!("carries NVIDIA userspace {VERSION}")), "{line}");
+
+    // The spec names another driver than the image carries: refused, and nothing rendered.
+    let other = spec_for(t.path(), "other.toml", &reference, "570.86.15");
+    let o = flywheel().args(["lane", "check"]).arg(&other).args(["--layout", layout]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let line = one_line_error(&o);
+    assert!(line.contains("image.driver_version: the spec says 570.86.15") && line.contains(VERSION), "{line}");
+    assert!(line.contains(&format!("set driver_version = \"{VERSION}\"")), "{line}");
+    let out = t.path().join("out");
+    let o = flywheel()
+        .args(["lane", "render"])
+        .arg(&other)
+        .arg("--out")
+        .arg(&out)
+        .args(["--layout", layout])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(!out.exists());
+    let o = flywheel()
+        .args(["lane", "render"])
+        .arg(&good)
+        .arg("--out")
+        .arg(&out)
+        .args(["--layout", layout])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // A layout holding another image than the one pinned.
+    let wrong = spec_for(t.path(), "wrong.toml", &format!("registry.example/x@sha256:{}", "0".repeat(64)), VERSION);
+    let line =
+        one_line_error(&flywheel().args(["lane", "check"]).arg(&wrong).args(["--layout", layout]).output().unwrap());
+    assert!(line.contains("image.reference: the spec pins sha256:000") && line.contains(&digest), "{line}");
+
+    // From a registry: the pushed image's config label, by digest.
+    let registry = Registry::start();
+    let target = registry.reference("flywheel/gpu-runner:580");
+    let pushed = ok_str(flywheel().args(["image", "push", "--insecure", layout, &target]));
+    assert!(pushed.contains(&digest), "{pushed}");
+    let pinned = format!("{}@{digest}", registry.reference("flywheel/gpu-runner"));
+    let good = spec_for(t.path(), "reg-good.toml", &pinned, VERSION);
+    let line = ok_str(flywheel().args(["lane", "check", "--insecure"]).arg(&good));
+    assert!(line.starts_with("ok: ") && line.contains("registry"), "{line}");
+    let bad = spec_for(t.path(), "reg-bad.toml", &pinned, "570.86.15");
+    let line = one_line_error(&flywheel().args(["lane", "check", "--insecure"]).arg(&bad).output().unwrap());
+    assert!(line.contains("image.driver_version: the spec says 570.86.15"), "{line}");
+    // A digest the registry does not have.
+    let missing = spec_for(
+        t.path(),
+        "reg-missing.toml",
+        &format!("{}@sha256:{}", registry.reference("flywheel/gpu-runner"), "1".repeat(64)),
+        VERSION,
+    );
+    let o = flywheel().args(["lane", "check", "--insecure"]).arg(&missing).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(one_line_error(&o).contains("404"), "{}", one_line_error(&o));
+}
+
+/// The hooks' environment, as a runner pod gives it: private temp and state dirs.
+struct Job {
+    tmp: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl Job {
+    fn new(dir: &Path, env: &[(&str, &str)]) -> Job {
+        let tmp = dir.join("tmp");
+        fs::create_dir_all(&tmp).unwrap();
+        let mut all: Vec<(String, String)> = vec![
+            ("TMPDIR".into(), tmp.display().to_string()),
+            ("HOME".into(), dir.display().to_string()),
+            ("FLYWHEEL_HOOK_STATE_DIR".into(), dir.join("state").display().to_string()),
+        ];
+        all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Job { tmp, env: all }
+    }
+
+    fn hook(&self, which: &str, extra: &[(&str, &str)]) -> Output {
+        let mut c = flywheel();
+        c.args(["lane", "hook", which]);
+        for var in [
+            "GITHUB_EVENT_NAME",
+            "GITHUB_WORKSPACE",
+            "FLYWHEEL_CACHE_URL",
+            "FLYWHEEL_CACHE_TOKEN",
+            "RUNNER_TEMP",
+            "FLYWHEEL_PUSH_PATHS",
+        ] {
+            c.env_remove(var);
+        }
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        for (k, v) in extra {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    }
+}
+
+fn stdout_line(o: &Output) -> String {
+    let s = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(
+        s.lines().count(),
+        1,
+        "one line for the job log: {s:?} (stderr: {})",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    s.trim_end().to_string()
+}
+
+fn narinfo_status(server: &Server, path: &str) -> String {
+    let hash = Path::new(path).file_name().unwrap().to_str().unwrap().split('-').next().unwrap().to_string();
+    ok_str(Command::new("curl").args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("{}/{hash}.narinfo", server.url("main")),
+    ]))
+}
+
+fn add_to_store(dir: &Path, name: &str) -> String {
+    let f = dir.join(name);
+    fs::write(&f, format!("{name} {:?}\n", std::time::SystemTime::now())).unwrap();
+    ok_str(nix_store().arg("--add").arg(&f)).trim().to_string()
+}
+
+#[test]
+fn hooks_refuse_a_driver_mismatch_skip_pull_requests_push_what_the_job_built_and_clean_up() {
+    let t = tempdir();
+    let data = t.path().join("data");
+    let server = Server::start(&data, &[]);
+    let token = ok_str(
+        flywheel().args(["cache", "token", "create", "--cache", "main", "--scope", "write", "--data"]).arg(&data),
+    )
+    .trim()
+    .to_string();
+    let url = server.url("main");
+    let (tree, _, _) = driver_image(t.path(), VERSION);
+    let good = t.path().join("kernel-good");
+    fs::write(&good, fx::kernel_version_text(VERSION)).unwrap();
+    let bad = t.path().join("kernel-bad");
+    fs::write(&bad, fx::kernel_version_text("570.86.15")).unwrap();
+    // A stand-in for a GPU device node: the GPU check looks for processes holding it open.
+    let device = t.path().join("dev-nvidia0");
+    fs::write(&device, "").unwrap();
+    let job = Job::new(
+        &t.path().join("job"),
+        &[
+            ("FLYWHEEL_DRIVER_ROOT", tree.to_str().unwrap()),
+            ("FLYWHEEL_CACHE_URL", &url),
+            ("FLYWHEEL_CACHE_TOKEN", &token),
+            ("FLYWHEEL_GPU_DEVICES", device.to_str().unwrap()),
+        ],
+    );
+    let kernel = |k: &Path| ("FLYWHEEL_KERNEL_VERSION_FILE", k.to_str().unwrap().to_string());
+
+    // The node's kernel module is another version: the job is refused, saying both.
+    let (k, v) = kernel(&bad);
+    let o = job.hook("job-started", &[(k, &v)]);
+    assert_eq!(o.status.code(), Some(1));
+    let line = one_line_error(&o);
+    assert!(line.contains("job refused") && line.contains("570.86.15") && line.contains(VERSION), "{line}");
+
+    // A pull request's job: started, built something, left a temp file; nothing is pushed.
+    let (k, v) = kernel(&good);
+    let o = job.hook("job-started", &[(k, &v)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let line = stdout_line(&o);
+    assert!(
+        line.starts_with(&format!(
+            "flywheel: job-started: NVIDIA userspace {VERSION} matches the kernel module; cache {url} answered in "
+        )),
+        "{line}"
+    );
+    let built = add_to_store(t.path(), "pr-output");
+    fs::write(job.tmp.join("pr-scratch"), "x").unwrap();
+    let o = job.hook("job-completed", &[("GITHUB_EVENT_NAME", "pull_request")]);
+    assert!(o.status.success());
+    let line = stdout_line(&o);
+    assert!(line.contains("not pushed (pull_request event"), "{line}");
+    assert!(line.contains("removed 1 temporary entry; GPU free"), "{line}");
+    assert_eq!(narinfo_status(&server, &built), "404", "a pull request's output never reaches the cache");
+    assert!(!job.tmp.join("pr-scratch").exists());
+
+    // A push's job: what it built is pushed (--since the job's start), temp files removed, and a
+    // process it left holding the GPU is named; the hook still exits 0.
+    fs::write(job.tmp.join("from-before"), "kept").unwrap();
+    let o = job.hook("job-started", &[(k, &v)]);
+    assert!(o.status.success());
+    let built = add_to_store(t.path(), "push-output");
+    fs::create_dir_all(job.tmp.join("build-dir/sub")).unwrap();
+    let mut holder = Command::new("sh")
+        .arg("-c")
+        .arg(format!("exec 3<'{}'; exec sleep 60", device.display()))
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let o = job.hook("job-completed", &[("GITHUB_EVENT_NAME", "push")]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(o.status.success());
+    let line = stdout_line(&o);
+    assert!(line.contains(&format!("to {url} in ")) && line.contains("pushed "), "{line}");
+    assert!(line.contains("removed 1 temporary entry"), "{line}");
+    assert!(line.contains(&format!("GPU still held by pid {} (sleep)", holder.id())), "{line}");
+    assert_eq!(narinfo_status(&server, &built), "200", "the job's output is in the cache");
+    assert!(job.tmp.join("from-before").exists(), "what was there before the job is not the job's");
+    assert!(!job.tmp.join("build-dir").exists());
+
+    // The cache goes away: the push fails, the hook says so and exits 0.
+    drop(server);
+    let o = job.hook("job-started", &[(k, &v)]);
+    assert!(o.status.success(), "an unreachable cache does not refuse the job");
+    assert!(stdout_line(&o).contains("unreachable"), "{}", stdout_line(&o));
+    add_to_store(t.path(), "after-cache-went");
+    let o = job.hook("job-completed", &[("GITHUB_EVENT_NAME", "push")]);
+    assert!(o.status.success());
+    let line = stdout_line(&o);
+    assert!(line.contains("push failed (") && line.contains("the job's result stands"), "{line}");
+}
