@@ -755,6 +755,13 @@ let
         exit 0
       '';
 
+      # The lane pod's init container runs this with --to /nix-volume: the image's /nix copied
+      # into the runner's /nix volume, which would otherwise hide it (docs/lane.md).
+      seedNix = ''
+        #!${shellPath}
+        exec ${flywheelExe} lane seed-nix "$@"
+      '';
+
       nixConf = concatStringsSep "\n" (
         [
           "# Written by flywheel's mkRunnerImage: single-user Nix as the runner user."
@@ -778,6 +785,7 @@ let
         { path = "${home}/_work"; directory = true; }
         { path = "${home}/hooks/job-started.sh"; text = jobStarted; mode = "0755"; }
         { path = "${home}/hooks/job-completed.sh"; text = jobCompleted; mode = "0755"; }
+        { path = "${home}/hooks/seed-nix.sh"; text = seedNix; mode = "0755"; }
       ];
 
       tree = mkTree {

@@ -129,6 +129,10 @@ fn the_example_spec_round_trips_and_renders_the_same_valid_bytes_every_time() {
     assert_eq!(volumes[0]["ephemeral"]["volumeClaimTemplate"]["spec"]["resources"]["requests"]["storage"], "60Gi");
     assert_eq!(volumes[2]["emptyDir"]["sizeLimit"], "10Gi");
     assert_eq!(pod["initContainers"][0]["volumeMounts"][0]["name"], "nix", "the /nix volume is seeded from the image");
+    assert_eq!(
+        pod["initContainers"][0]["command"],
+        serde_json::json!(["/home/runner/hooks/seed-nix.sh", "--to", "/nix-volume"])
+    );
 
     // The schema is not a rubber stamp: a misspelt field and a wrong type are caught.
     let mut broken = pod.clone();
@@ -508,4 +512,131 @@ fn hooks_refuse_a_driver_mismatch_skip_pull_requests_push_what_the_job_built_and
     assert!(o.status.success());
     let line = stdout_line(&o);
     assert!(line.contains("push failed (") && line.contains("the job's result stands"), "{line}");
+}
+
+/// (relative path, kind, mode, symlink target or content) of everything under `root`.
+fn tree(root: &Path) -> Vec<(String, char, u32, Vec<u8>)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let m = fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            let mode = m.permissions().mode() & 0o7777;
+            if m.is_dir() {
+                out.push((rel, 'd', mode, Vec::new()));
+                stack.push(p);
+            } else if m.file_type().is_symlink() {
+                out.push((rel, 'l', 0, fs::read_link(&p).unwrap().as_os_str().as_encoded_bytes().to_vec()));
+            } else {
+                out.push((rel, 'f', mode, fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A volume as Kubernetes gives it to a pod with fsGroup 1001: group-owned, setgid.
+fn fsgroup_volume(path: &Path) {
+    fs::create_dir_all(path).unwrap();
+    ok(Command::new("chown").arg("1001:1001").arg(path));
+    chmod(path, 0o2775);
+}
+
+/// `flywheel ARGS` as the runner user (uid and gid 1001), as the init container runs it.
+fn as_runner(args: &[&std::ffi::OsStr]) -> Output {
+    Command::new("setpriv")
+        .args(["--reuid", "1001", "--regid", "1001", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_flywheel"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn seed_nix_copies_a_read_only_store_into_an_fsgroup_volume_as_the_runner_user() {
+    let t = tempdir();
+    chmod(t.path(), 0o755);
+    // An image's /nix: read-only store directories and files, a symlink, the registration.
+    let src = t.path().join("image-nix");
+    let pkg = src.join("store/0123456789abcdfghijklmnpqrsvwxyz-tool-1.0");
+    fs::create_dir_all(pkg.join("bin")).unwrap();
+    fs::create_dir_all(src.join("var/nix/db")).unwrap();
+    fs::write(pkg.join("bin/tool"), "#!/bin/sh\necho tool\n").unwrap();
+    std::os::unix::fs::symlink("bin/tool", pkg.join("tool")).unwrap();
+    fs::write(src.join(".flywheel-registration"), "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-tool-1.0\n").unwrap();
+    chmod(&pkg.join("bin/tool"), 0o555);
+    chmod(&src.join(".flywheel-registration"), 0o444);
+    chmod(&pkg.join("bin"), 0o555);
+    chmod(&pkg, 0o555);
+    let want = tree(&src);
+
+    let vol = t.path().join("vol");
+    fsgroup_volume(&vol);
+    let o = as_runner(&[
+        "lane".as_ref(),
+        "seed-nix".as_ref(),
+        "--from".as_ref(),
+        src.as_os_str(),
+        "--to".as_ref(),
+        vol.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let line = stdout_line(&o);
+    assert!(line.contains("seeded") && line.contains("2 files") && line.contains("1 symlinks"), "{line}");
+    let mut got = tree(&vol);
+    got.retain(|(p, ..)| p != ".flywheel-seeded");
+    assert_eq!(got, want, "the volume holds the image's /nix, modes and all");
+    assert!(vol.join(".flywheel-seeded").is_file());
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        fs::metadata(pkg.join("bin/tool")).unwrap().mtime(),
+        fs::metadata(vol.join("store/0123456789abcdfghijklmnpqrsvwxyz-tool-1.0/bin/tool")).unwrap().mtime()
+    );
+
+    // Seeded once: the next start of the pod finds it so and copies nothing.
+    let o = as_runner(&[
+        "lane".as_ref(),
+        "seed-nix".as_ref(),
+        "--from".as_ref(),
+        src.as_os_str(),
+        "--to".as_ref(),
+        vol.as_os_str(),
+    ]);
+    assert!(o.status.success());
+    assert!(stdout_line(&o).contains("already seeded"), "{}", stdout_line(&o));
+
+    // An interrupted copy (a read-only directory left half full, no marker) is cleared and redone.
+    let half = t.path().join("half");
+    fsgroup_volume(&half);
+    let stale = half.join("store/0123456789abcdfghijklmnpqrsvwxyz-tool-1.0");
+    fs::create_dir_all(&stale).unwrap();
+    ok(Command::new("chown").arg("-R").arg("1001:1001").arg(half.join("store")));
+    chmod(&stale, 0o555);
+    let o = as_runner(&[
+        "lane".as_ref(),
+        "seed-nix".as_ref(),
+        "--from".as_ref(),
+        src.as_os_str(),
+        "--to".as_ref(),
+        half.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout_line(&o).contains("entries cleared first"), "{}", stdout_line(&o));
+    let mut got = tree(&half);
+    got.retain(|(p, ..)| p != ".flywheel-seeded");
+    assert_eq!(got, want);
+
+    // No volume mounted there: one line, exit 1.
+    let o = flywheel().args(["lane", "seed-nix", "--to"]).arg(t.path().join("missing")).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(one_line_error(&o).contains("missing"), "{}", one_line_error(&o));
 }

@@ -348,7 +348,28 @@ fn mk_runner_image_with_driver_and_cache_is_what_the_cli_builds_and_arc_can_star
         cfg["history"].as_array().unwrap().iter().map(|h| h["created_by"].as_str().unwrap().to_string()).collect();
     assert_eq!(layer_names.last().unwrap(), "flywheel image build: nix-db layer nix-db", "{layer_names:?}");
     assert!(run_text.contains("nix-store --load-db < /nix/.flywheel-registration"), "{run_text}");
-    check_registration(&rootfs, &flake.dir, &[&git, &bash, &runner, &cacert]);
+    // The lane pod's init container: the image's seed-nix.sh, as the runner user, copies its
+    // /nix into an fsGroup volume; that copy is the store the registration describes.
+    let pod = flake.dir.join("pod");
+    let vol = pod.join("nix");
+    fs::create_dir_all(&vol).unwrap();
+    ok(Command::new("chown").arg("1001:1001").arg(&vol));
+    for (dir, mode) in [(&flake.dir, 0o755), (&flake.dir.join("bundle"), 0o755), (&pod, 0o755), (&vol, 0o2775)] {
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let seed = rootfs.join("home/runner/hooks/seed-nix.sh");
+    let out = Command::new("setpriv")
+        .args(["--reuid", "1001", "--regid", "1001", "--clear-groups"])
+        .arg(&seed)
+        .arg("--from")
+        .arg(rootfs.join("nix"))
+        .arg("--to")
+        .arg(&vol)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).starts_with("flywheel: seeded "), "{}", text(&out));
+    check_registration(&pod, &flake.dir, &[&git, &bash, &runner, &cacert]);
 
     // run.sh starts the listener with ARC's JIT configuration in the environment.
     let out =

@@ -9,11 +9,13 @@
 //! - [`render`]: `flywheel lane render`, deterministic bytes written atomically
 //! - [`image_check`]: `flywheel lane check`, the spec's driver version against the image's label
 //! - [`hooks`]: `ACTIONS_RUNNER_HOOK_JOB_STARTED` / `_COMPLETED`
+//! - [`seed`]: the image's /nix into the runner's /nix volume (the pod's init container)
 
 pub mod hooks;
 pub mod image_check;
 pub mod labels;
 pub mod render;
+pub mod seed;
 pub mod spec;
 pub mod validate;
 

@@ -850,6 +850,17 @@ flywheel lane check docs/lanes/honey-gpu.toml --layout ./gpu-runner-image")]
     /// image runs them. Each prints one line for the job log.
     #[command(subcommand)]
     Hook(LaneHookCommand),
+    /// Copy the image's /nix into the runner's empty /nix volume (the lane pod's init
+    /// container runs it): directories filled before they are made read-only, an interrupted
+    /// copy redone, the volume marked seeded only when whole; nothing to do once seeded.
+    SeedNix {
+        /// The image's store root.
+        #[arg(long, value_name = "DIR", default_value = "/nix")]
+        from: PathBuf,
+        /// The volume, mounted somewhere else than /nix in the init container.
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::LaneError;
 pub use gpu::holders as gpu_holders;
 use state::JobState;
+pub(crate) use temp::remove_tree_or_file;
 
 /// Everything the hooks read from their environment, gathered once (see [`HookOptions::from_env`]).
 #[derive(Clone, Debug)]

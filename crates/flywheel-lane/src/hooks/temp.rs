@@ -33,7 +33,7 @@ pub fn remove_new(dirs: &[PathBuf], before: &BTreeMap<String, BTreeSet<String>>)
             if std::os::unix::fs::MetadataExt::uid(&meta) != uid {
                 continue;
             }
-            let result = if meta.is_dir() { remove_tree(&path) } else { std::fs::remove_file(&path) };
+            let result = remove_tree_or_file(&path);
             match result {
                 Ok(()) => removed += 1,
                 Err(e) => left.push(format!("{} ({e})", path.display())),
@@ -44,6 +44,15 @@ pub fn remove_new(dirs: &[PathBuf], before: &BTreeMap<String, BTreeSet<String>>)
         format!("removed {removed} temporary entr{}", if removed == 1 { "y" } else { "ies" })
     } else {
         format!("removed {removed} temporary entries, could not remove {}", left.join(", "))
+    }
+}
+
+/// A file or symlink, or a whole directory (see [`remove_tree`]).
+pub fn remove_tree_or_file(path: &std::path::Path) -> std::io::Result<()> {
+    if std::fs::symlink_metadata(path)?.is_dir() {
+        remove_tree(path)
+    } else {
+        std::fs::remove_file(path)
     }
 }
 

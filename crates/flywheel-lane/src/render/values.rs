@@ -11,6 +11,7 @@ use crate::spec::{LaneSpec, SecretSource, Volume};
 /// Where the image keeps the hooks (nix/lib's mkRunnerImage).
 pub const HOOK_STARTED: &str = "/home/runner/hooks/job-started.sh";
 pub const HOOK_COMPLETED: &str = "/home/runner/hooks/job-completed.sh";
+pub const HOOK_SEED: &str = "/home/runner/hooks/seed-nix.sh";
 /// The runner user ARC's own image uses, and mkRunnerImage's.
 pub const RUNNER_UID: u32 = 1001;
 /// Where the seed container mounts the lane's /nix volume.
@@ -105,17 +106,6 @@ fn volume(name: &str, v: &Volume) -> serde_json::Value {
     }
 }
 
-/// The seed container's script: the image's /nix, copied once into the lane's empty /nix
-/// volume, which would otherwise hide it (store, registration and all).
-fn seed_script() -> String {
-    format!(
-        "set -eu\nif [ -e {SEED_MOUNT}/.flywheel-seeded ]; then echo \"flywheel: /nix volume already seeded\"; exit 0; fi\n\
-         echo \"flywheel: seeding the /nix volume from the image\"\n\
-         cp -a /nix/. {SEED_MOUNT}/\n\
-         touch {SEED_MOUNT}/.flywheel-seeded\n"
-    )
-}
-
 pub fn values(spec: &LaneSpec) -> Values {
     let r = &spec.runners;
     let digest = spec.image_digest().unwrap_or_default().to_string();
@@ -169,7 +159,9 @@ pub fn values(spec: &LaneSpec) -> Values {
         name: "seed-nix".into(),
         image: spec.image.reference.clone(),
         image_pull_policy: "IfNotPresent".into(),
-        command: vec!["/bin/sh".into(), "-c".into(), seed_script()],
+        // `flywheel lane seed-nix` through the image's script (mkRunnerImage), so the values need
+        // not know where flywheel is in the image's store.
+        command: vec![HOOK_SEED.into(), "--to".into(), SEED_MOUNT.into()],
         env: Vec::new(),
         resources: None,
         volume_mounts: vec![serde_json::json!({ "name": "nix", "mountPath": SEED_MOUNT })],

@@ -19,6 +19,30 @@ pub fn run(command: LaneCommand) -> anyhow::Result<()> {
             Ok(())
         }
         LaneCommand::Hook(h) => hook(h),
+        LaneCommand::SeedNix { from, to } => {
+            let r = flywheel_lane::seed::seed(&from, &to)?;
+            let line = if r.already_seeded {
+                format!("flywheel: {} is already seeded", to.display())
+            } else {
+                format!(
+                    "flywheel: seeded {} from {}: {} files ({}), {} directories, {} symlinks in {:.1} s{}",
+                    to.display(),
+                    from.display(),
+                    r.files,
+                    flywheel_nix::human_bytes(r.bytes),
+                    r.dirs,
+                    r.symlinks,
+                    r.seconds,
+                    if r.cleared > 0 {
+                        format!(" (an interrupted copy's {} entries cleared first)", r.cleared)
+                    } else {
+                        String::new()
+                    }
+                )
+            };
+            writeln!(std::io::stdout().lock(), "{line}")?;
+            Ok(())
+        }
     }
 }
 
