@@ -297,24 +297,19 @@ fn lane_check_compares_the_spec_with_the_image_in_a_layout_and_in_a_registry() {
     assert!(line.contains("image.driver_version: the spec says 570.86.15") && line.contains(VERSION), "{line}");
     assert!(line.contains(&format!("set driver_version = \"{VERSION}\"")), "{line}");
     let out = t.path().join("out");
-    let o = flywheel()
-        .args(["lane", "render"])
-        .arg(&other)
-        .arg("--out")
-        .arg(&out)
-        .args(["--layout", layout])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(1));
+    let render_checked = |spec: &Path| {
+        flywheel()
+            .args(["lane", "render"])
+            .arg(spec)
+            .arg("--out")
+            .arg(&out)
+            .args(["--layout", layout])
+            .output()
+            .unwrap()
+    };
+    assert_eq!(render_checked(&other).status.code(), Some(1));
     assert!(!out.exists());
-    let o = flywheel()
-        .args(["lane", "render"])
-        .arg(&good)
-        .arg("--out")
-        .arg(&out)
-        .args(["--layout", layout])
-        .output()
-        .unwrap();
+    let o = render_checked(&good);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
     // A layout holding another image than the one pinned.
