@@ -1,6 +1,8 @@
 //! nix/lib's mkRunnerImage, built by Debian's Nix from tests/runner-flake: the image is the one
 //! `flywheel image build --spec` gives for the same spec, holds what actions-runner-controller
-//! starts (run.sh, the runner user, the job hooks, nix.conf), and its hooks do what they say.
+//! starts (run.sh, the runner user, the job hooks, nix.conf), and its hooks do what they say;
+//! and a lane pod played on this machine: /nix seeded, the store registered, a build as the
+//! runner user, and its output pushed by the job-completed hook.
 //! Also `flywheel image tree`, which mkTree runs as the builder.
 
 #![allow(clippy::unwrap_used)] // a test that cannot read its own fixture should panic
@@ -204,6 +206,112 @@ fn check_registration(rootfs: &Path, work: &Path, roots: &[&str]) {
     assert!(out.status.success(), "nix store verify: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// A volume as Kubernetes gives a pod with fsGroup 1001 (group-owned, setgid), with every
+/// directory above it open to the runner user.
+fn fsgroup_volume(vol: &Path) {
+    fs::create_dir_all(vol).unwrap();
+    ok(Command::new("chown").arg("1001:1001").arg(vol));
+    fs::set_permissions(vol, fs::Permissions::from_mode(0o2775)).unwrap();
+    let mut dir = vol.parent();
+    while let Some(d) = dir.filter(|d| d.starts_with(std::env::temp_dir()) && *d != std::env::temp_dir()) {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+        dir = d.parent();
+    }
+}
+
+/// The lane pod's init container: the image's seed-nix.sh, as the runner user.
+fn seed_as_runner(rootfs: &Path, vol: &Path) {
+    let mut dir = rootfs.parent();
+    while let Some(d) = dir.filter(|d| d.starts_with(std::env::temp_dir()) && *d != std::env::temp_dir()) {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+        dir = d.parent();
+    }
+    let out = Command::new("setpriv")
+        .args(["--reuid", "1001", "--regid", "1001", "--clear-groups"])
+        .arg(rootfs.join("home/runner/hooks/seed-nix.sh"))
+        .arg("--from")
+        .arg(rootfs.join("nix"))
+        .arg("--to")
+        .arg(vol)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).starts_with("flywheel: seeded "), "{}", text(&out));
+}
+
+/// A lane pod, as far as one machine can play it: the /nix volume seeded as the runner user and
+/// mounted at /nix (a private mount namespace), run.sh registering the image's store, the
+/// job-started hook, a `nix-build` as the runner user with the image's own bash as builder, and
+/// the job-completed hook pushing what that build made to a real cache server.
+#[test]
+fn a_lane_pod_seeds_nix_registers_the_store_builds_as_the_runner_and_pushes_what_it_built() {
+    let flake = RunnerFlake::new();
+    let image = flake.build(&format!("packages.{SYSTEM}.gpu-runner-image"));
+    let bash = flake.eval_raw(&format!("packages.{SYSTEM}.bash.outPath"));
+    let rootfs = umoci_unpack(&image, &flake.dir.join("bundle"));
+    let pod = flake.dir.join("pod");
+    let vol = pod.join("nix");
+    fsgroup_volume(&vol);
+    seed_as_runner(&rootfs, &vol);
+
+    let data = flake.dir.join("cache-data");
+    let server = support::server::Server::start(&data, &[]);
+    let token = ok_str(
+        flywheel().args(["cache", "token", "create", "--cache", "main", "--scope", "write", "--data"]).arg(&data),
+    );
+    let kernel = flake.dir.join("kernel");
+    fs::write(&kernel, support::driver_root::kernel_version_text("580.159.04")).unwrap();
+    let (home, tmp) = (pod.join("home"), pod.join("tmp"));
+    for d in [&home, &tmp] {
+        fs::create_dir_all(d).unwrap();
+        ok(Command::new("chown").arg("1001:1001").arg(d));
+    }
+    let hooks = rootfs.join("home/runner/hooks");
+    // Everything the runner user runs gets the image's environment, as the container would.
+    let as_runner = format!(
+        "setpriv --reuid 1001 --regid 1001 --clear-groups env -i PATH=/usr/bin:/bin HOME={home} USER=runner TMPDIR={tmp} \
+         NIX_CONF_DIR={etc} FLYWHEEL_HOOK_STATE_DIR={home}/.flywheel-hooks FLYWHEEL_CACHE_URL={url} GITHUB_EVENT_NAME=push",
+        home = home.display(),
+        tmp = tmp.display(),
+        etc = rootfs.join("etc/nix").display(),
+        url = server.url("main"),
+    );
+    let script = format!(
+        r#"set -u
+mount --bind {vol} /nix
+{as_runner} ACTIONS_RUNNER_INPUT_JITCONFIG=jit {run_sh} --once
+{as_runner} FLYWHEEL_DRIVER_ROOT={rootfs} FLYWHEEL_KERNEL_VERSION_FILE={kernel} {hooks}/job-started.sh || exit 3
+out=$({as_runner} nix-build --option substituters '' --no-out-link -E 'derivation {{ name = "built-in-the-pod"; system = builtins.currentSystem; builder = "{bash}/bin/bash"; args = [ "-c" "echo built > $out" ]; }}') || exit 4
+echo "built: $out"
+{as_runner} FLYWHEEL_CACHE_TOKEN={token} {hooks}/job-completed.sh
+{as_runner} nix-store --verify --check-contents || exit 5
+"#,
+        vol = vol.display(),
+        run_sh = rootfs.join("home/runner/run.sh").display(),
+        rootfs = rootfs.display(),
+        kernel = kernel.display(),
+        hooks = hooks.display(),
+        token = token.trim(),
+    );
+    let out = Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]).output().unwrap();
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("flywheel: registering the image's store paths with Nix"), "{said}");
+    assert!(!said.contains("load-db failed"), "{said}");
+    assert!(said.contains("Runner.Listener run --once"), "{said}");
+    assert!(
+        said.contains("flywheel: job-started: NVIDIA userspace 580.159.04 matches the kernel module; cache "),
+        "{said}"
+    );
+    let built = said.lines().find_map(|l| l.strip_prefix("built: ")).unwrap_or_else(|| panic!("{said}")).to_string();
+    assert!(said.contains("flywheel: job-completed: pushed ") && said.contains("GPU free"), "{said}");
+    // What the runner built in the pod is in the cache, with its NAR, as the server signed it.
+    let hash = built.trim_start_matches("/nix/store/").split('-').next().unwrap().to_string();
+    let narinfo = ok_str(Command::new("curl").args(["-sf", &format!("{}/{hash}.narinfo", server.url("main"))]));
+    assert!(narinfo.contains(&format!("StorePath: {built}")) && narinfo.contains("Sig: main-"), "{narinfo}");
+    assert_eq!(fs::read_to_string(vol.join(built.trim_start_matches("/nix/"))).unwrap(), "built\n");
+}
+
 fn env_of(config: &Value) -> Vec<String> {
     config["config"]["Env"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect()
 }
@@ -352,23 +460,8 @@ fn mk_runner_image_with_driver_and_cache_is_what_the_cli_builds_and_arc_can_star
     // /nix into an fsGroup volume; that copy is the store the registration describes.
     let pod = flake.dir.join("pod");
     let vol = pod.join("nix");
-    fs::create_dir_all(&vol).unwrap();
-    ok(Command::new("chown").arg("1001:1001").arg(&vol));
-    for (dir, mode) in [(&flake.dir, 0o755), (&flake.dir.join("bundle"), 0o755), (&pod, 0o755), (&vol, 0o2775)] {
-        fs::set_permissions(dir, fs::Permissions::from_mode(mode)).unwrap();
-    }
-    let seed = rootfs.join("home/runner/hooks/seed-nix.sh");
-    let out = Command::new("setpriv")
-        .args(["--reuid", "1001", "--regid", "1001", "--clear-groups"])
-        .arg(&seed)
-        .arg("--from")
-        .arg(rootfs.join("nix"))
-        .arg("--to")
-        .arg(&vol)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).starts_with("flywheel: seeded "), "{}", text(&out));
+    fsgroup_volume(&vol);
+    seed_as_runner(&rootfs, &vol);
     check_registration(&pod, &flake.dir, &[&git, &bash, &runner, &cacert]);
 
     // run.sh starts the listener with ARC's JIT configuration in the environment.
