@@ -2,11 +2,13 @@
 //! pod's init container, before the runner starts. The volume would otherwise hide the image's
 //! store, and with it the store the runner's Nix registers on its first start.
 //!
-//! Written here rather than as `cp -a` because the copy runs as the runner user into a volume
-//! that Kubernetes made group-owned and setgid (fsGroup): `cp -a` applies a store directory's
-//! read-only mode before filling it, and fails there. Directories are filled while writable and
-//! given their modes last; an interrupted copy (the init container restarted) is cleared and
-//! done again; the volume is marked seeded only when the copy is whole.
+//! Written here rather than as a `cp -a` script because (1) the image need not hold `cp` or a
+//! shell that has it (mkRunnerImage guarantees flywheel and bash, not coreutils), and (2) an init
+//! container restarted after an interrupted copy would run `cp -a` again into a volume holding
+//! read-only store directories and files it made itself, which fails with "Permission denied"
+//! as the runner user (seen here). seed-nix clears an unmarked volume and copies again; it fills
+//! directories before giving them their read-only modes, and marks the volume seeded only when
+//! the copy is whole.
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
