@@ -15,7 +15,7 @@ use serde_json::Value;
 use support::driver_root::{self as fx, VERSION};
 use support::registry::Registry;
 use support::server::Server;
-use support::{flywheel, nix_store, ok, ok_str, one_line_error, tempdir};
+use support::{flywheel, fsgroup_volume, nix_store, ok, ok_str, one_line_error, tempdir};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -539,19 +539,16 @@ fn chmod(path: &Path, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
 }
 
-/// A volume as Kubernetes gives it to a pod with fsGroup 1001: group-owned, setgid.
-fn fsgroup_volume(path: &Path) {
-    fs::create_dir_all(path).unwrap();
-    ok(Command::new("chown").arg("1001:1001").arg(path));
-    chmod(path, 0o2775);
-}
-
-/// `flywheel ARGS` as the runner user (uid and gid 1001), as the init container runs it.
-fn as_runner(args: &[&std::ffi::OsStr]) -> Output {
+/// `flywheel lane seed-nix --from FROM --to TO` as the runner user (uid and gid 1001), as the
+/// init container runs it.
+fn seed_as_runner(from: &Path, to: &Path) -> Output {
     Command::new("setpriv")
         .args(["--reuid", "1001", "--regid", "1001", "--clear-groups"])
         .arg(env!("CARGO_BIN_EXE_flywheel"))
-        .args(args)
+        .args(["lane", "seed-nix", "--from"])
+        .arg(from)
+        .arg("--to")
+        .arg(to)
         .output()
         .unwrap()
 }
@@ -576,14 +573,7 @@ fn seed_nix_copies_a_read_only_store_into_an_fsgroup_volume_as_the_runner_user()
 
     let vol = t.path().join("vol");
     fsgroup_volume(&vol);
-    let o = as_runner(&[
-        "lane".as_ref(),
-        "seed-nix".as_ref(),
-        "--from".as_ref(),
-        src.as_os_str(),
-        "--to".as_ref(),
-        vol.as_os_str(),
-    ]);
+    let o = seed_as_runner(&src, &vol);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let line = stdout_line(&o);
     assert!(line.contains("seeded") && line.contains("2 files") && line.contains("1 symlinks"), "{line}");
@@ -598,14 +588,7 @@ fn seed_nix_copies_a_read_only_store_into_an_fsgroup_volume_as_the_runner_user()
     );
 
     // Seeded once: the next start of the pod finds it so and copies nothing.
-    let o = as_runner(&[
-        "lane".as_ref(),
-        "seed-nix".as_ref(),
-        "--from".as_ref(),
-        src.as_os_str(),
-        "--to".as_ref(),
-        vol.as_os_str(),
-    ]);
+    let o = seed_as_runner(&src, &vol);
     assert!(o.status.success());
     assert!(stdout_line(&o).contains("already seeded"), "{}", stdout_line(&o));
 
@@ -616,14 +599,7 @@ fn seed_nix_copies_a_read_only_store_into_an_fsgroup_volume_as_the_runner_user()
     fs::create_dir_all(&stale).unwrap();
     ok(Command::new("chown").arg("-R").arg("1001:1001").arg(half.join("store")));
     chmod(&stale, 0o555);
-    let o = as_runner(&[
-        "lane".as_ref(),
-        "seed-nix".as_ref(),
-        "--from".as_ref(),
-        src.as_os_str(),
-        "--to".as_ref(),
-        half.as_os_str(),
-    ]);
+    let o = seed_as_runner(&src, &half);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(stdout_line(&o).contains("entries cleared first"), "{}", stdout_line(&o));
     let mut got = tree(&half);

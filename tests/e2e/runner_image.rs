@@ -206,19 +206,6 @@ fn check_registration(rootfs: &Path, work: &Path, roots: &[&str]) {
     assert!(out.status.success(), "nix store verify: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// A volume as Kubernetes gives a pod with fsGroup 1001 (group-owned, setgid), with every
-/// directory above it open to the runner user.
-fn fsgroup_volume(vol: &Path) {
-    fs::create_dir_all(vol).unwrap();
-    ok(Command::new("chown").arg("1001:1001").arg(vol));
-    fs::set_permissions(vol, fs::Permissions::from_mode(0o2775)).unwrap();
-    let mut dir = vol.parent();
-    while let Some(d) = dir.filter(|d| d.starts_with(std::env::temp_dir()) && *d != std::env::temp_dir()) {
-        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
-        dir = d.parent();
-    }
-}
-
 /// The lane pod's init container: the image's seed-nix.sh, as the runner user.
 fn seed_as_runner(rootfs: &Path, vol: &Path) {
     let mut dir = rootfs.parent();

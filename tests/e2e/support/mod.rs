@@ -189,3 +189,17 @@ impl RawNar {
 pub mod driver_root;
 pub mod registry;
 pub mod server;
+
+/// A volume as Kubernetes gives a pod with fsGroup 1001 (group-owned, setgid), with every
+/// directory above it open to the runner user.
+pub fn fsgroup_volume(vol: &Path) {
+    std::fs::create_dir_all(vol).expect("create the volume");
+    ok(Command::new("chown").arg("1001:1001").arg(vol));
+    std::fs::set_permissions(vol, std::os::unix::fs::PermissionsExt::from_mode(0o2775)).expect("chmod the volume");
+    let mut dir = vol.parent();
+    while let Some(d) = dir.filter(|d| d.starts_with(std::env::temp_dir()) && *d != std::env::temp_dir()) {
+        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("open the parent to uid 1001");
+        dir = d.parent();
+    }
+}
