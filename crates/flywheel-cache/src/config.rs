@@ -24,6 +24,25 @@
 //! max-age = "14d"
 //! ```
 //!
+//! Several servers share one cache through object storage and PostgreSQL
+//! (docs/cache-deployment.md):
+//!
+//! ```toml
+//! storage = "s3"          # "dir" (the default: DATA/nar) or "s3"
+//! index = "postgres"      # "sqlite" (the default: DATA/index.sqlite) or "postgres"
+//! [s3]
+//! bucket = "nix-cache"
+//! endpoint = "http://minio.minio.svc:9000"   # AWS S3 when unset
+//! region = "us-east-1"
+//! prefix = "flywheel"
+//! allow-http = true
+//! # credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY from the environment, or
+//! # access-key-id and secret-access-key here
+//! [postgres]
+//! url = "postgresql://flywheel@postgres.db.svc/flywheel"   # or FLYWHEEL_DATABASE_URL
+//! pool-size = 16
+//! ```
+//!
 //! Every field is optional; flags given on the command line win over the file.
 
 use std::collections::BTreeMap;
@@ -68,6 +87,53 @@ pub struct Config {
     pub gc_interval: Option<Duration>,
     #[serde(default)]
     pub caches: BTreeMap<String, CacheConfig>,
+    /// Where NARs live.
+    pub storage: Option<StorageKind>,
+    /// Where the index lives.
+    pub index: Option<IndexKind>,
+    pub s3: Option<crate::storage::s3::S3Config>,
+    pub postgres: Option<PostgresConfig>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    /// `DATA/nar`.
+    #[default]
+    Dir,
+    /// The `[s3]` bucket.
+    S3,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum IndexKind {
+    /// `DATA/index.sqlite`.
+    #[default]
+    Sqlite,
+    /// The `[postgres]` database.
+    Postgres,
+}
+
+/// `[postgres]`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PostgresConfig {
+    /// `postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE`; `FLYWHEEL_DATABASE_URL` wins, so
+    /// the password can come from a secret.
+    pub url: Option<String>,
+    /// Connections each server keeps open (default 16).
+    pub pool_size: Option<u32>,
+}
+
+/// The environment variable with the PostgreSQL URL.
+pub const DATABASE_URL_ENV: &str = "FLYWHEEL_DATABASE_URL";
+
+impl PostgresConfig {
+    /// The URL to connect to: the environment's, else the file's.
+    pub fn url(&self) -> Option<String> {
+        std::env::var(DATABASE_URL_ENV).ok().filter(|u| !u.is_empty()).or_else(|| self.url.clone())
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -230,6 +296,15 @@ impl Config {
         if config.max_requests_per_client == Some(0) {
             return Err(invalid("max-requests-per-client must be at least 1".into()));
         }
+        if config.storage == Some(StorageKind::S3) && config.s3.is_none() {
+            return Err(invalid("storage = \"s3\" needs an [s3] table with the bucket".into()));
+        }
+        if config.s3.as_ref().is_some_and(|s3| s3.bucket.is_empty()) {
+            return Err(invalid("[s3] bucket is empty".into()));
+        }
+        if config.postgres.as_ref().and_then(|p| p.pool_size) == Some(0) {
+            return Err(invalid("[postgres] pool-size must be at least 1".into()));
+        }
         for (name, cache) in &config.caches {
             crate::data_dir::check_cache_name(name).map_err(|e| invalid(format!("[caches.{name}]: {e}")))?;
             cache.upstream().map_err(|e| invalid(format!("[caches.{name}]: {e}")))?;
@@ -288,6 +363,10 @@ mod tests {
             ("zstd-level = 30", "1 to 19"),
             ("[caches.main]\nmax-age = \"3 fortnights\"", "duration"),
             ("gc-interval = \"0s\"", "longer than zero"),
+            ("storage = \"s3\"", "needs an [s3] table"),
+            ("storage = \"tape\"", "unknown variant"),
+            ("[s3]\nbucket = \"b\"\nregion = 5", "line 3"),
+            ("[postgres]\npool-size = 0", "at least 1"),
         ] {
             let e = load(text).unwrap_err().to_string();
             assert!(e.contains(expect), "{text}: {e}");

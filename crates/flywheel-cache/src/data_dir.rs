@@ -1,22 +1,28 @@
-//! The embedded server's data directory (`--data DIR`, default `./flywheel-cache`): the index
-//! and the NAR storage, and the administrative operations on them (create a cache, show its
-//! key, make a token).
+//! A cache's backends: the index and the NAR storage, and the administrative operations on
+//! them (create a cache, show its key, make a token). By default both live in the data
+//! directory (`--data DIR`, default `./flywheel-cache`); the config may put the NARs in an
+//! S3-compatible bucket and the index in PostgreSQL, and the data directory then holds only
+//! the scratch space where uploads are checked.
 //!
 //! ```text
 //! DIR/index.sqlite   the index (SQLite, WAL; mode 0600: it holds the signing keys)
 //! DIR/nar/           NARs, stored once by NarHash
-//! DIR/tmp/           uploads being received and verified
+//! DIR/tmp/ID/        one server's uploads being received and verified (flock on ID/.lock)
 //! DIR/nar.lock       flock: uploads (shared) against GC unlinking NARs (exclusive)
 //! DIR/gc.lock        flock: one garbage collection at a time
 //! ```
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use flywheel_nix::keys::SecretKey;
 use serde::Serialize;
 
+use crate::config::{Config, IndexKind, PostgresConfig, StorageKind};
 use crate::index::sqlite::SqliteIndex;
 use crate::index::{CacheRecord, Index, IndexError, Scope, TokenRecord, Visibility};
+use crate::storage::s3::S3Config;
+use crate::storage::NarStorage;
 use crate::token;
 
 pub const DEFAULT_DIR: &str = "flywheel-cache";
@@ -39,6 +45,80 @@ pub enum DataError {
     Key(String),
     #[error("{0}")]
     Token(String),
+    #[error("{0}")]
+    Backend(String),
+}
+
+/// Which backends a cache uses, and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    /// The data directory: the embedded backends' home, and every server's scratch space.
+    pub data: PathBuf,
+    pub storage: StorageKind,
+    pub index: IndexKind,
+    pub s3: Option<S3Config>,
+    pub postgres: Option<PostgresConfig>,
+}
+
+impl Backend {
+    /// The embedded default: NARs and SQLite in `data`.
+    pub fn dir(data: &Path) -> Self {
+        Backend {
+            data: data.to_path_buf(),
+            storage: StorageKind::Dir,
+            index: IndexKind::Sqlite,
+            s3: None,
+            postgres: None,
+        }
+    }
+
+    /// The backends a config file names; `data` (the `--data` flag) wins over the file's.
+    pub fn from_config(config: &Config, data: Option<&Path>) -> Self {
+        let data = data.map(Path::to_path_buf).or_else(|| config.data.clone()).unwrap_or_else(|| DEFAULT_DIR.into());
+        Backend {
+            data,
+            storage: config.storage.unwrap_or_default(),
+            index: config.index.unwrap_or_default(),
+            s3: config.s3.clone(),
+            postgres: config.postgres.clone(),
+        }
+    }
+
+    /// For messages: `DIR` for the embedded default, else where each part lives (never a
+    /// password).
+    pub fn describe(&self) -> String {
+        let storage = match (&self.storage, &self.s3) {
+            (StorageKind::S3, Some(s3)) => {
+                format!("s3://{}/{}", s3.bucket, s3.prefix.as_deref().unwrap_or("").trim_matches('/'))
+            }
+            _ => self.data.join("nar").display().to_string(),
+        };
+        let index = match self.index {
+            IndexKind::Postgres => {
+                let url = self.postgres.as_ref().and_then(PostgresConfig::url).unwrap_or_default();
+                format!("postgres {}", without_password(&url))
+            }
+            IndexKind::Sqlite => self.data.join(INDEX_FILE).display().to_string(),
+        };
+        if self.storage == StorageKind::Dir && self.index == IndexKind::Sqlite {
+            return self.data.display().to_string();
+        }
+        format!("{storage} + {index}")
+    }
+
+    /// Whether there is a cache here at all (for commands that must not create one): the
+    /// SQLite file exists; a PostgreSQL index is taken to exist.
+    pub fn exists(&self) -> bool {
+        self.index == IndexKind::Postgres || self.data.join(INDEX_FILE).is_file()
+    }
+}
+
+/// `postgresql://user:secret@host/db` without the secret.
+pub fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let Some((userinfo, host)) = rest.split_once('@') else { return url.to_string() };
+    let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+    format!("{scheme}://{user}@{host}")
 }
 
 /// A cache name is one URL path segment: `[a-z0-9][a-z0-9_-]*`, at most 63 characters, and
@@ -73,51 +153,124 @@ pub struct CacheInfo {
 
 pub struct DataDir {
     root: PathBuf,
-    index: SqliteIndex,
+    backend: Backend,
+    index: Box<dyn Index>,
+    storage: Arc<dyn NarStorage>,
 }
 
+/// Pool size when the config gives none.
+const DEFAULT_POOL: u32 = 16;
+
 impl DataDir {
+    /// The embedded default in `root`.
     pub fn open_or_create(root: &Path) -> Result<Self, DataError> {
+        Self::open(&Backend::dir(root))
+    }
+
+    /// Opens (creating what is missing: folders, the SQLite file, the PostgreSQL schema) the
+    /// backends `backend` names.
+    pub fn open(backend: &Backend) -> Result<Self, DataError> {
+        let root = &backend.data;
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| DataError::Io { path, source }
         };
-        for dir in [root.to_path_buf(), root.join("nar"), root.join("tmp")] {
+        for dir in [root.to_path_buf(), root.join("tmp")] {
             std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         }
-        let index = SqliteIndex::open(&root.join(INDEX_FILE))?;
+        let storage: Arc<dyn NarStorage> = match backend.storage {
+            StorageKind::Dir => {
+                let nar = root.join("nar");
+                std::fs::create_dir_all(&nar).map_err(io(&nar))?;
+                Arc::new(crate::storage::dir::DirStorage::new(&nar))
+            }
+            StorageKind::S3 => {
+                let s3 = backend
+                    .s3
+                    .as_ref()
+                    .ok_or_else(|| DataError::Backend("storage = \"s3\" needs an [s3] table in the config".into()))?;
+                Arc::new(crate::storage::s3::S3Storage::connect(s3).map_err(DataError::Backend)?)
+            }
+        };
+        let index: Box<dyn Index> = match backend.index {
+            IndexKind::Sqlite => Box::new(SqliteIndex::open(&root.join(INDEX_FILE))?),
+            IndexKind::Postgres => {
+                let pg = backend.postgres.clone().unwrap_or_default();
+                let url = pg.url().ok_or_else(|| {
+                    DataError::Backend(format!(
+                        "index = \"postgres\" needs [postgres] url in the config or {}",
+                        crate::config::DATABASE_URL_ENV
+                    ))
+                })?;
+                Box::new(crate::index::postgres::PostgresIndex::connect(&url, pg.pool_size.unwrap_or(DEFAULT_POOL))?)
+            }
+        };
         // The lock files exist from the start, so taking a lock (a GC dry run) changes nothing.
         let locks = crate::locks::DataLocks::new(root);
         locks.create().map_err(io(root))?;
-        Ok(DataDir { root: root.to_path_buf(), index })
+        Ok(DataDir { root: root.to_path_buf(), backend: backend.clone(), index, storage })
+    }
+
+    /// Another handle on the same backends, whose index work does not wait behind this one's.
+    pub fn another(&self) -> Result<Self, DataError> {
+        Ok(DataDir {
+            root: self.root.clone(),
+            backend: self.backend.clone(),
+            index: self.index.another()?,
+            storage: self.storage.clone(),
+        })
     }
 
     pub fn root(&self) -> &Path {
         &self.root
     }
 
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
     pub fn index(&self) -> &dyn Index {
-        &self.index
+        self.index.as_ref()
     }
 
-    pub fn storage(&self) -> crate::storage::dir::DirStorage {
-        crate::storage::dir::DirStorage::new(&self.root.join("nar"))
+    pub fn storage(&self) -> Arc<dyn NarStorage> {
+        self.storage.clone()
     }
 
-    /// Removes what unfinished uploads left in `tmp/` (a crash, a kill): nothing there is ever
-    /// visible, and only a running server writes there.
-    pub fn clean_tmp(&self) -> Result<usize, DataError> {
+    /// A scratch folder for this process's uploads, `tmp/ID`, held (flock) until dropped.
+    /// Folders whose holder is gone (a crash, a kill) are removed first, with loose files an
+    /// older flywheel left in `tmp/`: nothing there is ever visible. Servers sharing the data
+    /// directory each get their own folder, so none removes another's uploads.
+    pub fn scratch(&self) -> Result<(Scratch, usize), DataError> {
         let tmp = self.root.join("tmp");
-        let io = |source| DataError::Io { path: tmp.clone(), source };
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| DataError::Io { path, source }
+        };
         let mut removed = 0;
-        for entry in std::fs::read_dir(&tmp).map_err(io)? {
-            let entry = entry.map_err(io)?;
-            if entry.file_type().map_err(io)?.is_file() {
-                std::fs::remove_file(entry.path()).map_err(io)?;
+        for entry in std::fs::read_dir(&tmp).map_err(io(&tmp))? {
+            let entry = entry.map_err(io(&tmp))?;
+            let path = entry.path();
+            let kind = entry.file_type().map_err(io(&path))?;
+            if kind.is_file() {
+                std::fs::remove_file(&path).map_err(io(&path))?;
                 removed += 1;
+            } else if kind.is_dir() {
+                let Ok(lock) = std::fs::File::open(path.join(".lock")) else { continue };
+                if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok() {
+                    removed += std::fs::read_dir(&path).map(|d| d.count().saturating_sub(1)).unwrap_or(0);
+                    std::fs::remove_dir_all(&path).map_err(io(&path))?;
+                }
             }
         }
-        Ok(removed)
+        let mut id = [0u8; 8];
+        getrandom::fill(&mut id).map_err(|e| DataError::Backend(format!("randomness: {e}")))?;
+        let dir = tmp.join(id.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        std::fs::create_dir(&dir).map_err(io(&dir))?;
+        let lock = std::fs::File::create(dir.join(".lock")).map_err(io(&dir))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| DataError::Io { path: dir.clone(), source: e.into() })?;
+        Ok((Scratch { dir, _lock: lock }, removed))
     }
 
     /// Creates a cache with a fresh signing key named `key_name` (default `<name>-1`).
@@ -171,6 +324,24 @@ impl DataDir {
     }
 }
 
+/// A process's scratch folder (see [`DataDir::scratch`]); removed when dropped.
+pub struct Scratch {
+    dir: PathBuf,
+    _lock: std::fs::File,
+}
+
+impl Scratch {
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 fn info_of(record: &CacheRecord) -> Result<CacheInfo, DataError> {
     let key =
         SecretKey::parse(&record.secret_key).map_err(|e| DataError::Key(format!("cache {}: {e}", record.name)))?;
@@ -195,5 +366,33 @@ mod tests {
         for bad in ["", "Main", "-x", "a/b", "..", "a b", "nar", "metrics", &"x".repeat(64)] {
             assert!(check_cache_name(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(without_password("postgresql://fw:s3cret@db:5432/fw"), "postgresql://fw@db:5432/fw");
+        assert_eq!(without_password("postgresql://fw@db/fw"), "postgresql://fw@db/fw");
+        assert_eq!(without_password("host=db"), "host=db");
+    }
+
+    #[test]
+    fn a_dead_servers_scratch_is_cleared_and_a_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::open_or_create(dir.path()).unwrap();
+        let (live, _) = data.scratch().unwrap();
+        std::fs::write(live.path().join("upload-1"), b"half").unwrap();
+        let dead = dir.path().join("tmp/deadbeef");
+        std::fs::create_dir(&dead).unwrap();
+        std::fs::write(dead.join(".lock"), b"").unwrap();
+        std::fs::write(dead.join("upload-2"), b"half").unwrap();
+        std::fs::write(dir.path().join("tmp/loose"), b"old").unwrap();
+        let (other, removed) = data.scratch().unwrap();
+        assert_eq!(removed, 2);
+        assert!(!dead.exists() && !dir.path().join("tmp/loose").exists());
+        assert!(live.path().join("upload-1").is_file(), "a running server's upload is kept");
+        let kept = live.path().to_path_buf();
+        drop(live);
+        assert!(!kept.exists());
+        assert!(other.path().is_dir());
     }
 }

@@ -14,6 +14,7 @@ pub mod http_push;
 pub mod index;
 pub mod ingest;
 pub mod locks;
+pub mod migrate;
 pub mod progress;
 pub mod pull;
 pub mod push;

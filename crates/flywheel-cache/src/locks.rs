@@ -5,6 +5,8 @@
 //!   exclusive while it checks that nothing uses a NAR and unlinks it. Without it an upload
 //!   could find the file present (and keep it) just before GC unlinks it.
 //! - `gc.lock`: one collection at a time.
+//! - `store-locks/NN`: one writer at a time of a stored NAR, striped by its NarHash's first
+//!   byte (object storage with a SQLite index; the directory store needs none).
 
 use std::fs::File;
 use std::io;
@@ -15,6 +17,7 @@ use rustix::fs::{flock, FlockOperation};
 pub struct DataLocks {
     nar: PathBuf,
     gc: PathBuf,
+    store: PathBuf,
 }
 
 /// Held until dropped (closing the file releases the lock).
@@ -22,7 +25,11 @@ pub struct Held(#[allow(dead_code)] File);
 
 impl DataLocks {
     pub fn new(data_root: &Path) -> Self {
-        DataLocks { nar: data_root.join("nar.lock"), gc: data_root.join("gc.lock") }
+        DataLocks {
+            nar: data_root.join("nar.lock"),
+            gc: data_root.join("gc.lock"),
+            store: data_root.join("store-locks"),
+        }
     }
 
     /// Creates the lock files when missing.
@@ -46,6 +53,14 @@ impl DataLocks {
     /// For unlinking NARs.
     pub fn nar_exclusive(&self) -> io::Result<Held> {
         let f = Self::open(&self.nar)?;
+        flock(&f, FlockOperation::LockExclusive)?;
+        Ok(Held(f))
+    }
+
+    /// For storing the NAR `nar_hash`.
+    pub fn store_exclusive(&self, nar_hash: &[u8; 32]) -> io::Result<Held> {
+        std::fs::create_dir_all(&self.store)?;
+        let f = Self::open(&self.store.join(format!("{:02x}", nar_hash[0])))?;
         flock(&f, FlockOperation::LockExclusive)?;
         Ok(Held(f))
     }

@@ -5,10 +5,8 @@
 //! crash) are counted apart: garbage collection removes them.
 
 use std::collections::HashSet;
-use std::io::Read;
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::index::{Index, IndexError};
 use crate::storage::NarStorage;
@@ -52,17 +50,11 @@ pub fn verify(index: &dyn Index, storage: &dyn NarStorage, full: bool) -> Result
                 name(&n.nar_hash),
                 n.file_size
             )),
-            Some(_) if full => {
-                if let Some(path) = storage.local_path(&n.nar_hash) {
-                    match hash_and_size(&path).map(|(h, _)| h) {
-                        Ok(h) if h == n.file_hash => {}
-                        Ok(_) => {
-                            report.problems.push(format!("{}: its bytes do not match FileHash", name(&n.nar_hash)))
-                        }
-                        Err(e) => report.problems.push(format!("{}: {e}", name(&n.nar_hash))),
-                    }
-                }
-            }
+            Some(_) if full => match storage.open(&n.nar_hash).and_then(crate::storage::hash_reader).map(|(h, _)| h) {
+                Ok(h) if h == n.file_hash => {}
+                Ok(_) => report.problems.push(format!("{}: its bytes do not match FileHash", name(&n.nar_hash))),
+                Err(e) => report.problems.push(format!("{}: {e}", name(&n.nar_hash))),
+            },
             Some(_) => {}
         }
     }
@@ -73,23 +65,11 @@ pub fn verify(index: &dyn Index, storage: &dyn NarStorage, full: bool) -> Result
     let pending = index.pending_uploads()?;
     report.pending_uploads = pending.len() as u64;
     report.unreferenced_nars = stored.iter().filter(|(h, _)| !indexed.contains(h)).count() as u64;
-    report.strays = strays.iter().map(|p| p.display().to_string()).collect();
+    report.strays = strays;
     Ok(report)
 }
 
 /// SHA-256 and length of a file.
 pub fn hash_and_size(path: &std::path::Path) -> std::io::Result<([u8; 32], u64)> {
-    let mut f = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        size += n as u64;
-    }
-    Ok((hasher.finalize().into(), size))
+    crate::storage::hash_reader(std::fs::File::open(path)?)
 }

@@ -155,6 +155,27 @@ pub enum CacheCommand {
     Gc(GcArgs),
     /// Paths, bytes, hit rate and bytes served by age, per cache: what a quota needs.
     Stats(StatsArgs),
+    /// Copy everything a server holds (caches and keys, tokens, NARs, paths, pins) to other
+    /// backends (a directory and SQLite, S3 and PostgreSQL), resumably, then verify the copy.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MigrateArgs {
+    /// The config file of the backends to copy from (its data, storage, index, [s3], [postgres]).
+    #[arg(long, value_name = "CONFIG")]
+    pub from: PathBuf,
+    /// The config file of the backends to copy to.
+    #[arg(long, value_name = "CONFIG")]
+    pub to: PathBuf,
+    /// NARs copied at once.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
+    pub jobs: usize,
+    /// Hash every NAR in the destination at the end, not only those this run copied.
+    #[arg(long)]
+    pub full: bool,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -271,12 +292,11 @@ impl DataArgs {
         self.config.as_deref().map(flywheel_cache::config::Config::load).transpose().map_err(Into::into)
     }
 
-    /// The data directory: --data, else the config file's, else ./flywheel-cache.
-    pub fn dir(&self) -> anyhow::Result<PathBuf> {
-        if let Some(d) = &self.data {
-            return Ok(d.clone());
-        }
-        Ok(self.config()?.and_then(|c| c.data).unwrap_or_else(|| PathBuf::from("flywheel-cache")))
+    /// The backends: the config file's (storage, index), with the data directory from --data,
+    /// else the config file's, else ./flywheel-cache.
+    pub fn backend(&self) -> anyhow::Result<flywheel_cache::data_dir::Backend> {
+        let config = self.config()?.unwrap_or_default();
+        Ok(flywheel_cache::data_dir::Backend::from_config(&config, self.data.as_deref()))
     }
 }
 

@@ -39,7 +39,11 @@ impl Server {
             base = b.to_string();
             keys.push((name.to_string(), parts.next().unwrap_or_default().to_string()));
         }
-        assert!(base.starts_with("http://127.0.0.1:"), "the server printed no URL");
+        if !base.starts_with("http://127.0.0.1:") {
+            let _ = child.wait();
+            let log = std::fs::read_to_string(data.with_extension("log")).unwrap_or_default();
+            panic!("the server printed no URL; its log:\n{log}");
+        }
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         Server { child, data: data.to_path_buf(), base, keys }

@@ -21,8 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::index::retention::{DeleteGuard, Usage};
-use crate::index::{Index, IndexError};
-use crate::locks::DataLocks;
+use crate::index::{Index, IndexError, IndexLock};
 use crate::storage::NarStorage;
 pub use plan::{Policy, Reason};
 
@@ -34,10 +33,12 @@ pub const SETTLE: Duration = Duration::from_millis(500);
 const BATCH: usize = 2500;
 /// NARs unlinked per hold of the exclusive NAR lock (uploads wait that long at most).
 const BURY_BATCH: usize = 256;
+/// Temporaries in the object store older than this are leftovers of a server that died.
+const TEMPORARY_AGE: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum GcError {
-    #[error("another garbage collection is running on this data directory")]
+    #[error("another garbage collection is running on this cache")]
     AlreadyRunning,
     #[error(transparent)]
     Index(#[from] IndexError),
@@ -108,14 +109,9 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-pub fn collect(
-    index: &dyn Index,
-    storage: &dyn NarStorage,
-    locks: &DataLocks,
-    opts: &GcOptions<'_>,
-) -> Result<GcReport, GcError> {
+pub fn collect(index: &dyn Index, storage: &dyn NarStorage, opts: &GcOptions<'_>) -> Result<GcReport, GcError> {
     let started = Instant::now();
-    let _gc = locks.try_gc()?.ok_or(GcError::AlreadyRunning)?;
+    let _gc = index.try_gc_lock()?.ok_or(GcError::AlreadyRunning)?;
     let mut report = GcReport {
         dry_run: opts.dry_run,
         caches: Vec::new(),
@@ -142,7 +138,7 @@ pub fn collect(
             let names: Vec<String> = opts.caches.iter().map(|(c, _)| c.clone()).collect();
             index.gc_barrier(&names)?;
             let burying = Instant::now();
-            report.nars = bury_dead(index, storage, locks, &dead_sizes)?;
+            report.nars = bury_dead(index, storage, &dead_sizes)?;
             (opts.log)(&format!(
                 "unlinked {} dead NARs in {:.2}s (after waiting {:?} for servers)",
                 report.nars.files,
@@ -151,7 +147,7 @@ pub fn collect(
             ));
         }
         let sweeping = Instant::now();
-        report.orphans = sweep_orphans(index, storage, locks, grace, opts.dry_run)?;
+        report.orphans = sweep_orphans(index, storage, grace, opts.dry_run)?;
         (opts.log)(&format!("orphan sweep: {} in {:.2}s", report.orphans.files, sweeping.elapsed().as_secs_f64()));
         Ok::<(), GcError>(())
     })();
@@ -236,12 +232,7 @@ fn collect_cache(
 }
 
 /// Unlinks the dead NARs once they have settled, in batches under the exclusive NAR lock.
-fn bury_dead(
-    index: &dyn Index,
-    storage: &dyn NarStorage,
-    locks: &DataLocks,
-    sizes: &HashMap<[u8; 32], u64>,
-) -> Result<Freed, GcError> {
+fn bury_dead(index: &dyn Index, storage: &dyn NarStorage, sizes: &HashMap<[u8; 32], u64>) -> Result<Freed, GcError> {
     let mut freed = Freed::default();
     // Those of this run died just now; those of a run cut short may have too.
     if !index.dead_nars(i64::MAX, 1)?.is_empty() {
@@ -253,13 +244,10 @@ fn bury_dead(
         if dead.is_empty() {
             return Ok(freed);
         }
-        let _lock = locks.nar_exclusive()?;
-        // Sizes of NARs a run cut short left dead are read from the files themselves.
-        let earlier: HashMap<[u8; 32], u64> = dead
-            .iter()
-            .filter(|n| !sizes.contains_key(*n))
-            .filter_map(|n| Some((*n, std::fs::metadata(storage.local_path(n)?).ok()?.len())))
-            .collect();
+        let _lock = index.lock(IndexLock::NarExclusive)?;
+        // Sizes of NARs a run cut short left dead are read from the storage itself.
+        let earlier: HashMap<[u8; 32], u64> =
+            dead.iter().filter(|n| !sizes.contains_key(*n)).filter_map(|n| Some((*n, storage.size(n).ok()?))).collect();
         let buried = index.bury_nars(&dead, &|nar| storage.remove(nar))?;
         for nar in &buried {
             freed.bytes += sizes.get(nar).or_else(|| earlier.get(nar)).copied().unwrap_or(0);
@@ -268,14 +256,9 @@ fn bury_dead(
     }
 }
 
-/// Stored NARs the index knows in no state, stored longer ago than the grace period.
-fn sweep_orphans(
-    index: &dyn Index,
-    storage: &dyn NarStorage,
-    locks: &DataLocks,
-    grace: i64,
-    dry_run: bool,
-) -> Result<Freed, GcError> {
+/// Stored NARs the index knows in no state, stored longer ago than the grace period, and
+/// temporaries interrupted writes left in the storage.
+fn sweep_orphans(index: &dyn Index, storage: &dyn NarStorage, grace: i64, dry_run: bool) -> Result<Freed, GcError> {
     let listing = storage.list()?;
     let known = index.known_nars()?;
     let cutoff = SystemTime::now() - Duration::from_secs(u64::try_from(grace).unwrap_or(0));
@@ -295,10 +278,14 @@ fn sweep_orphans(
     let sizes: HashMap<[u8; 32], u64> = orphans.iter().copied().collect();
     for chunk in orphans.chunks(BURY_BATCH) {
         let hashes: Vec<[u8; 32]> = chunk.iter().map(|(h, _)| *h).collect();
-        let _lock = locks.nar_exclusive()?;
+        let _lock = index.lock(IndexLock::NarExclusive)?;
         let buried = index.bury_nars(&hashes, &|nar| storage.remove(nar))?;
         freed.files += buried.len() as u64;
         freed.bytes += buried.iter().filter_map(|h| sizes.get(h)).sum::<u64>();
     }
+    // Uploads take seconds to minutes; a day-old temporary belongs to no running upload.
+    let (files, bytes) = storage.sweep_temporaries(cutoff.min(SystemTime::now() - TEMPORARY_AGE))?;
+    freed.files += files;
+    freed.bytes += bytes;
     Ok(freed)
 }

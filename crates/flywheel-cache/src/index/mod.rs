@@ -6,6 +6,8 @@
 //! replaces the embedded SQLite one ([`sqlite::SqliteIndex`]). The trait is synchronous: the
 //! server calls it from `spawn_blocking`, and a blocking PostgreSQL client fits it as well.
 
+pub mod postgres;
+mod postgres_retention;
 pub mod retention;
 pub mod sqlite;
 mod sqlite_retention;
@@ -189,7 +191,56 @@ pub enum Added {
 
 pub use retention::Retention;
 
+/// Locks every server and `flywheel cache gc` working on the same index share, across
+/// processes and machines: flock(2) beside a SQLite index, advisory locks in PostgreSQL. Each
+/// is released when its holder dies (kill -9), with the process or the database session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IndexLock {
+    /// Held shared while an uploaded NAR is stored and its upload recorded, exclusive while GC
+    /// checks that nothing uses a NAR and deletes it: otherwise an upload could find the NAR
+    /// stored (and keep it) just before GC deletes it.
+    NarShared,
+    NarExclusive,
+    /// One writer at a time of the stored NAR with this NarHash, so that the bytes kept are
+    /// the ones the index records (two servers may receive the same NAR compressed otherwise).
+    Store([u8; 32]),
+}
+
+/// A lock, held until dropped.
+pub struct Held(#[allow(dead_code)] Box<dyn Send>);
+
+impl Held {
+    pub fn new(holder: impl Send + 'static) -> Self {
+        Held(Box::new(holder))
+    }
+}
+
+impl fmt::Debug for Held {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Held")
+    }
+}
+
 pub trait Index: Retention + Send + Sync {
+    /// Another handle on the same index for work that must not wait behind this one's (a
+    /// server's background writes, a collection): a second SQLite connection; the same
+    /// PostgreSQL pool.
+    fn another(&self) -> Result<Box<dyn Index>, IndexError>;
+    /// Waits for `lock` (see [`IndexLock`]).
+    fn lock(&self, lock: IndexLock) -> Result<Held, IndexError>;
+    /// The right to collect garbage, or `None` while another collection (any process, any
+    /// server) holds it.
+    fn try_gc_lock(&self) -> Result<Option<Held>, IndexError>;
+
+    // For `flywheel cache migrate`, which copies everything the index holds:
+    /// Every token, by cache name.
+    fn tokens(&self) -> Result<Vec<TokenRecord>, IndexError>;
+    /// Names of the files (`.ls` listings, build logs) a cache holds, sorted.
+    fn file_names(&self, cache: &str) -> Result<Vec<String>, IndexError>;
+    /// Paths the cache declined because an upstream key signed them: (store path, key name),
+    /// sorted.
+    fn upstream_paths(&self, cache: &str) -> Result<Vec<(String, String)>, IndexError>;
+
     fn create_cache(&self, cache: &CacheRecord) -> Result<(), IndexError>;
     fn cache(&self, name: &str) -> Result<Option<CacheRecord>, IndexError>;
     fn caches(&self) -> Result<Vec<CacheRecord>, IndexError>;

@@ -3,7 +3,7 @@
 //! The schema is created and upgraded by the numbered migrations below, recorded in
 //! `PRAGMA user_version`; an index from a newer flywheel is refused rather than misread.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -151,6 +151,8 @@ const MIGRATIONS: &[&str] = &[
 
 pub struct SqliteIndex {
     pub(super) conn: Mutex<Connection>,
+    path: PathBuf,
+    locks: crate::locks::DataLocks,
 }
 
 impl SqliteIndex {
@@ -171,7 +173,11 @@ impl SqliteIndex {
         // The statements GC, the server and the push run again and again stay prepared.
         conn.set_prepared_statement_cache_capacity(64);
         migrate(&conn)?;
-        Ok(SqliteIndex { conn: Mutex::new(conn) })
+        // The lock files live beside the index: every process that opens it shares them.
+        let root = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let locks = crate::locks::DataLocks::new(root);
+        locks.create().map_err(|e| IndexError::Db(format!("{}: lock files: {e}", root.display())))?;
+        Ok(SqliteIndex { conn: Mutex::new(conn), path: path.to_path_buf(), locks })
     }
 
     pub(super) fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T, IndexError>) -> Result<T, IndexError> {
@@ -259,7 +265,7 @@ fn to_nar((nar_hash, nar_size, file_hash, file_size, compression): NarRow) -> Re
 }
 
 /// The hash part of a full store path: the 32 characters after the store directory.
-pub(super) fn hash_part_of(store_path: &str) -> Result<&str, IndexError> {
+pub fn hash_part_of(store_path: &str) -> Result<&str, IndexError> {
     let base = store_path.rsplit('/').next().unwrap_or(store_path);
     base.get(..32)
         .filter(|_| base.as_bytes().get(32) == Some(&b'-'))
@@ -267,6 +273,83 @@ pub(super) fn hash_part_of(store_path: &str) -> Result<&str, IndexError> {
 }
 
 impl Index for SqliteIndex {
+    fn another(&self) -> Result<Box<dyn Index>, IndexError> {
+        Ok(Box::new(SqliteIndex::open(&self.path)?))
+    }
+
+    fn lock(&self, lock: super::IndexLock) -> Result<super::Held, IndexError> {
+        let held = match lock {
+            super::IndexLock::NarShared => self.locks.nar_shared(),
+            super::IndexLock::NarExclusive => self.locks.nar_exclusive(),
+            super::IndexLock::Store(h) => self.locks.store_exclusive(&h),
+        };
+        held.map(super::Held::new).map_err(|e| IndexError::Db(format!("taking a lock: {e}")))
+    }
+
+    fn try_gc_lock(&self) -> Result<Option<super::Held>, IndexError> {
+        let held = self.locks.try_gc().map_err(|e| IndexError::Db(format!("taking the GC lock: {e}")))?;
+        Ok(held.map(super::Held::new))
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenRecord>, IndexError> {
+        self.with(|conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT t.hash, c.name, t.scope, t.created_at, t.expires_at, t.description
+                     FROM tokens t JOIN caches c ON c.id = t.cache ORDER BY c.name, t.created_at, t.hash",
+                )
+                .map_err(db)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, Option<i64>>(4)?,
+                        r.get::<_, Option<String>>(5)?,
+                    ))
+                })
+                .map_err(db)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (hash, cache, scope, created_at, expires_at, description) = row.map_err(db)?;
+                out.push(TokenRecord {
+                    hash: hash32(hash)?,
+                    cache,
+                    scope: scope.parse::<Scope>().map_err(IndexError::Db)?,
+                    created_at,
+                    expires_at,
+                    description,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn file_names(&self, cache: &str) -> Result<Vec<String>, IndexError> {
+        self.with(|conn| {
+            let mut stmt = conn
+                .prepare("SELECT f.name FROM files f JOIN caches c ON c.id = f.cache WHERE c.name = ?1 ORDER BY f.name")
+                .map_err(db)?;
+            let names = stmt.query_map([cache], |r| r.get::<_, String>(0)).map_err(db)?;
+            names.collect::<Result<Vec<_>, _>>().map_err(db)
+        })
+    }
+
+    fn upstream_paths(&self, cache: &str) -> Result<Vec<(String, String)>, IndexError> {
+        self.with(|conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT u.store_path, u.key_name FROM upstream u JOIN caches c ON c.id = u.cache
+                     WHERE c.name = ?1 ORDER BY u.store_path",
+                )
+                .map_err(db)?;
+            let rows = stmt.query_map([cache], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(db)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db)
+        })
+    }
+
     fn create_cache(&self, c: &CacheRecord) -> Result<(), IndexError> {
         self.with(|conn| {
             let inserted = conn

@@ -6,6 +6,7 @@
 mod auth;
 mod mapped;
 mod metrics;
+mod object;
 mod rendered;
 mod routes;
 
@@ -21,8 +22,7 @@ use flywheel_nix::StoreDir;
 use crate::config::CacheConfig;
 use crate::data_dir::{DataDir, DataError};
 use crate::index::{CacheRecord, Index, IndexError};
-use crate::locks::DataLocks;
-use crate::storage::dir::DirStorage;
+use crate::storage::NarStorage;
 
 /// The port `flywheel cache serve` listens on when not told (on 127.0.0.1).
 pub const DEFAULT_PORT: u16 = 5480;
@@ -121,7 +121,9 @@ pub(crate) struct State {
     /// A second connection to the index for the background writes (reads, counters), so a
     /// request never waits for their commit.
     pub background: DataDir,
-    pub storage: DirStorage,
+    pub storage: std::sync::Arc<dyn NarStorage>,
+    /// This server's folder for uploads being received and checked.
+    pub scratch: crate::data_dir::Scratch,
     pub store_dir: StoreDir,
     pub opts: ServerOptions,
     pub caches: RwLock<HashMap<String, Arc<Cache>>>,
@@ -134,7 +136,6 @@ pub(crate) struct State {
     pub rendered: rendered::Rendered,
     /// Each client address's share of `max_requests_per_client`.
     pub clients: std::sync::Mutex<HashMap<std::net::IpAddr, Arc<tokio::sync::Semaphore>>>,
-    pub locks: DataLocks,
 }
 
 impl State {
@@ -175,33 +176,34 @@ pub struct Listening {
 /// public `main`. `ready` is called once the socket is bound (with the port, when the address
 /// asked for port 0).
 pub async fn serve(data: DataDir, opts: ServerOptions, ready: impl FnOnce(&Listening)) -> Result<(), ServerError> {
-    let now =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-    for (name, c) in &opts.caches {
-        c.upstream().map_err(|message| ServerError::Config { cache: name.clone(), message })?;
-        if data.index().cache(name)?.is_some() {
-            data.index().configure_cache(name, c.visibility, c.priority)?;
-        } else {
-            data.create_cache(name, c.visibility, c.priority, None, now)?;
+    // The index and the storage block (a PostgreSQL client runs its own runtime, which may
+    // not start on an async thread): set up, and later dropped, on a blocking thread.
+    let configured = opts.caches.clone();
+    let setup = tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
+        prepare(&data, &configured)?;
+        let (scratch, cleaned) = data.scratch()?;
+        if cleaned > 0 {
+            tracing::info!("removed {cleaned} unfinished uploads from an earlier run");
         }
-    }
-    if data.index().caches()?.is_empty() {
-        data.create_cache("main", crate::index::Visibility::Public, crate::data_dir::DEFAULT_PRIORITY, None, now)?;
-    }
-    let cleaned = data.clean_tmp()?;
-    if cleaned > 0 {
-        tracing::info!("removed {cleaned} unfinished uploads from an earlier run");
-    }
-    let listener = tokio::net::TcpListener::bind(opts.listen)
-        .await
-        .map_err(|e| ServerError::Bind { addr: opts.listen, source: e })?;
+        let caches = data.index().caches()?;
+        let background = data.another()?;
+        Ok((data, scratch, caches, background))
+    });
+    let (data, scratch, caches, background) =
+        setup.await.map_err(|e| ServerError::Serve(std::io::Error::other(e.to_string())))??;
+    let listener = match tokio::net::TcpListener::bind(opts.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = tokio::task::spawn_blocking(move || drop((data, background, scratch))).await;
+            return Err(ServerError::Bind { addr: opts.listen, source: e });
+        }
+    };
     let addr = listener.local_addr().map_err(ServerError::Serve)?;
-    let caches = data.index().caches()?;
-    let storage: DirStorage = data.storage();
-    let background = DataDir::open_or_create(data.root())?;
+    let storage = data.storage();
     let state = Arc::new(State {
         background,
         storage,
+        scratch,
         store_dir: flywheel_nix::store_path::default_store_dir(),
         ingest: tokio::sync::Semaphore::new(opts.ingest_jobs.max(1)),
         opts,
@@ -210,7 +212,6 @@ pub async fn serve(data: DataDir, opts: ServerOptions, ready: impl FnOnce(&Liste
         accessed: std::sync::Mutex::new(HashMap::new()),
         clients: std::sync::Mutex::new(HashMap::new()),
         rendered: rendered::Rendered::new(RENDERED_NARINFOS),
-        locks: DataLocks::new(data.root()),
         data,
     });
     ready(&Listening { addr, caches });
@@ -272,11 +273,46 @@ pub async fn serve(data: DataDir, opts: ServerOptions, ready: impl FnOnce(&Liste
         .map_err(ServerError::Serve);
     flusher.abort();
     watcher.abort();
+    let _ = flusher.await;
+    let _ = watcher.await;
     if let Some(c) = collector {
         c.abort();
+        let _ = c.await;
     }
     flush_accesses(&state).await;
+    // The last reference to the index goes on a blocking thread (see above).
+    let _ = tokio::task::spawn_blocking(move || drop(state)).await;
     served
+}
+
+/// Creates the caches the config declares (and `main` when there is none), and applies their
+/// settings.
+fn prepare(data: &DataDir, configured: &BTreeMap<String, CacheConfig>) -> Result<(), ServerError> {
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    for (name, c) in configured {
+        c.upstream().map_err(|message| ServerError::Config { cache: name.clone(), message })?;
+        if data.index().cache(name)?.is_some() {
+            data.index().configure_cache(name, c.visibility, c.priority)?;
+        } else {
+            match data.create_cache(name, c.visibility, c.priority, None, now) {
+                Ok(_) => {}
+                // Another server starting at the same time made it first.
+                Err(DataError::Index(IndexError::CacheExists(_))) => {
+                    data.index().configure_cache(name, c.visibility, c.priority)?
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    if data.index().caches()?.is_empty() {
+        match data.create_cache("main", crate::index::Visibility::Public, crate::data_dir::DEFAULT_PRIORITY, None, now)
+        {
+            Ok(_) | Err(DataError::Index(IndexError::CacheExists(_))) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// How often the server looks for removals GC made (in this process or another): well under
@@ -289,7 +325,7 @@ async fn collect_garbage(state: &Arc<State>) {
     flush_accesses(state).await;
     let s = state.clone();
     let run = tokio::task::spawn_blocking(move || -> Result<crate::gc::GcReport, String> {
-        let data = DataDir::open_or_create(s.data.root()).map_err(|e| e.to_string())?;
+        let data = s.data.another().map_err(|e| e.to_string())?;
         let caches = data
             .index()
             .caches()
@@ -303,7 +339,7 @@ async fn collect_garbage(state: &Arc<State>) {
         let in_use = |hash: &str| s.accessed.lock().map(|m| m.contains_key(hash)).unwrap_or(true);
         let log = |line: &str| tracing::info!("gc: {line}");
         let opts = crate::gc::GcOptions { caches, dry_run: false, in_use: &in_use, log: &log, batch: 0 };
-        crate::gc::collect(data.index(), &s.storage, &s.locks, &opts).map_err(|e| e.to_string())
+        crate::gc::collect(data.index(), s.storage.as_ref(), &opts).map_err(|e| e.to_string())
     })
     .await;
     use std::sync::atomic::Ordering::Relaxed;

@@ -25,9 +25,10 @@ use tower::ServiceExt;
 
 use super::auth::{authorize, Denied};
 use super::{Cache, State};
+use crate::index::IndexLock;
 use crate::index::{IndexError, NarRecord, PathRecord, Scope, StoredFile};
 use crate::ingest::{self, Upload};
-use crate::storage::NarStorage;
+use crate::storage::NarSource;
 
 const NIX32: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
 
@@ -487,7 +488,7 @@ async fn put_narinfo(state: &Arc<State>, cache: Arc<Cache>, hash: String, req: R
         let nar: NarRecord = match s.index().upload(&cache_name, &url).map_err(internal)? {
             Some(n) => n,
             None => match s.index().nar(claimed).map_err(internal)? {
-                Some(n) if s.storage.contains(&n.nar_hash) => n,
+                Some(n) if s.storage.contains(&n.nar_hash).map_err(internal)? => n,
                 _ => return Err(bad(format!("the NAR {url} was not uploaded to this cache: PUT it first"))),
             },
         };
@@ -538,7 +539,7 @@ async fn get_nar(state: &Arc<State>, cache: Arc<Cache>, name: String, req: Reque
                                 std::sync::atomic::Ordering::Relaxed,
                             );
                         }
-                        return Ok(s.storage.local_path(&nar_hash).map(Ok));
+                        return Ok(Some(Ok((s.storage.source(&nar_hash), nar.file_size))));
                     }
                 }
             }
@@ -553,8 +554,13 @@ async fn get_nar(state: &Arc<State>, cache: Arc<Cache>, name: String, req: Reque
     match found {
         None => Err(text(StatusCode::NOT_FOUND, "no such NAR in this cache")),
         Some(Err(())) => Ok(StatusCode::OK.into_response()),
-        Some(Ok(file)) if is_plain_get(&req) => super::mapped::serve(file).await.map_err(internal),
-        Some(Ok(file)) => {
+        Some(Ok((NarSource::Object(object), size))) => {
+            super::object::serve(object, size, super::object::Asked::of(&req)).await
+        }
+        Some(Ok((NarSource::File(file), _))) if is_plain_get(&req) => {
+            super::mapped::serve(file).await.map_err(internal)
+        }
+        Some(Ok((NarSource::File(file), _))) => {
             // ServeFile answers HEAD, ranges and conditional requests, always with the exact length
             // of a complete file (stored NARs are renamed into place whole).
             let served = tower_http::services::ServeFile::new_with_mime(
@@ -589,7 +595,7 @@ async fn put_nar(state: &Arc<State>, cache: Arc<Cache>, name: String, req: Reque
     let Some(kind) = Upload::from_name(&name) else {
         return Err(text(StatusCode::BAD_REQUEST, format!("nar/{name}: expected a .nar, .nar.xz or .nar.zst upload")));
     };
-    let tmp_dir = state.data.root().join("tmp");
+    let tmp_dir = state.scratch.path().to_path_buf();
     let raw = tempfile::Builder::new().prefix("upload-").tempfile_in(&tmp_dir).map_err(internal)?.into_temp_path();
     let stored = tempfile::Builder::new().prefix("stored-").tempfile_in(&tmp_dir).map_err(internal)?.into_temp_path();
 
@@ -627,13 +633,18 @@ async fn put_nar(state: &Arc<State>, cache: Arc<Cache>, name: String, req: Reque
         })?;
         let stored = stored.keep().map_err(internal)?;
         let mut nar = nar;
-        // Until the upload is recorded, GC must not unlink the NAR this finds stored.
-        let _lock = s.locks.nar_shared().map_err(internal)?;
+        // Until the upload is recorded, GC must not unlink the NAR this finds stored; and no
+        // other server may store this NAR meanwhile.
+        let _lock = s.index().lock(IndexLock::NarShared).map_err(internal)?;
+        let _store = s.index().lock(IndexLock::Store(nar.nar_hash)).map_err(internal)?;
         if !s.storage.put(&nar.nar_hash, &stored).map_err(internal)? {
             // The server already had this NAR (from another cache, or an upload cut short), maybe
             // compressed otherwise: the record must describe the file that is kept.
-            let kept = s.storage.local_path(&nar.nar_hash).ok_or_else(|| internal("a stored NAR vanished"))?;
-            let (hash, size) = crate::verify::hash_and_size(&kept).map_err(internal)?;
+            let (hash, size) = match s.index().nar(&nar.nar_hash).map_err(internal)? {
+                // The index's record of the same NAR holds what was kept.
+                Some(known) => (known.file_hash, known.file_size),
+                None => s.storage.open(&nar.nar_hash).and_then(crate::storage::hash_reader).map_err(internal)?,
+            };
             nar.file_hash = hash;
             nar.file_size = size;
         }

@@ -1,10 +1,11 @@
 //! NARs in a directory: `nar/<first two nix32 characters>/<nix32 NarHash>.nar.zst`.
 
 use std::fs;
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
-use super::{Listing, NarStorage};
+use super::{Listing, NarSource, NarStorage};
 
 pub struct DirStorage {
     root: PathBuf,
@@ -16,41 +17,59 @@ impl DirStorage {
     }
 
     pub fn file_of(&self, nar_hash: &[u8; 32]) -> PathBuf {
-        let name = nix_derivation::nixbase32::encode(nar_hash);
-        self.root.join(&name[..2]).join(format!("{name}.nar.zst"))
+        self.root.join(super::nar_name(nar_hash))
     }
 }
 
 impl NarStorage for DirStorage {
-    fn contains(&self, nar_hash: &[u8; 32]) -> bool {
-        self.file_of(nar_hash).is_file()
+    fn describe(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn contains(&self, nar_hash: &[u8; 32]) -> io::Result<bool> {
+        Ok(self.file_of(nar_hash).is_file())
     }
 
     fn put(&self, nar_hash: &[u8; 32], tmp: &Path) -> io::Result<bool> {
         let dest = self.file_of(nar_hash);
-        if dest.is_file() {
-            fs::remove_file(tmp)?;
-            return Ok(false);
-        }
         let dir = dest.parent().ok_or_else(|| io::Error::other("no parent"))?;
         fs::create_dir_all(dir)?;
-        fs::rename(tmp, &dest)?;
-        // The rename is durable only once the folder is synced.
-        fs::File::open(dir)?.sync_all()?;
-        Ok(true)
+        // A link, unlike a rename, never replaces a NAR another upload stored meanwhile.
+        let stored = match fs::hard_link(tmp, &dest) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(e),
+        };
+        fs::remove_file(tmp)?;
+        if stored {
+            // The link is durable only once the folder is synced.
+            fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(stored)
     }
 
-    fn local_path(&self, nar_hash: &[u8; 32]) -> Option<PathBuf> {
-        let p = self.file_of(nar_hash);
-        p.is_file().then_some(p)
+    fn source(&self, nar_hash: &[u8; 32]) -> NarSource {
+        NarSource::File(self.file_of(nar_hash))
+    }
+
+    fn open(&self, nar_hash: &[u8; 32]) -> io::Result<Box<dyn Read + Send>> {
+        Ok(Box::new(fs::File::open(self.file_of(nar_hash))?))
+    }
+
+    fn size(&self, nar_hash: &[u8; 32]) -> io::Result<u64> {
+        Ok(fs::metadata(self.file_of(nar_hash))?.len())
     }
 
     fn remove(&self, nar_hash: &[u8; 32]) -> io::Result<()> {
         fs::remove_file(self.file_of(nar_hash))
     }
 
-    fn modified(&self, nar_hash: &[u8; 32]) -> io::Result<std::time::SystemTime> {
+    fn modified(&self, nar_hash: &[u8; 32]) -> io::Result<SystemTime> {
         fs::metadata(self.file_of(nar_hash))?.modified()
+    }
+
+    fn sweep_temporaries(&self, _before: SystemTime) -> io::Result<(u64, u64)> {
+        Ok((0, 0))
     }
 
     fn list(&self) -> io::Result<Listing> {
@@ -63,20 +82,16 @@ impl NarStorage for DirStorage {
         for shard in top {
             let shard = shard?;
             if !shard.file_type()?.is_dir() {
-                strays.push(shard.path());
+                strays.push(shard.path().display().to_string());
                 continue;
             }
+            let shard_name = shard.file_name().to_string_lossy().into_owned();
             for entry in fs::read_dir(shard.path())? {
                 let entry = entry?;
                 let name = entry.file_name().to_string_lossy().into_owned();
-                let hash = name
-                    .strip_suffix(".nar.zst")
-                    .and_then(|h| nix_derivation::nixbase32::decode(h.as_bytes()).ok())
-                    .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
-                    .filter(|h| self.file_of(h) == entry.path());
-                match hash {
+                match super::parse_nar_name(&shard_name, &name) {
                     Some(h) if entry.file_type()?.is_file() => nars.push((h, entry.metadata()?.len())),
-                    _ => strays.push(entry.path()),
+                    _ => strays.push(entry.path().display().to_string()),
                 }
             }
         }

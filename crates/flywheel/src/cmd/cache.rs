@@ -22,12 +22,13 @@ pub fn run(command: CacheCommand) -> anyhow::Result<()> {
         CacheCommand::Pin(args) => super::cache_gc::pin(args),
         CacheCommand::Gc(args) => super::cache_gc::gc(args),
         CacheCommand::Stats(args) => super::cache_gc::stats(args),
+        CacheCommand::Migrate(args) => migrate(args),
     }
 }
 
 fn verify(a: VerifyArgs) -> anyhow::Result<()> {
     let data = open_existing(&a.data)?;
-    let report = flywheel_cache::verify::verify(data.index(), &data.storage(), a.full)?;
+    let report = flywheel_cache::verify::verify(data.index(), data.storage().as_ref(), a.full)?;
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -45,7 +46,7 @@ fn verify(a: VerifyArgs) -> anyhow::Result<()> {
         );
     }
     if !report.ok() {
-        bail!("{} problems in {}", report.problems.len(), data.root().display());
+        bail!("{} problems in {}", report.problems.len(), data.backend().describe());
     }
     Ok(())
 }
@@ -53,8 +54,8 @@ fn verify(a: VerifyArgs) -> anyhow::Result<()> {
 fn serve(a: ServeArgs) -> anyhow::Result<()> {
     use flywheel_cache::server::{self, ServerOptions};
     let config = a.data.config()?.unwrap_or_default();
-    let dir = a.data.dir()?;
-    let data = open_data(&dir)?;
+    let backend = a.data.backend()?;
+    let data = open_data(&backend)?;
     let defaults = ServerOptions::default();
     // Flags, then the config file, then the defaults.
     let opts = ServerOptions {
@@ -72,7 +73,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         gc_interval: a.gc_interval.or(config.gc_interval).map(|d| d.0).filter(|d| !d.is_zero()),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
-    let dir = dir.display().to_string();
+    let dir = backend.describe();
     runtime.block_on(server::serve(data, opts, |l| {
         use std::io::Write as _;
         let mut out = std::io::stdout().lock();
@@ -87,17 +88,64 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The data directory the arguments name, which must exist: only `create` and `serve` make one.
+/// The backends the arguments name, which must exist: only `create` and `serve` make them.
 pub(super) fn open_existing(data: &crate::cli::DataArgs) -> anyhow::Result<DataDir> {
-    let dir = data.dir()?;
-    if !dir.join(flywheel_cache::data_dir::INDEX_FILE).is_file() {
-        bail!("{}: no cache data directory here (flywheel cache create makes one)", dir.display());
+    let backend = data.backend()?;
+    if !backend.exists() {
+        bail!("{}: no cache data directory here (flywheel cache create makes one)", backend.data.display());
     }
-    open_data(&dir)
+    open_data(&backend)
 }
 
-pub(super) fn open_data(dir: &std::path::Path) -> anyhow::Result<DataDir> {
-    DataDir::open_or_create(dir).with_context(|| format!("opening the cache data directory {}", dir.display()))
+pub(super) fn open_data(backend: &flywheel_cache::data_dir::Backend) -> anyhow::Result<DataDir> {
+    DataDir::open(backend).with_context(|| format!("opening the cache {}", backend.describe()))
+}
+
+fn migrate(a: crate::cli::MigrateArgs) -> anyhow::Result<()> {
+    use flywheel_cache::config::Config;
+    use flywheel_cache::data_dir::Backend;
+    let load = |p: &std::path::Path| -> anyhow::Result<Backend> { Ok(Backend::from_config(&Config::load(p)?, None)) };
+    let (from, to) = (load(&a.from)?, load(&a.to)?);
+    if !from.exists() {
+        bail!("{}: no cache here to migrate from", from.describe());
+    }
+    if from == to {
+        bail!("--from and --to name the same backends ({})", from.describe());
+    }
+    let source = open_data(&from)?;
+    let dest = open_data(&to)?;
+    eprintln!("migrating {} -> {}", from.describe(), to.describe());
+    let log = |line: &str| eprintln!("migrate: {line}");
+    let opts = flywheel_cache::migrate::MigrateOptions { jobs: a.jobs, full: a.full, log: &log };
+    let report = flywheel_cache::migrate::migrate(&source, &dest, &opts)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        for p in report.verify.problems.iter().chain(&report.mismatches) {
+            println!("problem: {p}");
+        }
+        println!(
+            "{} caches, {} paths copied ({} there already), {} NARs copied ({}; {} there already), {} tokens, {} pin revisions, {} files, in {:.1}s",
+            report.caches,
+            report.paths_added,
+            report.paths_present,
+            report.nars_copied,
+            human_bytes(report.bytes_copied),
+            report.nars_present,
+            report.tokens_copied,
+            report.pin_revisions_copied,
+            report.files_copied,
+            report.seconds
+        );
+    }
+    if !report.ok() {
+        bail!(
+            "the copy in {} does not match: {} problems",
+            to.describe(),
+            report.verify.problems.len() + report.mismatches.len()
+        );
+    }
+    Ok(())
 }
 
 pub(super) fn now() -> i64 {
@@ -116,7 +164,7 @@ fn print_info(info: &CacheInfo, json: bool) -> anyhow::Result<()> {
 fn create(a: CacheCreateArgs) -> anyhow::Result<()> {
     // A bad name creates no data directory.
     flywheel_cache::data_dir::check_cache_name(&a.name)?;
-    let data = open_data(&a.data.dir()?)?;
+    let data = open_data(&a.data.backend()?)?;
     let visibility = if a.private { Visibility::Private } else { Visibility::Public };
     let info = data.create_cache(&a.name, visibility, a.priority, a.key_name.as_deref(), now())?;
     eprintln!("created {} cache {} (priority {}); its public key:", info.visibility.as_str(), info.name, info.priority);
