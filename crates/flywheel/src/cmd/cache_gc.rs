@@ -68,8 +68,7 @@ pub fn gc(a: GcArgs) -> anyhow::Result<()> {
         }
     };
     let opts = GcOptions { caches, dry_run: a.dry_run, in_use: &|_| false, log: &log, batch: a.batch_size };
-    let report =
-        gc::collect(data.index(), data.storage().as_ref(), &opts)?;
+    let report = gc::collect(data.index(), data.storage().as_ref(), &opts)?;
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
