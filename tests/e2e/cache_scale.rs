@@ -30,30 +30,56 @@ impl Backends {
     /// A config file for a server over these backends, with its own data (scratch) folder.
     fn config(&self, dir: &Path, name: &str, extra: &str) -> PathBuf {
         let g = &self.garage;
+        let credentials = format!(
+            "access-key-id = \"{}\"\nsecret-access-key = \"{}\"\n[postgres]\nurl = \"{}\"\n",
+            g.access_key_id(),
+            g.secret_access_key(),
+            self.pg.url()
+        );
+        self.config_with(dir, name, extra, &credentials)
+    }
+
+    /// The same with no credentials and no database URL in the file: they come from the
+    /// environment ([`Backends::env`]), as a Kubernetes Secret gives them.
+    fn config_without_secrets(&self, dir: &Path, name: &str, extra: &str) -> PathBuf {
+        self.config_with(dir, name, extra, "[postgres]\n")
+    }
+
+    fn config_with(&self, dir: &Path, name: &str, extra: &str, secrets: &str) -> PathBuf {
+        let g = &self.garage;
         let text = format!(
             "data = \"{name}-data\"\nstorage = \"s3\"\nindex = \"postgres\"\n{extra}\n\
              [s3]\nbucket = \"{}\"\nendpoint = \"{}\"\nregion = \"{}\"\nprefix = \"cache\"\nallow-http = true\n\
-             access-key-id = \"{}\"\nsecret-access-key = \"{}\"\n\
-             [postgres]\nurl = \"{}\"\npool-size = 8\n\
+             {secrets}pool-size = 8\n\
              [caches.main]\n[caches.pr]\nmax-age = \"1s\"\ngrace = \"0s\"\n",
             g.bucket(),
             g.endpoint(),
             g.region(),
-            g.access_key_id(),
-            g.secret_access_key(),
-            self.pg.url()
         );
         let path = dir.join(format!("{name}.toml"));
         std::fs::write(&path, text).expect("write the config");
         path
     }
+
+    /// The usual AWS variables and flywheel's database URL.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", self.garage.access_key_id().to_string()),
+            ("AWS_SECRET_ACCESS_KEY", self.garage.secret_access_key().to_string()),
+            ("FLYWHEEL_DATABASE_URL", self.pg.url()),
+        ]
+    }
 }
 
 /// A server from `NAME.toml`, whose data folder is `NAME-data` beside it (as the configs say).
 fn serve(config: &Path) -> Server {
+    serve_with_env(config, &[])
+}
+
+fn serve_with_env(config: &Path, env: &[(&str, String)]) -> Server {
     let stem = config.file_stem().expect("a name").to_string_lossy();
     let data = config.with_file_name(format!("{stem}-data"));
-    Server::start(&data, &["--config", config.to_str().expect("utf-8")])
+    Server::start_with_env(&data, &["--config", config.to_str().expect("utf-8")], env)
 }
 
 /// `flywheel cache ARGS --config CONFIG`.
@@ -111,13 +137,18 @@ fn two_servers_over_one_bucket_and_one_database_serve_the_same_caches() {
     let w = work.path();
     // A collects every second; B only serves.
     let a_cfg = b.config(w, "a", "gc-interval = \"1s\"");
-    let b_cfg = b.config(w, "b", "");
+    // B takes its credentials and database URL from the environment.
+    let b_cfg = b.config_without_secrets(w, "b", "");
     let a = serve(&a_cfg);
-    let b_srv = serve(&b_cfg);
+    let b_srv = serve_with_env(&b_cfg, &b.env());
+    // Without them, B's config is refused at start in one line.
+    let o = cache(&b_cfg, &["verify"]).env_remove("FLYWHEEL_DATABASE_URL").output().expect("run");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(one_line_error(&o).contains("FLYWHEEL_DATABASE_URL"));
     let key = a.keys.iter().find(|(n, _)| n == "main").expect("main").1.clone();
     assert_eq!(b_srv.keys.iter().find(|(n, _)| n == "main").map(|k| &k.1), Some(&key), "one key for both");
     let write = token(&a_cfg, "main");
-    let pr_token = token(&b_cfg, "pr");
+    let pr_token = token(&a_cfg, "pr");
     let root = &support::fixture().root;
     let edge = support::edge_cases();
 

@@ -178,6 +178,20 @@ impl DataDir {
         for dir in [root.to_path_buf(), root.join("tmp")] {
             std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         }
+        // The index first: a missing database URL is reported before the store is asked.
+        let index: Box<dyn Index> = match backend.index {
+            IndexKind::Sqlite => Box::new(SqliteIndex::open(&root.join(INDEX_FILE))?),
+            IndexKind::Postgres => {
+                let pg = backend.postgres.clone().unwrap_or_default();
+                let url = pg.url().ok_or_else(|| {
+                    DataError::Backend(format!(
+                        "index = \"postgres\" needs [postgres] url in the config or {}",
+                        crate::config::DATABASE_URL_ENV
+                    ))
+                })?;
+                Box::new(crate::index::postgres::PostgresIndex::connect(&url, pg.pool_size.unwrap_or(DEFAULT_POOL))?)
+            }
+        };
         let storage: Arc<dyn NarStorage> = match backend.storage {
             StorageKind::Dir => {
                 let nar = root.join("nar");
@@ -190,19 +204,6 @@ impl DataDir {
                     .as_ref()
                     .ok_or_else(|| DataError::Backend("storage = \"s3\" needs an [s3] table in the config".into()))?;
                 Arc::new(crate::storage::s3::S3Storage::connect(s3).map_err(DataError::Backend)?)
-            }
-        };
-        let index: Box<dyn Index> = match backend.index {
-            IndexKind::Sqlite => Box::new(SqliteIndex::open(&root.join(INDEX_FILE))?),
-            IndexKind::Postgres => {
-                let pg = backend.postgres.clone().unwrap_or_default();
-                let url = pg.url().ok_or_else(|| {
-                    DataError::Backend(format!(
-                        "index = \"postgres\" needs [postgres] url in the config or {}",
-                        crate::config::DATABASE_URL_ENV
-                    ))
-                })?;
-                Box::new(crate::index::postgres::PostgresIndex::connect(&url, pg.pool_size.unwrap_or(DEFAULT_POOL))?)
             }
         };
         // The lock files exist from the start, so taking a lock (a GC dry run) changes nothing.

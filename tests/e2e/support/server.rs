@@ -16,7 +16,13 @@ pub struct Server {
 
 impl Server {
     pub fn start(data: &Path, extra: &[&str]) -> Server {
+        Self::start_with_env(data, extra, &[])
+    }
+
+    /// With these environment variables set for the server (credentials, a database URL).
+    pub fn start_with_env(data: &Path, extra: &[&str], env: &[(&str, String)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_flywheel"))
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .args(["cache", "serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
             .args(extra)

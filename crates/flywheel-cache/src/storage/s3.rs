@@ -144,7 +144,16 @@ impl S3Storage {
             label,
         };
         let probe = s.key("nar");
-        s.run(s.store.list_with_delimiter(Some(&probe))).map_err(|e| format!("{}: {}", s.label, io_error(e)))?;
+        let keyless = config.access_key_id.is_none() && std::env::var_os("AWS_ACCESS_KEY_ID").is_none();
+        s.run(s.store.list_with_delimiter(Some(&probe))).map_err(|e| {
+            // Without a key the client asks the cloud's instance metadata, whose error says little.
+            let hint = if keyless {
+                " (no access key given: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or access-key-id and secret-access-key in [s3])"
+            } else {
+                ""
+            };
+            format!("{}: {}{hint}", s.label, io_error(e))
+        })?;
         Ok(s)
     }
 
