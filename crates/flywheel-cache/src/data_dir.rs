@@ -96,7 +96,7 @@ impl Backend {
         let index = match self.index {
             IndexKind::Postgres => {
                 let url = self.postgres.as_ref().and_then(PostgresConfig::url).unwrap_or_default();
-                format!("postgres {}", without_password(&url))
+                format!("postgres {}", crate::index::postgres::shown_url(&url))
             }
             IndexKind::Sqlite => self.data.join(INDEX_FILE).display().to_string(),
         };
@@ -111,14 +111,6 @@ impl Backend {
     pub fn exists(&self) -> bool {
         self.index == IndexKind::Postgres || self.data.join(INDEX_FILE).is_file()
     }
-}
-
-/// `postgresql://user:secret@host/db` without the secret.
-pub fn without_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
-    let Some((userinfo, host)) = rest.split_once('@') else { return url.to_string() };
-    let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-    format!("{scheme}://{user}@{host}")
 }
 
 /// A cache name is one URL path segment: `[a-z0-9][a-z0-9_-]*`, at most 63 characters, and
@@ -206,9 +198,6 @@ impl DataDir {
                 Arc::new(crate::storage::s3::S3Storage::connect(s3).map_err(DataError::Backend)?)
             }
         };
-        // The lock files exist from the start, so taking a lock (a GC dry run) changes nothing.
-        let locks = crate::locks::DataLocks::new(root);
-        locks.create().map_err(io(root))?;
         Ok(DataDir { root: root.to_path_buf(), backend: backend.clone(), index, storage })
     }
 
@@ -371,9 +360,11 @@ mod tests {
 
     #[test]
     fn passwords_never_reach_messages() {
-        assert_eq!(without_password("postgresql://fw:s3cret@db:5432/fw"), "postgresql://fw@db:5432/fw");
-        assert_eq!(without_password("postgresql://fw@db/fw"), "postgresql://fw@db/fw");
-        assert_eq!(without_password("host=db"), "host=db");
+        let mut b = Backend::dir(Path::new("d"));
+        b.index = IndexKind::Postgres;
+        b.postgres = Some(PostgresConfig { url: Some("postgresql://fw:s3cret@db:5432/fw".into()), pool_size: None });
+        let shown = b.describe();
+        assert!(shown.contains("postgresql://fw@db:5432/fw") && !shown.contains("s3cret"), "{shown}");
     }
 
     #[test]

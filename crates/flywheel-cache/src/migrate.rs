@@ -83,6 +83,7 @@ pub fn migrate(from: &DataDir, to: &DataDir, opts: &MigrateOptions<'_>) -> Resul
     if from.backend() == to.backend() {
         return Err(MigrateError::SameBackends);
     }
+    (opts.log)(&format!("{} -> {}", from.backend().describe(), to.backend().describe()));
     let started = Instant::now();
     let mut report = MigrateReport::default();
     let (src, dst) = (from.index(), to.index());

@@ -68,8 +68,3 @@ pub fn verify(index: &dyn Index, storage: &dyn NarStorage, full: bool) -> Result
     report.strays = strays;
     Ok(report)
 }
-
-/// SHA-256 and length of a file.
-pub fn hash_and_size(path: &std::path::Path) -> std::io::Result<([u8; 32], u64)> {
-    crate::storage::hash_reader(std::fs::File::open(path)?)
-}

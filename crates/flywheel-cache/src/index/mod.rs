@@ -296,3 +296,15 @@ pub trait Index: Retention + Send + Sync {
     /// Bytes of the stored NARs the index knows.
     fn stored_bytes(&self) -> Result<u64, IndexError>;
 }
+
+/// A cache record for the index tests (both backends).
+#[cfg(test)]
+pub(crate) fn test_cache(name: &str) -> CacheRecord {
+    CacheRecord {
+        name: name.into(),
+        visibility: Visibility::Public,
+        priority: 41,
+        secret_key: format!("{name}-1:secret"),
+        created_at: 1,
+    }
+}

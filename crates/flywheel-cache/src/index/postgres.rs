@@ -253,6 +253,14 @@ fn backoff(attempt: u32) -> Duration {
 }
 
 /// `postgresql://user@host:port/dbname` from the parsed URL: never its password.
+/// `url` for messages: user, host, port and database, never the password.
+pub fn shown_url(url: &str) -> String {
+    match url.parse::<postgres::Config>() {
+        Ok(c) => describe(&c),
+        Err(_) => "an unreadable PostgreSQL URL".into(),
+    }
+}
+
 fn describe(c: &postgres::Config) -> String {
     let host = match c.get_hosts().first() {
         Some(postgres::config::Host::Tcp(h)) => h.clone(),

@@ -828,17 +828,7 @@ impl SqliteIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::{Retention, Visibility};
-
-    fn cache(name: &str) -> CacheRecord {
-        CacheRecord {
-            name: name.into(),
-            visibility: Visibility::Public,
-            priority: 41,
-            secret_key: format!("{name}-1:secret"),
-            created_at: 1,
-        }
-    }
+    use crate::index::{test_cache as cache, Retention};
 
     #[test]
     fn caches_and_tokens_round_trip_and_survive_reopening() {

@@ -191,14 +191,17 @@ pub async fn serve(data: DataDir, opts: ServerOptions, ready: impl FnOnce(&Liste
     });
     let (data, scratch, caches, background) =
         setup.await.map_err(|e| ServerError::Serve(std::io::Error::other(e.to_string())))??;
-    let listener = match tokio::net::TcpListener::bind(opts.listen).await {
-        Ok(l) => l,
+    let bound = match tokio::net::TcpListener::bind(opts.listen).await {
+        Ok(l) => l.local_addr().map(|addr| (l, addr)).map_err(ServerError::Serve),
+        Err(e) => Err(ServerError::Bind { addr: opts.listen, source: e }),
+    };
+    let (listener, addr) = match bound {
+        Ok(b) => b,
         Err(e) => {
             let _ = tokio::task::spawn_blocking(move || drop((data, background, scratch))).await;
-            return Err(ServerError::Bind { addr: opts.listen, source: e });
+            return Err(e);
         }
     };
-    let addr = listener.local_addr().map_err(ServerError::Serve)?;
     let storage = data.storage();
     let state = Arc::new(State {
         background,

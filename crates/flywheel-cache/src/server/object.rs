@@ -9,6 +9,7 @@ use axum::extract::Request;
 use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use super::routes::internal;
 use crate::storage::s3::ObjectRef;
 
 /// What of the request matters here (a request's body is not `Sync`, so it stays behind).
@@ -78,11 +79,6 @@ fn parse_range(header: &str, size: u64) -> Option<std::ops::Range<u64>> {
         (a, b) => (a.parse().ok()?, b.parse::<u64>().ok()?.saturating_add(1).min(size)),
     };
     (start < end && end <= size).then_some(start..end)
-}
-
-fn internal(e: impl std::fmt::Display) -> Response {
-    tracing::error!("serving a NAR from object storage: {e}");
-    (StatusCode::INTERNAL_SERVER_ERROR, format!("internal error: {e}\n")).into_response()
 }
 
 #[cfg(test)]

@@ -247,20 +247,15 @@ impl NarStorage for S3Storage {
 
     fn put(&self, nar_hash: &[u8; 32], tmp: &Path) -> io::Result<bool> {
         let dest = self.nar_key(nar_hash);
-        // Already stored (an earlier upload, another cache): nothing to send.
+        // Already stored (an earlier upload, another cache): nothing to send. The caller's store
+        // lock keeps it so until this returns.
         if self.contains(nar_hash)? {
             std::fs::remove_file(tmp)?;
             return Ok(false);
         }
         let temp = self.key(&format!("tmp/{}.nar.zst", random_name()?));
         self.upload(tmp, &temp)?;
-        let copied = self.run(async {
-            match self.store.head(&dest).await {
-                Ok(_) => Ok(false),
-                Err(object_store::Error::NotFound { .. }) => self.store.copy(&temp, &dest).await.map(|()| true),
-                Err(e) => Err(e),
-            }
-        });
+        let copied = self.run(self.store.copy(&temp, &dest)).map(|()| true);
         // A temporary left behind (the delete failing) is swept by GC.
         if let Err(e) = self.run(self.store.delete(&temp)) {
             tracing::warn!("{}: deleting the temporary {temp}: {}", self.label, io_error(e));

@@ -109,12 +109,8 @@ fn migrate(a: crate::cli::MigrateArgs) -> anyhow::Result<()> {
     if !from.exists() {
         bail!("{}: no cache here to migrate from", from.describe());
     }
-    if from == to {
-        bail!("--from and --to name the same backends ({})", from.describe());
-    }
     let source = open_data(&from)?;
     let dest = open_data(&to)?;
-    eprintln!("migrating {} -> {}", from.describe(), to.describe());
     let log = |line: &str| eprintln!("migrate: {line}");
     let opts = flywheel_cache::migrate::MigrateOptions { jobs: a.jobs, full: a.full, log: &log };
     let report = flywheel_cache::migrate::migrate(&source, &dest, &opts)?;

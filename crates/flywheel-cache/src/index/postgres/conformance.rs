@@ -8,10 +8,11 @@ use std::collections::HashSet;
 use std::fmt::Debug;
 use std::sync::Mutex;
 
-use super::tests::{cache, nar, path, store_path, test_db};
+use super::tests::{nar, path, store_path, test_db};
 use super::PostgresIndex;
 use crate::index::retention::DeleteGuard;
 use crate::index::sqlite::SqliteIndex;
+use crate::index::test_cache as cache;
 use crate::index::{Added, Index, IndexError, NarRecord, PathRecord, Scope, StoredFile, TokenRecord, Visibility};
 
 #[derive(Default)]

@@ -11,6 +11,7 @@ use flywheel_fixture::postgres::PgCluster;
 
 use super::*;
 use crate::index::retention::DeleteGuard;
+use crate::index::test_cache as cache;
 use crate::index::Retention;
 
 /// A fresh database on the cluster the tests share (started by the first test that needs it,
@@ -37,16 +38,6 @@ pub(crate) fn test_db() -> TestDb {
     let name = format!("t{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
     let url = pg.create_database(&name).unwrap_or_else(|e| panic!("{e}"));
     TestDb { url, pg }
-}
-
-pub(crate) fn cache(name: &str) -> CacheRecord {
-    CacheRecord {
-        name: name.into(),
-        visibility: Visibility::Public,
-        priority: 41,
-        secret_key: format!("{name}-1:secret"),
-        created_at: 1,
-    }
 }
 
 pub(crate) fn store_path(i: usize) -> String {
