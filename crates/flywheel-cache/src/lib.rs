@@ -20,6 +20,7 @@ pub mod pull;
 pub mod push;
 pub mod server;
 pub mod stats;
+pub mod status;
 pub mod storage;
 pub mod target;
 pub mod token;

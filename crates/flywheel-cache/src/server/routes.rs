@@ -174,6 +174,23 @@ async fn route(state: &Arc<State>, req: Request) -> Result<Response, Response> {
     if path == "/healthz" {
         return Ok(text(StatusCode::OK, "ok"));
     }
+    if path == "/" || path == "/api/v1/status" {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return Err(method_not_allowed());
+        }
+        let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("localhost").to_string();
+        let base = format!("http://{host}");
+        let status =
+            blocking(state, move |s| crate::status::gather(s.index(), &s.opts.caches, &base, now()).map_err(internal))
+                .await?;
+        return Ok(if path == "/" {
+            let page = crate::status::html::render(&status);
+            (StatusCode::OK, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
+        } else {
+            let body = serde_json::to_vec(&status).map_err(internal)?;
+            (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+        });
+    }
     if path == "/metrics" {
         let body = blocking(state, |s| {
             let (memberships, paths) = s.index().counts().map_err(internal)?;
