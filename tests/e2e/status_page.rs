@@ -74,6 +74,33 @@ fn the_status_shows_each_caches_figures_quota_and_nix_conf_lines() {
     assert!(page.contains("50.0%") && page.contains("of 1.0 GiB"), "{page}");
     let hostile = curl(&["-H", "Host: <b>x</b>", &format!("{}/", server.base)]);
     assert!(!hostile.contains("<b>x</b>") && hostile.contains("&lt;b&gt;x&lt;/b&gt;"), "{hostile}");
+    // Rendered by a real browser (Debian's chromium, headless): a PNG of the asked size, and
+    // not blank: a blank page of the same size compresses to a small fraction of it.
+    let shot = |url: &str, name: &str| -> Vec<u8> {
+        let png = w.join(name);
+        ok(Command::new("chromium")
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--window-size=1024,768"])
+            .arg(format!("--user-data-dir={}", w.join(format!("{name}-profile")).display()))
+            .arg(format!("--screenshot={}", png.display()))
+            .arg(url));
+        std::fs::read(&png).expect("the screenshot")
+    };
+    let page_png = shot(&format!("{}/", server.base), "page.png");
+    let blank_png = shot("about:blank", "blank.png");
+    assert_eq!(&page_png[..8], b"\x89PNG\r\n\x1a\n");
+    let size = |png: &[u8]| {
+        (
+            u32::from_be_bytes([png[16], png[17], png[18], png[19]]),
+            u32::from_be_bytes([png[20], png[21], png[22], png[23]]),
+        )
+    };
+    assert_eq!(size(&page_png), (1024, 768));
+    assert!(
+        page_png.len() > 4 * blank_png.len(),
+        "the page rendered blank: {} bytes against {} for about:blank",
+        page_png.len(),
+        blank_png.len()
+    );
     // Only GET and HEAD.
     let code = ok_str(Command::new("curl").args([
         "-s",

@@ -44,7 +44,14 @@ pub fn render(status: &Status) -> String {
          .bar>span{background:#1f883d;height:100%;display:block}.warn>span{background:#cf222e}\
          </style></head><body>\n<h1>flywheel cache</h1>\n",
     );
-    let _ = writeln!(h, "<p>{} caches. Data as of unix time {}.</p>", status.caches.len(), status.generated_at);
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(status.generated_at).unwrap_or(0));
+    let n = status.caches.len();
+    let _ = writeln!(
+        h,
+        "<p>{n} cache{}, as of {} UTC.</p>",
+        if n == 1 { "" } else { "s" },
+        humantime::format_rfc3339_seconds(at).to_string().trim_end_matches('Z').replace('T', " ")
+    );
     for c in &status.caches {
         cache_section(&mut h, c);
     }
