@@ -291,6 +291,17 @@ fn migrate_copies_a_cache_to_garage_and_postgres_and_back_resumably_and_verified
     let write = token(&dir_cfg, "main");
     ok(flywheel().args(["cache", "push", "--to", &original.url("main"), "--token", &write]).arg(root));
     ok(flywheel().args(["cache", "pin", "--cache", "main", "release", "--config"]).arg(&dir_cfg).arg(root));
+    // A canary run on the status page, published with a canary token: migrated with the rest.
+    let canary = ok_str(&mut cache(&dir_cfg, &["token", "create", "--cache", "main", "--scope", "canary"]));
+    let run = r#"{"lane":"gpu","run_id":"r1","runner":"n1","started_at":"2026-11-25T08:00:00Z","duration_ms":1,"status":"pass","steps":[]}"#;
+    let code = ok_str(Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"]).args([
+        "-H",
+        &format!("Authorization: Bearer {}", canary.trim()),
+        "--data-binary",
+        run,
+        &format!("{}/api/v1/canary/runs", original.base),
+    ]));
+    assert_eq!(code, "201");
     let before = narinfos(&original, &paths);
     original.stop();
 
@@ -347,6 +358,8 @@ fn migrate_copies_a_cache_to_garage_and_postgres_and_back_resumably_and_verified
     assert_eq!(narinfos(&migrated, &paths), before);
     let pins = ok_str(Command::new("curl").args(["-sS", &format!("{}/api/v1/pins", migrated.url("main"))]));
     assert!(pins.contains("release") && pins.contains(&root.display().to_string()), "{pins}");
+    let runs = ok_str(Command::new("curl").args(["-sS", &format!("{}/api/v1/canary/runs?lane=gpu", migrated.base)]));
+    assert!(runs.contains("\"run_id\":\"r1\""), "{runs}");
     copy_out_and_verify(w, "from-s3", &migrated.url("main"), &key, &[root, edge]);
 
     // And back, into a fresh directory + SQLite.

@@ -6,6 +6,9 @@
 //! max-nar-bytes = "64GiB"
 //! max-requests-per-client = 64
 //! gc-interval = "1h"
+//! # Canary runs published to the status page: kept 90 days, at most 1000 per lane.
+//! canary-max-age = "90d"
+//! canary-keep-runs = 1000
 //!
 //! [caches.main]
 //! visibility = "public"
@@ -85,6 +88,10 @@ pub struct Config {
     pub ingest_jobs: Option<usize>,
     /// How often the server collects garbage (none when unset).
     pub gc_interval: Option<Duration>,
+    /// Canary runs (`flywheel canary --publish`) are kept this long (default 90d)...
+    pub canary_max_age: Option<Duration>,
+    /// ...and at most this many per lane (default 1000); collections forget the rest.
+    pub canary_keep_runs: Option<usize>,
     #[serde(default)]
     pub caches: BTreeMap<String, CacheConfig>,
     /// Where NARs live.

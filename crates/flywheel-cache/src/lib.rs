@@ -3,6 +3,7 @@
 //! garbage collection build on the same layout and invariants (a narinfo is written only after
 //! its NAR and its references).
 
+pub mod canary_runs;
 pub mod compression;
 pub mod config;
 pub mod data_dir;

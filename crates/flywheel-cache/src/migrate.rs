@@ -59,6 +59,9 @@ pub struct MigrateReport {
     pub upstream_records: u64,
     pub files_copied: u64,
     pub pin_revisions_copied: u64,
+    /// Canary runs the status page shows (the hourly counters and collection summaries are
+    /// not copied, like the counters).
+    pub canary_runs_copied: u64,
     /// The destination, checked after the copy.
     pub verify: VerifyReport,
     /// Paths whose record in the destination differs from the source's (or is missing).
@@ -106,6 +109,15 @@ pub fn migrate(from: &DataDir, to: &DataDir, opts: &MigrateOptions<'_>) -> Resul
         if dst.token(&t.hash)?.is_none() {
             dst.add_token(&t)?;
             report.tokens_copied += 1;
+        }
+    }
+    for lane in src.canary_lanes()? {
+        let kept: HashSet<String> = dst.canary_runs(&lane, usize::MAX)?.into_iter().map(|r| r.run_id).collect();
+        for run in src.canary_runs(&lane, usize::MAX)? {
+            if !kept.contains(&run.run_id) {
+                dst.put_canary_run(&run)?;
+                report.canary_runs_copied += 1;
+            }
         }
     }
 

@@ -11,6 +11,7 @@ pub mod context;
 pub mod events;
 pub mod libs;
 pub mod probe;
+pub mod publish;
 pub mod report;
 pub mod run;
 pub mod step;

@@ -345,7 +345,8 @@ pub struct TokenCreateArgs {
     pub data: DataArgs,
     #[arg(long, value_name = "NAME")]
     pub cache: String,
-    /// read, write (includes read) or admin (includes write).
+    /// read, write (includes read), admin (includes write), or canary (only publishes canary
+    /// runs: `flywheel canary --publish`).
     #[arg(long, value_parser = parse_scope)]
     pub scope: flywheel_cache::index::Scope,
     /// When it stops working: a duration (90m, 12h, 30d) from now, or an RFC 3339 UTC time.
@@ -456,6 +457,15 @@ fn parse_http_url(s: &str) -> Result<String, String> {
         _ => Err(format!(
             "{s}: expected an http:// or https:// cache URL (file:// caches are read by `nix copy --from`)"
         )),
+    }
+}
+
+/// A server's base URL: http(s)://HOST[:PORT], without a path.
+fn parse_server_url(s: &str) -> Result<String, String> {
+    let trimmed = s.trim_end_matches('/');
+    match trimmed.strip_prefix("http://").or_else(|| trimmed.strip_prefix("https://")) {
+        Some(host) if !host.is_empty() && !host.contains(['/', '?', '#', '@']) => Ok(trimmed.to_string()),
+        _ => Err(format!("{s}: expected the cache server's address, http://HOST:PORT (no cache name)")),
     }
 }
 
@@ -775,6 +785,17 @@ pub struct CanaryArgs {
     /// A longer queue time fails the queue step.
     #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = flywheel_cache::config::parse_duration)]
     pub max_queue: flywheel_cache::config::Duration,
+
+    /// After the run, send it to this cache server's status page (`http://HOST:PORT`, the
+    /// server, not one cache). A failed publish is reported and does not fail the canary.
+    #[arg(long, value_name = "URL", value_parser = parse_server_url)]
+    pub publish: Option<String>,
+    /// A token of the canary scope (`flywheel cache token create --scope canary`).
+    #[arg(long, value_name = "TOKEN", env = "FLYWHEEL_CANARY_TOKEN", hide_env_values = true)]
+    pub publish_token: Option<String>,
+    /// The lane the run is published under: the runner scale set's name.
+    #[arg(long, value_name = "NAME", env = "FLYWHEEL_LANE", default_value = "default")]
+    pub lane: String,
 
     /// The runner image's digest [default: $FLYWHEEL_IMAGE_DIGEST].
     #[arg(long, value_name = "DIGEST")]

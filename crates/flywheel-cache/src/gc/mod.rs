@@ -14,6 +14,7 @@
 //!    older than the grace period are unlinked the same way.
 
 pub mod plan;
+mod summary;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -24,6 +25,7 @@ use crate::index::retention::{DeleteGuard, Usage};
 use crate::index::{Index, IndexError, IndexLock};
 use crate::storage::NarStorage;
 pub use plan::{Policy, Reason};
+pub use summary::{latest as summary_latest, CacheGcSummary, GcSummary, HistoryRetention};
 
 /// How long a dead NAR stays on disk after its last narinfo left the index: longer than the
 /// servers' poll of the index (a tenth of a second).
@@ -56,6 +58,8 @@ pub struct GcOptions<'a> {
     pub log: &'a (dyn Fn(&str) + Sync),
     /// Paths removed per transaction (0: the default, 2500).
     pub batch: usize,
+    /// How long the status page's history is kept (canary runs, hourly counters, summaries).
+    pub history: HistoryRetention,
 }
 
 /// Paths removed for one reason.
@@ -83,7 +87,7 @@ pub struct CacheGc {
 }
 
 /// Stored NAR files removed (or, in a dry run, that would be).
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Freed {
     pub files: u64,
     pub bytes: u64,
@@ -98,6 +102,8 @@ pub struct GcReport {
     /// Stored NARs the index did not know (crash leftovers, uploads whose narinfo never came).
     pub orphans: Freed,
     pub expired_uploads: u64,
+    /// Canary runs forgotten (older than the retention, or beyond the runs kept per lane).
+    pub canary_runs_removed: u64,
     pub seconds: f64,
 }
 
@@ -118,6 +124,7 @@ pub fn collect(index: &dyn Index, storage: &dyn NarStorage, opts: &GcOptions<'_>
         nars: Freed::default(),
         orphans: Freed::default(),
         expired_uploads: 0,
+        canary_runs_removed: 0,
         seconds: 0.0,
     };
     let mut dead_sizes: HashMap<[u8; 32], u64> = HashMap::new();
@@ -153,7 +160,13 @@ pub fn collect(index: &dyn Index, storage: &dyn NarStorage, opts: &GcOptions<'_>
     })();
     index.gc_mode(false)?;
     result?;
+    if !opts.dry_run {
+        report.canary_runs_removed = summary::trim_history(index, &opts.history, now_secs())?;
+    }
     report.seconds = started.elapsed().as_secs_f64();
+    if !opts.dry_run {
+        summary::record(index, &report, now_secs())?;
+    }
     Ok(report)
 }
 

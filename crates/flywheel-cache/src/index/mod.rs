@@ -6,10 +6,13 @@
 //! replaces the embedded SQLite one ([`sqlite::SqliteIndex`]). The trait is synchronous: the
 //! server calls it from `spawn_blocking`, and a blocking PostgreSQL client fits it as well.
 
+pub mod history;
 pub mod postgres;
+mod postgres_history;
 mod postgres_retention;
 pub mod retention;
 pub mod sqlite;
+mod sqlite_history;
 mod sqlite_retention;
 
 use std::fmt;
@@ -67,26 +70,42 @@ impl FromStr for Visibility {
     }
 }
 
-/// What a token allows on its cache; each scope includes the ones before it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+/// What a token allows on its cache: read, write and admin each include the ones before;
+/// canary allows only publishing canary runs (to the server, whatever the cache), which admin
+/// also allows. A canary token on a runner thus cannot push or read private caches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     Read,
     Write,
     Admin,
+    Canary,
 }
 
 impl Scope {
+    pub const ALL: [Scope; 4] = [Scope::Read, Scope::Write, Scope::Admin, Scope::Canary];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::Read => "read",
             Scope::Write => "write",
             Scope::Admin => "admin",
+            Scope::Canary => "canary",
         }
     }
 
     pub fn allows(self, needed: Scope) -> bool {
-        self >= needed
+        let rank = |s: Scope| match s {
+            Scope::Read => 1,
+            Scope::Write => 2,
+            Scope::Admin => 3,
+            Scope::Canary => 0,
+        };
+        match (self, needed) {
+            (Scope::Canary, needed) => needed == Scope::Canary,
+            (have, Scope::Canary) => have == Scope::Admin,
+            (have, needed) => rank(have) >= rank(needed),
+        }
     }
 }
 
@@ -103,7 +122,8 @@ impl FromStr for Scope {
             "read" => Ok(Scope::Read),
             "write" => Ok(Scope::Write),
             "admin" => Ok(Scope::Admin),
-            _ => Err(format!("unknown scope {s:?} (read, write or admin)")),
+            "canary" => Ok(Scope::Canary),
+            _ => Err(format!("unknown scope {s:?} (read, write, admin or canary)")),
         }
     }
 }
@@ -189,6 +209,7 @@ pub enum Added {
     Present,
 }
 
+pub use history::History;
 pub use retention::Retention;
 
 /// Locks every server and `flywheel cache gc` working on the same index share, across
@@ -221,7 +242,7 @@ impl fmt::Debug for Held {
     }
 }
 
-pub trait Index: Retention + Send + Sync {
+pub trait Index: Retention + History + Send + Sync {
     /// Another handle on the same index for work that must not wait behind this one's (a
     /// server's background writes, a collection): a second SQLite connection; the same
     /// PostgreSQL pool.

@@ -47,7 +47,7 @@ use super::{
 };
 
 /// The migrations, in order; migration N brings the schema to version N.
-const MIGRATIONS: &[&str] = &[include_str!("postgres/0001_schema.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("postgres/0001_schema.sql"), include_str!("postgres/0002_status.sql")];
 
 /// Advisory-lock keys: PostgreSQL's two-int4 form, the first one flywheel's (`flyw`, `flys` in
 /// ASCII), so that other applications sharing the database are unlikely to collide.

@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 use super::postgres::{cache_id, get, Fail, PostgresIndex};
 use super::retention::{DeleteGuard, GcMember, Pin, PinRevision, Removed, Retention, Usage};
 use super::sqlite::{hash32, hash_part_of, size};
+use super::sqlite_history::{hourly_key, this_hour};
 use super::IndexError;
 
 impl Retention for PostgresIndex {
@@ -442,14 +443,17 @@ impl Retention for PostgresIndex {
         if sums.is_empty() {
             return Ok(());
         }
-        let mut caches = Vec::with_capacity(sums.len());
-        let mut keys = Vec::with_capacity(sums.len());
-        let mut values = Vec::with_capacity(sums.len());
-        for ((c, k), v) in sums {
-            caches.push(c);
-            keys.push(k);
-            values.push(v);
+        // The status page's counters by the hour, summed the same way.
+        let hour = this_hour();
+        let mut hourly: std::collections::BTreeMap<(&str, &str), i64> = std::collections::BTreeMap::new();
+        for (cache, key, delta) in deltas {
+            if let Some(key) = hourly_key(key) {
+                let s = hourly.entry((cache, key)).or_insert(0);
+                *s = s.saturating_add(*delta);
+            }
         }
+        let (caches, keys, values) = columns(sums);
+        let (hourly_caches, hourly_keys, hourly_values) = columns(hourly);
         self.write(|db| {
             // Unknown caches are skipped, as SQLite's INSERT … SELECT skips them.
             db.exec(
@@ -459,6 +463,16 @@ impl Retention for PostgresIndex {
                  ON CONFLICT (cache, key) DO UPDATE SET value = stats.value + excluded.value",
                 &[&caches, &keys, &values],
             )?;
+            if !hourly_caches.is_empty() {
+                db.exec(
+                    "INSERT INTO hourly_stats (cache, hour, key, value)
+                     SELECT c.id, $4, d.key, d.delta
+                     FROM unnest($1::text[], $2::text[], $3::bigint[]) AS d(cache, key, delta)
+                     JOIN caches c ON c.name = d.cache ORDER BY c.id, d.key
+                     ON CONFLICT (cache, hour, key) DO UPDATE SET value = hourly_stats.value + excluded.value",
+                    &[&hourly_caches, &hourly_keys, &hourly_values, &hour],
+                )?;
+            }
             Ok(())
         })
     }
@@ -505,4 +519,17 @@ impl Retention for PostgresIndex {
             Ok(Usage { paths: size(get(&r, 0)?)?, bytes: size(get(&r, 1)?)? })
         })
     }
+}
+
+/// Summed counters as the columns `unnest` takes: caches, keys, values.
+fn columns<'a>(sums: std::collections::BTreeMap<(&'a str, &'a str), i64>) -> (Vec<&'a str>, Vec<&'a str>, Vec<i64>) {
+    let mut caches = Vec::with_capacity(sums.len());
+    let mut keys = Vec::with_capacity(sums.len());
+    let mut values = Vec::with_capacity(sums.len());
+    for ((c, k), v) in sums {
+        caches.push(c);
+        keys.push(k);
+        values.push(v);
+    }
+    (caches, keys, values)
 }

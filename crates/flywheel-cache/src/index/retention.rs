@@ -72,7 +72,7 @@ pub struct Removed {
 }
 
 /// Paths, stored bytes and NAR bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
     pub paths: u64,
     pub bytes: u64,

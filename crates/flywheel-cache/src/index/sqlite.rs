@@ -13,7 +13,7 @@ use super::{
 };
 
 /// The migrations, in order; migration N brings the schema to version N+1.
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     // 1: caches and tokens, and the tables the server fills: NARs stored once by their NarHash,
     // store paths (global) with their references and signatures, which caches hold which
     // paths, and NARs uploaded (verified, stored) whose narinfo has not come yet.
@@ -146,6 +146,86 @@ const MIGRATIONS: &[&str] = &[
         hash_part   TEXT NOT NULL,
         at          INTEGER NOT NULL
     );
+    ",
+    // 5: what the status page shows, kept as things change so that a page view reads a few
+    // rows, never every path.
+    //
+    // Tokens may have the canary scope (a runner publishing canary runs, nothing else). SQLite
+    // cannot change a CHECK: the table is made again (nothing refers to it).
+    //
+    // Each cache's paths and the bytes of their stored NARs (what `usage_by_access` sums) are
+    // kept by triggers on its memberships, starting from the memberships there are. A
+    // membership's bytes are its path's NAR's: looked up when it goes, so a membership must go
+    // before its path (GC's order). Should a path ever go first (its memberships then go by
+    // the cascade, and find no path), the path's own trigger takes its bytes off each cache
+    // that still holds it, and the memberships take off only themselves.
+    //
+    // The counters the status page draws, by the hour (`add_stats` adds to them as it adds to
+    // `stats`); the summaries of the last collections; and the canary runs the runners publish,
+    // found by lane and age, each kept whole as published.
+    "
+    CREATE TABLE tokens_5 (
+        hash        BLOB PRIMARY KEY,
+        cache       INTEGER NOT NULL REFERENCES caches(id) ON DELETE CASCADE,
+        scope       TEXT NOT NULL CHECK (scope IN ('read', 'write', 'admin', 'canary')),
+        created_at  INTEGER NOT NULL,
+        expires_at  INTEGER,
+        description TEXT
+    );
+    INSERT INTO tokens_5 (hash, cache, scope, created_at, expires_at, description)
+        SELECT hash, cache, scope, created_at, expires_at, description FROM tokens;
+    DROP TABLE tokens;
+    ALTER TABLE tokens_5 RENAME TO tokens;
+
+    CREATE TABLE cache_totals (
+        cache       INTEGER PRIMARY KEY REFERENCES caches(id) ON DELETE CASCADE,
+        paths       INTEGER NOT NULL,
+        bytes       INTEGER NOT NULL
+    );
+    INSERT INTO cache_totals (cache, paths, bytes)
+        SELECT m.cache, count(*), sum(n.file_size)
+        FROM members m JOIN paths p ON p.id = m.path JOIN nars n ON n.nar_hash = p.nar_hash
+        GROUP BY m.cache;
+    CREATE TRIGGER members_counted AFTER INSERT ON members BEGIN
+        INSERT INTO cache_totals (cache, paths, bytes)
+            SELECT NEW.cache, 1, n.file_size FROM paths p JOIN nars n ON n.nar_hash = p.nar_hash
+            WHERE p.id = NEW.path
+        ON CONFLICT (cache) DO UPDATE SET paths = paths + 1, bytes = bytes + excluded.bytes;
+    END;
+    CREATE TRIGGER members_uncounted AFTER DELETE ON members BEGIN
+        UPDATE cache_totals SET paths = paths - 1, bytes = bytes - coalesce(
+            (SELECT n.file_size FROM paths p JOIN nars n ON n.nar_hash = p.nar_hash WHERE p.id = OLD.path), 0)
+        WHERE cache = OLD.cache;
+    END;
+    CREATE TRIGGER paths_uncounted BEFORE DELETE ON paths BEGIN
+        UPDATE cache_totals SET bytes = bytes - (SELECT file_size FROM nars WHERE nar_hash = OLD.nar_hash)
+        WHERE cache IN (SELECT cache FROM members WHERE path = OLD.id);
+    END;
+
+    CREATE TABLE hourly_stats (
+        cache       INTEGER NOT NULL REFERENCES caches(id) ON DELETE CASCADE,
+        hour        INTEGER NOT NULL,
+        key         TEXT NOT NULL,
+        value       INTEGER NOT NULL,
+        PRIMARY KEY (cache, hour, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX hourly_stats_hour ON hourly_stats(hour);
+    CREATE TABLE gc_summaries (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        at          INTEGER NOT NULL,
+        summary     TEXT NOT NULL
+    );
+    CREATE INDEX gc_summaries_at ON gc_summaries(at, id);
+    CREATE TABLE canary_runs (
+        lane        TEXT NOT NULL,
+        run_id      TEXT NOT NULL,
+        started_at  INTEGER NOT NULL,
+        status      TEXT NOT NULL,
+        received_at INTEGER NOT NULL,
+        record      TEXT NOT NULL,
+        PRIMARY KEY (lane, run_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX canary_runs_started ON canary_runs(lane, started_at);
     ",
 ];
 
@@ -916,5 +996,14 @@ mod tests {
     fn scopes_include_the_lower_ones() {
         assert!(Scope::Admin.allows(Scope::Write) && Scope::Write.allows(Scope::Read));
         assert!(!Scope::Read.allows(Scope::Write) && !Scope::Write.allows(Scope::Admin));
+    }
+
+    #[test]
+    fn the_canary_scope_only_publishes_and_admin_may_too() {
+        for s in Scope::ALL {
+            assert_eq!(s.as_str().parse::<Scope>(), Ok(s));
+            assert_eq!(s.allows(Scope::Canary), matches!(s, Scope::Canary | Scope::Admin), "{s}");
+            assert_eq!(Scope::Canary.allows(s), s == Scope::Canary, "{s}");
+        }
     }
 }

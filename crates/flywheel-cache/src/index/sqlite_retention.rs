@@ -6,6 +6,7 @@ use rusqlite::{params, OptionalExtension};
 
 use super::retention::{DeleteGuard, GcMember, Pin, PinRevision, Removed, Retention, Usage};
 use super::sqlite::{cache_id, db, hash32, hash_part_of, size, write_tx, SqliteIndex};
+use super::sqlite_history::{hourly_key, this_hour};
 use super::IndexError;
 
 impl Retention for SqliteIndex {
@@ -401,6 +402,7 @@ impl Retention for SqliteIndex {
     }
 
     fn add_stats(&self, deltas: &[(String, String, i64)]) -> Result<(), IndexError> {
+        let hour = this_hour();
         self.with(|conn| {
             let tx = write_tx(conn)?;
             {
@@ -410,8 +412,19 @@ impl Retention for SqliteIndex {
                          ON CONFLICT (cache, key) DO UPDATE SET value = value + excluded.value",
                     )
                     .map_err(db)?;
+                // The status page's counters by the hour, in the same transaction.
+                let mut hourly = tx
+                    .prepare_cached(
+                        "INSERT INTO hourly_stats (cache, hour, key, value) SELECT id, ?2, ?3, ?4 FROM caches
+                         WHERE name = ?1
+                         ON CONFLICT (cache, hour, key) DO UPDATE SET value = value + excluded.value",
+                    )
+                    .map_err(db)?;
                 for (cache, key, delta) in deltas {
                     stmt.execute(params![cache, key, delta]).map_err(db)?;
+                    if let Some(key) = hourly_key(key) {
+                        hourly.execute(params![cache, hour, key, delta]).map_err(db)?;
+                    }
                 }
             }
             tx.commit().map_err(db)

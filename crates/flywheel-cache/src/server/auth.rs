@@ -6,7 +6,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 
 use super::{Cache, State};
-use crate::index::{Scope, Visibility};
+use crate::index::{Scope, TokenRecord, Visibility};
 use crate::token;
 
 /// Why a request may not go on.
@@ -34,6 +34,31 @@ pub fn authorize(state: &State, cache: &Cache, headers: &HeaderMap, needed: Scop
     if needed == Scope::Read && cache.record.visibility == Visibility::Public {
         return Ok(());
     }
+    let record = valid_token(state, headers, now)?;
+    if record.cache != cache.record.name {
+        return Err(Denied::Forbidden(format!("the token is for cache {}, not {}", record.cache, cache.record.name)));
+    }
+    if !record.scope.allows(needed) {
+        return Err(Denied::Forbidden(format!("the token's scope is {}; this needs {}", record.scope, needed)));
+    }
+    Ok(())
+}
+
+/// Publishing a canary run: a token of the canary scope (or admin), of any cache, since runs
+/// belong to the server's lanes rather than to a cache.
+pub fn authorize_canary(state: &State, headers: &HeaderMap, now: i64) -> Result<(), Denied> {
+    let record = valid_token(state, headers, now)?;
+    if !record.scope.allows(Scope::Canary) {
+        return Err(Denied::Forbidden(format!(
+            "the token's scope is {}; publishing canary runs needs a canary token (flywheel cache token create --scope canary)",
+            record.scope
+        )));
+    }
+    Ok(())
+}
+
+/// The presented token, known and not expired.
+fn valid_token(state: &State, headers: &HeaderMap, now: i64) -> Result<TokenRecord, Denied> {
     let Some(text) = presented(headers) else {
         return Err(Denied::Unauthenticated("this needs a token (Authorization: Bearer, or a netrc password)"));
     };
@@ -45,11 +70,5 @@ pub fn authorize(state: &State, cache: &Cache, headers: &HeaderMap, needed: Scop
     if record.expires_at.is_some_and(|t| t <= now) {
         return Err(Denied::Unauthenticated("the token has expired"));
     }
-    if record.cache != cache.record.name {
-        return Err(Denied::Forbidden(format!("the token is for cache {}, not {}", record.cache, cache.record.name)));
-    }
-    if !record.scope.allows(needed) {
-        return Err(Denied::Forbidden(format!("the token's scope is {}; this needs {}", record.scope, needed)));
-    }
-    Ok(())
+    Ok(record)
 }

@@ -29,6 +29,8 @@ pub fn route_of(path: &str) -> &'static str {
     match path {
         "/healthz" => "healthz",
         "/metrics" => "metrics",
+        "/" | "/api/v1/status" => "status",
+        "/api/v1/canary/runs" => "canary",
         _ if item == "nix-cache-info" => "nix-cache-info",
         _ if item.ends_with(".narinfo") => "narinfo",
         _ if item.starts_with("nar/") => "nar",

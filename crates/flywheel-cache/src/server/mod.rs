@@ -9,6 +9,7 @@ mod metrics;
 mod object;
 mod rendered;
 mod routes;
+mod status_routes;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -47,6 +48,8 @@ pub struct ServerOptions {
     pub caches: BTreeMap<String, CacheConfig>,
     /// How often to collect garbage, with each cache's policy from `caches` (none when unset).
     pub gc_interval: Option<std::time::Duration>,
+    /// How long the status page's history (canary runs) is kept.
+    pub history: crate::gc::HistoryRetention,
 }
 
 impl Default for ServerOptions {
@@ -61,6 +64,7 @@ impl Default for ServerOptions {
             max_requests_per_client: 64,
             caches: BTreeMap::new(),
             gc_interval: None,
+            history: crate::gc::HistoryRetention::default(),
         }
     }
 }
@@ -341,7 +345,14 @@ async fn collect_garbage(state: &Arc<State>) {
             .collect();
         let in_use = |hash: &str| s.accessed.lock().map(|m| m.contains_key(hash)).unwrap_or(true);
         let log = |line: &str| tracing::info!("gc: {line}");
-        let opts = crate::gc::GcOptions { caches, dry_run: false, in_use: &in_use, log: &log, batch: 0 };
+        let opts = crate::gc::GcOptions {
+            caches,
+            dry_run: false,
+            in_use: &in_use,
+            log: &log,
+            batch: 0,
+            history: s.opts.history,
+        };
         crate::gc::collect(data.index(), s.storage.as_ref(), &opts).map_err(|e| e.to_string())
     })
     .await;

@@ -105,11 +105,11 @@ async fn per_client(
     Response::from_parts(parts, body)
 }
 
-fn now() -> i64 {
+pub(super) fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
-fn text(status: StatusCode, body: impl Into<String>) -> Response {
+pub(super) fn text(status: StatusCode, body: impl Into<String>) -> Response {
     let mut body = body.into();
     body.push('\n');
     (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
@@ -125,7 +125,7 @@ fn is_nix32(s: &str, len: usize) -> bool {
 }
 
 /// Runs index and disk work off the async threads.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     state: &Arc<State>,
     f: impl FnOnce(&State) -> Result<T, Response> + Send + 'static,
 ) -> Result<T, Response> {
@@ -175,21 +175,10 @@ async fn route(state: &Arc<State>, req: Request) -> Result<Response, Response> {
         return Ok(text(StatusCode::OK, "ok"));
     }
     if path == "/" || path == "/api/v1/status" {
-        if req.method() != Method::GET && req.method() != Method::HEAD {
-            return Err(method_not_allowed());
-        }
-        let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("localhost").to_string();
-        let base = format!("http://{host}");
-        let status =
-            blocking(state, move |s| crate::status::gather(s.index(), &s.opts.caches, &base, now()).map_err(internal))
-                .await?;
-        return Ok(if path == "/" {
-            let page = crate::status::html::render(&status);
-            (StatusCode::OK, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
-        } else {
-            let body = serde_json::to_vec(&status).map_err(internal)?;
-            (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response()
-        });
+        return super::status_routes::status(state, req, path == "/").await;
+    }
+    if path == "/api/v1/canary/runs" {
+        return super::status_routes::canary_runs(state, req).await;
     }
     if path == "/metrics" {
         let body = blocking(state, |s| {
@@ -222,18 +211,7 @@ async fn route(state: &Arc<State>, req: Request) -> Result<Response, Response> {
     // Reads of a public cache need no token: no index query.
     let public_read = needed == Scope::Read && cache.record.visibility == crate::index::Visibility::Public;
     if !public_read {
-        blocking(state, move |s| {
-            authorize(s, &c, &headers, needed, now()).map_err(|d| match d {
-                Denied::Unauthenticated(why) => {
-                    let mut r = text(StatusCode::UNAUTHORIZED, why);
-                    r.headers_mut()
-                        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"flywheel\""));
-                    r
-                }
-                Denied::Forbidden(why) => text(StatusCode::FORBIDDEN, why),
-            })
-        })
-        .await?;
+        blocking(state, move |s| authorize(s, &c, &headers, needed, now()).map_err(denied)).await?;
     }
 
     if item == "nix-cache-info" {
@@ -395,7 +373,18 @@ async fn put_pin(state: &Arc<State>, cache: Arc<Cache>, pin: String, req: Reques
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-fn method_not_allowed() -> Response {
+pub(super) fn denied(d: Denied) -> Response {
+    match d {
+        Denied::Unauthenticated(why) => {
+            let mut r = text(StatusCode::UNAUTHORIZED, why);
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"flywheel\""));
+            r
+        }
+        Denied::Forbidden(why) => text(StatusCode::FORBIDDEN, why),
+    }
+}
+
+pub(super) fn method_not_allowed() -> Response {
     text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
 }
 

@@ -51,7 +51,7 @@ with NVIDIA userspace {driver}. The canary (`{workflow}`) proves it healthy ever
 1. Check the image carries the driver the spec names: `flywheel lane check SPEC` (reads the registry).\n\
 2. The secrets must exist in `{ns}`: the GitHub credentials ({gh}), the cache's public key ({pk}) and push token ({tok}). On the cache server, `flywheel cache info --cache {cache}` prints the key and `flywheel cache token create --cache {cache} --scope write` makes a token; put them in with `kubectl create secret generic`.\n\
 3. `helm upgrade --install {name} oci://ghcr.io/actions/actions-runner-controller-charts/{chart} --version {version} --namespace {ns} --values values.yaml`\n\
-4. Commit `{workflow}` under `.github/workflows/` of a repository the runners serve, and run it once by hand (workflow_dispatch).\n\n",
+4. Commit `{workflow}` under `.github/workflows/` of a repository the runners serve, and run it once by hand (workflow_dispatch).\n5. For the lane on the cache server's status page (`GET /` on the server), add a repository secret `FLYWHEEL_CANARY_TOKEN` made with `flywheel cache token create --cache {cache} --scope canary`: each run is then published under the lane's name.\n\n",
         ns = spec.namespace,
         gh = secret(&spec.github.config_secret),
         pk = secret(&spec.cache.public_key),

@@ -84,6 +84,8 @@ pub fn file_name(spec: &LaneSpec) -> String {
 
 const RUN: &str = r#"args=(--report-dir canary-report --cache "$FLYWHEEL_CACHE_URL" --trusted-key "$FLYWHEEL_CACHE_PUBLIC_KEY")
 if [ -n "${CANARY_REQUIRE:-}" ]; then args+=(--require "$CANARY_REQUIRE"); fi
+# With a canary token, the run goes to the status page of the cache's server as well.
+if [ -n "${FLYWHEEL_CANARY_TOKEN:-}" ]; then args+=(--publish "${FLYWHEEL_CACHE_URL%/*}"); fi
 flywheel canary "${args[@]}"
 "#;
 
@@ -94,6 +96,10 @@ pub fn workflow(spec: &LaneSpec) -> Workflow {
         // The queue step reads this run's jobs (created_at, started_at) from the API.
         ("GITHUB_TOKEN", "${{ github.token }}".to_string()),
         ("CANARY_REQUIRE", format!("${{{{ inputs.require || '{default_require}' }}}}")),
+        // The status page (flywheel canary --publish): the lane's runs under its name, sent
+        // with a canary-scope token from the repository's secrets, when there is one.
+        ("FLYWHEEL_LANE", spec.name.clone()),
+        ("FLYWHEEL_CANARY_TOKEN", "${{ secrets.FLYWHEEL_CANARY_TOKEN }}".to_string()),
     ]);
     let upload = BTreeMap::from([
         ("name", format!("{name}-${{{{ github.run_id }}}}-${{{{ github.run_attempt }}}}")),

@@ -69,6 +69,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             .unwrap_or(defaults.max_requests_per_client),
         zstd_level: config.zstd_level.unwrap_or(defaults.zstd_level),
         ingest_jobs: config.ingest_jobs.unwrap_or(defaults.ingest_jobs),
+        history: flywheel_cache::gc::HistoryRetention::from_config(Some(&config)),
         caches: config.caches,
         gc_interval: a.gc_interval.or(config.gc_interval).map(|d| d.0).filter(|d| !d.is_zero()),
     };

@@ -67,7 +67,14 @@ pub fn gc(a: GcArgs) -> anyhow::Result<()> {
             eprintln!("{line}");
         }
     };
-    let opts = GcOptions { caches, dry_run: a.dry_run, in_use: &|_| false, log: &log, batch: a.batch_size };
+    let opts = GcOptions {
+        caches,
+        dry_run: a.dry_run,
+        in_use: &|_| false,
+        log: &log,
+        batch: a.batch_size,
+        history: gc::HistoryRetention::from_config(config.as_ref()),
+    };
     let report = gc::collect(data.index(), data.storage().as_ref(), &opts)?;
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -117,6 +124,9 @@ fn print_report(r: &GcReport) {
             r.expired_uploads,
             r.seconds
         );
+        if r.canary_runs_removed > 0 {
+            println!("forgot {} canary runs past their retention", r.canary_runs_removed);
+        }
     }
 }
 

@@ -58,6 +58,7 @@ pub fn run(args: CanaryArgs) -> anyhow::Result<()> {
     });
     let run = Run::from_events(events)?;
     print!("{}", report::table(&run));
+    publish(&args, &run);
     if let Some(e) = write_failed {
         bail!(e);
     }
@@ -98,6 +99,21 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("--report-dir {}: not writable", dir.display()))?;
     drop(probe);
     Ok(dir.to_path_buf())
+}
+
+/// Publishes the run when asked; reports a failure on stderr only, since the page is not the
+/// lane's health.
+fn publish(args: &CanaryArgs, run: &Run) {
+    let Some(url) = &args.publish else { return };
+    let Some(token) = args.publish_token.as_deref().filter(|t| !t.trim().is_empty()) else {
+        eprintln!("canary: not published: --publish needs a canary token (--publish-token or FLYWHEEL_CANARY_TOKEN)");
+        return;
+    };
+    let record = flywheel_canary::publish::record(run, &args.lane);
+    match flywheel_canary::publish::publish(url, token, &record, std::time::Duration::from_secs(30)) {
+        Ok(()) => eprintln!("canary: published run {} of lane {} to {url}", record.run_id, record.lane),
+        Err(e) => eprintln!("canary: warning: not published: {e}"),
+    }
 }
 
 fn options(args: &CanaryArgs) -> anyhow::Result<Options> {

@@ -10,6 +10,7 @@ use std::sync::Mutex;
 
 use super::tests::{nar, path, store_path, test_db};
 use super::PostgresIndex;
+use crate::index::history::StoredRun;
 use crate::index::retention::DeleteGuard;
 use crate::index::sqlite::SqliteIndex;
 use crate::index::test_cache as cache;
@@ -569,5 +570,129 @@ fn the_removal_log_tells_servers_exactly_what_went_or_that_it_cannot() {
         assert!(again.complete);
         assert_eq!((again.paths.len(), again.last), (1, 6));
         assert!(!t.note("old", idx.removed_since(Some(0)).unwrap()).complete, "rows before the trim are gone");
+    });
+}
+
+#[test]
+fn the_status_pages_history() {
+    on_both(|idx, t| {
+        for c in ["main", "other", "Zeta"] {
+            idx.create_cache(&cache(c)).unwrap();
+        }
+        // Totals, each as usage counts it from the paths.
+        let totals = |t: &mut Transcript, what: &str| {
+            let totals = t.note(what, idx.cache_totals().unwrap());
+            let names: Vec<&str> = totals.iter().map(|(n, _)| n.as_str()).collect();
+            assert_eq!(names, ["Zeta", "main", "other"], "every cache, bytewise");
+            for (name, usage) in &totals {
+                assert_eq!(*usage, *idx.usage_by_access(name, 0, &[]).unwrap().last().unwrap(), "{what}: {name}");
+            }
+        };
+        totals(t, "totals empty");
+        push(idx, "main", &path(1, &[]), 100);
+        push(idx, "main", &path(2, &[1]), 100);
+        push(idx, "main", &PathRecord { nar: nar(1), ..path(3, &[]) }, 100);
+        push(idx, "other", &path(4, &[]), 100);
+        assert_eq!(t.outcome("join", idx.add_path("other", &path(1, &[]), None, 101)).unwrap(), Added::Joined);
+        assert_eq!(t.outcome("again", idx.add_path("other", &path(1, &[]), None, 102)).unwrap(), Added::Present);
+        totals(t, "totals added");
+        let mut ids = std::collections::HashMap::new();
+        idx.gc_snapshot(
+            "main",
+            &mut |m| {
+                ids.insert(m.hash_part, m.id);
+            },
+            &mut |_, _| {},
+        )
+        .unwrap();
+        let order: Vec<i64> = [2, 1, 3].iter().map(|&i| ids[hp(i).as_bytes()]).collect();
+        let all = DeleteGuard { added_before: i64::MAX, accessed_before: i64::MAX, in_use: &|_| false };
+        let removed = idx.gc_remove("main", &order, &all, 1_000).unwrap();
+        let dead: Vec<Option<[u8; 32]>> = t.note("removed", removed.iter().map(|r| r.dead_nar).collect());
+        assert_eq!(dead, [Some(nar(2).nar_hash), None, None], "1's NAR is still used by 1 in other");
+        totals(t, "totals collected");
+        let one = ids[hp(1).as_bytes()];
+        assert_eq!(idx.gc_remove("other", &[one], &all, 2_000).unwrap()[0].dead_nar, Some(nar(1).nar_hash));
+        totals(t, "totals collected again");
+
+        // Canary runs: bytewise lanes and run ids (ICU would put `a` before `B`, `q` before `R`).
+        let run = |lane: &str, id: &str, started_at: i64, received_at: i64| StoredRun {
+            lane: lane.into(),
+            run_id: id.into(),
+            started_at,
+            status: "pass".into(),
+            received_at,
+            record: format!("{{\"id\":\"{id}\"}}"),
+        };
+        for r in [
+            run("main", "r1", 100, 101),
+            run("main", "R", 200, 201),
+            run("main", "q", 200, 201),
+            run("main", "r3", 200, 199),
+            run("main", "r4", 50, 300),
+            run("a", "x", 10, 11),
+            run("B", "y", 500, 501),
+            run("pr", "z", 70, 21),
+        ] {
+            idx.put_canary_run(&r).unwrap();
+        }
+        let again = StoredRun { status: "fail".into(), record: "{}".into(), ..run("main", "r1", 150, 400) };
+        idx.put_canary_run(&again).unwrap();
+        let main = t.note("runs", idx.canary_runs("main", 10).unwrap());
+        let ids: Vec<&str> = main.iter().map(|r| r.run_id.as_str()).collect();
+        assert_eq!(ids, ["q", "R", "r3", "r1", "r4"]);
+        assert_eq!(main[3], again);
+        assert_eq!(t.note("runs 2", idx.canary_runs("main", 2).unwrap()), main[..2]);
+        assert!(t.note("runs nope", idx.canary_runs("nope", 2).unwrap()).is_empty());
+        assert_eq!(t.note("lanes", idx.canary_lanes().unwrap()), ["B", "a", "main", "pr"]);
+        assert_eq!(t.note("trimmed", idx.trim_canary_runs(60, 3).unwrap()), 3, "x and r4 by age, r1 beyond 3");
+        let ids: Vec<String> = idx.canary_runs("main", 10).unwrap().into_iter().map(|r| r.run_id).collect();
+        assert_eq!(t.note("runs after", ids), ["q", "R", "r3"]);
+        assert_eq!(t.note("trimmed to 1", idx.trim_canary_runs(0, 1).unwrap()), 2);
+        assert_eq!(t.note("lanes after", idx.canary_lanes().unwrap()), ["B", "main", "pr"]);
+
+        // Collection summaries: newest first (by time, then as recorded).
+        for (at, s) in [(10, "a"), (30, "c"), (20, "b"), (30, "d")] {
+            idx.record_gc_summary(at, s).unwrap();
+        }
+        let all_summaries = t.note("summaries", idx.gc_summaries(10).unwrap());
+        assert_eq!(all_summaries, [(30, "d".into()), (30, "c".into()), (20, "b".into()), (10, "a".into())]);
+        assert_eq!(t.note("summaries 1", idx.gc_summaries(1).unwrap()), all_summaries[..1]);
+        idx.trim_gc_summaries(2).unwrap();
+        assert_eq!(t.note("summaries kept", idx.gc_summaries(10).unwrap()), all_summaries[..2]);
+
+        // Hourly counters (the hour itself is the clock's: only checked, not compared).
+        let d = |c: &str, k: &str, v: i64| (c.to_string(), k.to_string(), v);
+        idx.add_stats(&[
+            d("main", "narinfo_hits", 2),
+            d("main", "nar_bytes_age_1d", 100),
+            d("Zeta", "nar_bytes_age_30d", 50),
+            d("main", "nar_bytes_age_30d", 5),
+            d("main", "narinfo_misses", 3),
+            d("main", "narinfo_hits", 1),
+            d("other", "nar_downloads", 1),
+            d("nope", "narinfo_hits", 5),
+        ])
+        .unwrap();
+        idx.gc_barrier(&["main".into()]).unwrap();
+        let rows = idx.hourly_stats(0).unwrap();
+        let hour = rows[0].hour;
+        assert!(hour % 3600 == 0 && rows.iter().all(|r| r.hour == hour), "{rows:?}");
+        let shown: Vec<(String, String, i64)> = rows.into_iter().map(|r| (r.cache, r.key, r.value)).collect();
+        let shown = t.note("hourly", shown);
+        assert_eq!(shown.len(), 5);
+        assert_eq!(shown[0], ("Zeta".into(), "nar_bytes".into(), 50));
+        assert_eq!(shown[1], ("main".into(), "nar_bytes".into(), 105));
+        assert!(t.note("hourly later", idx.hourly_stats(hour + 3600).unwrap()).is_empty());
+        idx.trim_hourly_stats(hour).unwrap();
+        assert_eq!(idx.hourly_stats(hour).unwrap().len(), 5);
+        idx.trim_hourly_stats(hour + 1).unwrap();
+        assert!(t.note("hourly trimmed", idx.hourly_stats(0).unwrap()).is_empty());
+        assert!(t.note("stats", idx.stats("main").unwrap()).contains(&("gc_runs".into(), 1)));
+
+        // A canary token.
+        let canary = TokenRecord { scope: Scope::Canary, ..token(6, "other", 3) };
+        t.outcome("canary token", idx.add_token(&canary)).unwrap();
+        assert_eq!(t.note("canary", idx.token(&[6; 32]).unwrap()), Some(canary));
     });
 }

@@ -83,6 +83,86 @@ fn a_newer_schema_is_refused_and_a_current_one_is_not_migrated_again() {
     }
 }
 
+/// Every cache's kept totals are what `usage_by_access` counts from its paths.
+fn assert_totals_agree(idx: &dyn Index) -> Vec<(String, u64, u64)> {
+    let totals = idx.cache_totals().unwrap();
+    let names: Vec<String> = idx.caches().unwrap().into_iter().map(|c| c.name).collect();
+    assert_eq!(totals.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(), names, "every cache, by name");
+    for (name, usage) in &totals {
+        let counted = *idx.usage_by_access(name, 0, &[]).unwrap().last().unwrap();
+        assert_eq!(*usage, counted, "{name}: kept totals and the paths' sum differ");
+    }
+    totals.into_iter().map(|(n, u)| (n, u.paths, u.bytes)).collect()
+}
+
+#[test]
+fn migrating_a_database_of_schema_1_counts_its_totals_and_allows_canary_tokens() {
+    let db = test_db();
+    let mut c = postgres::Client::connect(&db.url, NoTls).unwrap();
+    // Made as the flywheel with only migration 1 made it, and filled the way it filled it.
+    c.batch_execute(MIGRATIONS[0]).unwrap();
+    c.batch_execute(
+        "CREATE TABLE schema_version (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL);
+         INSERT INTO schema_version VALUES (1, 0);
+         INSERT INTO caches (name, visibility, priority, secret_key, created_at) VALUES
+           ('main', 'public', 40, 'k', 1), ('other', 'private', 41, 'k', 1), ('idle', 'public', 41, 'k', 1);
+         INSERT INTO nars (nar_hash, nar_size, file_hash, file_size, compression, stored_at) VALUES
+           ('\\x01', 1000, '\\x01', 100, 'zstd', 1), ('\\x02', 2000, '\\x02', 200, 'zstd', 1);
+         INSERT INTO paths (hash_part, store_path, nar_hash, sigs, uploaded_at, last_access) VALUES
+           ('a', '/nix/store/a-a', '\\x01', '', 1, 1), ('b', '/nix/store/b-b', '\\x02', '', 1, 1),
+           ('c', '/nix/store/c-c', '\\x02', '', 1, 1);
+         INSERT INTO members (cache, path, added_at)
+           SELECT c.id, p.id, 1 FROM caches c JOIN paths p ON (c.name, p.hash_part) IN
+             (('main', 'a'), ('main', 'b'), ('other', 'a'), ('other', 'b'), ('other', 'c'));
+         INSERT INTO tokens (hash, cache, scope, created_at, expires_at, description)
+           SELECT '\\x0000000000000000000000000000000000000000000000000000000000000000', id, 'admin', 5, 9, 'ci'
+           FROM caches WHERE name = 'other';",
+    )
+    .unwrap();
+    let idx = PostgresIndex::connect(&db.url, 2).unwrap();
+    let versions: Vec<i64> =
+        c.query("SELECT version FROM schema_version ORDER BY version", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(versions, (1..=MIGRATIONS.len() as i64).collect::<Vec<_>>());
+    assert_eq!(assert_totals_agree(&idx), [("idle".into(), 0, 0), ("main".into(), 2, 300), ("other".into(), 3, 500)]);
+    let old = idx.token(&[0; 32]).unwrap().unwrap();
+    assert_eq!((old.cache.as_str(), old.scope, old.expires_at), ("other", Scope::Admin, Some(9)));
+    let canary = TokenRecord {
+        hash: [3; 32],
+        cache: "main".into(),
+        scope: Scope::Canary,
+        created_at: 7,
+        expires_at: None,
+        description: Some("runner".into()),
+    };
+    idx.add_token(&canary).unwrap();
+    assert_eq!(idx.token(&[3; 32]).unwrap(), Some(canary));
+    let bogus = c.execute(
+        "INSERT INTO tokens (hash, cache, scope, created_at) SELECT '\\x04', id, 'root', 1 FROM caches WHERE name = 'main'",
+        &[],
+    );
+    assert!(bogus.is_err(), "the scope is still checked");
+    // The triggers count from there on.
+    push(&idx, "idle", 7, &[], "seven", 1).unwrap();
+    assert_eq!(assert_totals_agree(&idx)[0], ("idle".into(), 1, nar(7).file_size));
+}
+
+#[test]
+fn totals_stay_right_when_a_path_goes_before_its_memberships() {
+    let db = test_db();
+    let idx = PostgresIndex::connect(&db.url, 2).unwrap();
+    for c in ["main", "other"] {
+        idx.create_cache(&cache(c)).unwrap();
+    }
+    push(&idx, "main", 1, &[], "one", 1).unwrap();
+    push(&idx, "main", 2, &[], "two", 1).unwrap();
+    idx.add_path("other", &path(1, &[]), None, 2).unwrap();
+    assert_totals_agree(&idx);
+    // Nothing deletes a path before its memberships today; the cascade takes them after it.
+    let mut c = postgres::Client::connect(&db.url, NoTls).unwrap();
+    c.execute("DELETE FROM paths WHERE hash_part = $1", &[&format!("{:032}", 1)]).unwrap();
+    assert_eq!(assert_totals_agree(&idx), [("main".into(), 1, nar(2).file_size), ("other".into(), 0, 0)]);
+}
+
 #[test]
 fn servers_starting_together_migrate_once() {
     let db = test_db();
@@ -384,6 +464,7 @@ fn concurrent_servers_adding_the_same_paths_stay_consistent() {
         let expected: Vec<i64> = (1..=revs.len() as i64).rev().collect();
         assert_eq!(revs, expected, "revisions numbered without gaps or duplicates");
     }
+    assert_eq!(assert_totals_agree(&*a).iter().map(|t| t.1).collect::<Vec<_>>(), [N as u64, N as u64]);
     // Accesses: the latest of the concurrent touches won.
     let mut latest = Vec::new();
     a.gc_snapshot("x", &mut |m| latest.push(m.last_access), &mut |_, _| {}).unwrap();
@@ -466,6 +547,8 @@ fn collecting_while_servers_push_never_breaks_a_closure() {
         let p = gc.path("c", std::str::from_utf8(&h).unwrap()).unwrap().expect("a member is served");
         assert!(!dead.contains(&p.nar.nar_hash) || gc.nar(&p.nar.nar_hash).unwrap().is_some());
     }
+    // The totals the triggers kept while both went on.
+    assert_totals_agree(&*gc);
     // Pinned paths are members.
     for pin in gc.pins("c").unwrap() {
         for r in pin.revisions {
