@@ -303,6 +303,14 @@ fn migrate_copies_a_cache_to_garage_and_postgres_and_back_resumably_and_verified
     ]));
     assert_eq!(code, "201");
     let before = narinfos(&original, &paths);
+    let totals = |server: &Server| -> (Value, Value) {
+        let status = ok_str(Command::new("curl").args(["-sS", &format!("{}/api/v1/status", server.base)]));
+        let status: Value = serde_json::from_str(&status).expect("JSON");
+        let f = &status["caches"][0]["figures"];
+        (f["paths"].clone(), f["bytes"].clone())
+    };
+    let totals_before = totals(&original);
+    assert!(totals_before.0.as_u64().unwrap_or(0) >= paths.len() as u64, "{totals_before:?}");
     original.stop();
 
     // To Garage + PostgreSQL, interrupted (kill -9) once some paths are in, then resumed.
@@ -360,6 +368,7 @@ fn migrate_copies_a_cache_to_garage_and_postgres_and_back_resumably_and_verified
     assert!(pins.contains("release") && pins.contains(&root.display().to_string()), "{pins}");
     let runs = ok_str(Command::new("curl").args(["-sS", &format!("{}/api/v1/canary/runs?lane=gpu", migrated.base)]));
     assert!(runs.contains("\"run_id\":\"r1\""), "{runs}");
+    assert_eq!(totals(&migrated), totals_before, "the status page's totals, kept by PostgreSQL's triggers");
     copy_out_and_verify(w, "from-s3", &migrated.url("main"), &key, &[root, edge]);
 
     // And back, into a fresh directory + SQLite.

@@ -59,6 +59,11 @@ pub struct Stats {
     pub stored: Usage,
 }
 
+/// Hits over all narinfo requests, when there were any.
+pub fn hit_rate(hits: i64, misses: i64) -> Option<f64> {
+    (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64)
+}
+
 pub fn gather(index: &dyn Index, now: i64) -> Result<Stats, IndexError> {
     let mut caches = Vec::new();
     let bounds: Vec<i64> = AGES.iter().map(|&(_, b)| b).collect();
@@ -87,7 +92,7 @@ pub fn gather(index: &dyn Index, now: i64) -> Result<Stats, IndexError> {
             bytes: all.bytes,
             narinfo_hits: hits,
             narinfo_misses: misses,
-            hit_rate: (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64),
+            hit_rate: hit_rate(hits, misses),
             nar_downloads: get("nar_downloads"),
             served_by_nar_age: served,
             read_within,

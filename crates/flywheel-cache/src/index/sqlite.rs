@@ -153,12 +153,11 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // Tokens may have the canary scope (a runner publishing canary runs, nothing else). SQLite
     // cannot change a CHECK: the table is made again (nothing refers to it).
     //
-    // Each cache's paths and the bytes of their stored NARs (what `usage_by_access` sums) are
-    // kept by triggers on its memberships, starting from the memberships there are. A
-    // membership's bytes are its path's NAR's: looked up when it goes, so a membership must go
-    // before its path (GC's order). Should a path ever go first (its memberships then go by
-    // the cascade, and find no path), the path's own trigger takes its bytes off each cache
-    // that still holds it, and the memberships take off only themselves.
+    // Each cache's paths and the bytes of their stored NARs (what `usage_by_access` sums),
+    // counted from the memberships there are, then kept: a trigger adds each new membership;
+    // GC's removal (`gc_remove`, the only place memberships go) subtracts what it removed in the
+    // same transaction. A trigger per removed membership would do the same at 45 µs a path,
+    // half again GC's time at 100k paths (docs/benchmarks.md).
     //
     // The counters the status page draws, by the hour (`add_stats` adds to them as it adds to
     // `stats`); the summaries of the last collections; and the canary runs the runners publish,
@@ -191,15 +190,6 @@ pub(super) const MIGRATIONS: &[&str] = &[
             SELECT NEW.cache, 1, n.file_size FROM paths p JOIN nars n ON n.nar_hash = p.nar_hash
             WHERE p.id = NEW.path
         ON CONFLICT (cache) DO UPDATE SET paths = paths + 1, bytes = bytes + excluded.bytes;
-    END;
-    CREATE TRIGGER members_uncounted AFTER DELETE ON members BEGIN
-        UPDATE cache_totals SET paths = paths - 1, bytes = bytes - coalesce(
-            (SELECT n.file_size FROM paths p JOIN nars n ON n.nar_hash = p.nar_hash WHERE p.id = OLD.path), 0)
-        WHERE cache = OLD.cache;
-    END;
-    CREATE TRIGGER paths_uncounted BEFORE DELETE ON paths BEGIN
-        UPDATE cache_totals SET bytes = bytes - (SELECT file_size FROM nars WHERE nar_hash = OLD.nar_hash)
-        WHERE cache IN (SELECT cache FROM members WHERE path = OLD.id);
     END;
 
     CREATE TABLE hourly_stats (

@@ -266,11 +266,14 @@ mod tests {
         assert_eq!(idx.gc_remove("other", &[id], &ALL, 6).unwrap()[0].dead_nar, Some(nar(1).nar_hash));
         assert_eq!(totals(&idx), [("Empty".into(), 0, 0), ("main".into(), 1, 400), ("other".into(), 1, 400)]);
 
-        // A path that goes before its memberships (nothing does so today; the cascade takes
-        // them after it): each cache still loses exactly that path's bytes.
+        // A removal GC skips (still referred to) takes nothing off.
         push(&idx, "other", &path(5, 5, &[]));
-        idx.with(|c| c.execute("DELETE FROM paths WHERE hash_part = ?1", [format!("{:032}", 4)]).map_err(db)).unwrap();
-        assert_eq!(totals(&idx), [("Empty".into(), 0, 0), ("main".into(), 0, 0), ("other".into(), 1, 500)]);
+        push(&idx, "other", &path(6, 6, &[5]));
+        let id = id_of(&idx, "other", 5);
+        assert!(idx.gc_remove("other", &[id], &ALL, 7).unwrap().is_empty());
+        assert_eq!(totals(&idx), [("Empty".into(), 0, 0), ("main".into(), 1, 400), ("other".into(), 3, 1500)]);
+        let usage = idx.usage_by_access("other", 0, &[]).unwrap();
+        assert_eq!((usage[0].paths, usage[0].bytes), (3, 1500), "the same as summing the paths");
     }
 
     #[test]

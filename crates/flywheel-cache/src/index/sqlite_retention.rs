@@ -145,6 +145,12 @@ impl Retention for SqliteIndex {
                 }
             }
             if !removed.is_empty() {
+                let bytes: u64 = removed.iter().map(|r| r.file_size).sum();
+                tx.execute(
+                    "UPDATE cache_totals SET paths = paths - ?2, bytes = bytes - ?3 WHERE cache = ?1",
+                    params![cache, removed.len() as i64, i64::try_from(bytes).unwrap_or(i64::MAX)],
+                )
+                .map_err(db)?;
                 tx.execute(
                     "INSERT INTO stats (cache, key, value) VALUES (?1, 'gc_removed', ?2)
                      ON CONFLICT (cache, key) DO UPDATE SET value = value + excluded.value",

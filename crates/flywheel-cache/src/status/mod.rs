@@ -139,7 +139,7 @@ pub fn gather(
                     bytes: usage.bytes,
                     narinfo_hits: hits,
                     narinfo_misses: misses,
-                    hit_rate: rate(hits, misses),
+                    hit_rate: crate::stats::hit_rate(hits, misses),
                     nar_downloads: get("nar_downloads"),
                     bytes_served: crate::stats::SERVED.iter().map(|k| u64::try_from(get(k)).unwrap_or(0)).sum(),
                     quota_used: quota_bytes.filter(|q| *q > 0).map(|q| usage.bytes as f64 / q as f64),
@@ -170,10 +170,6 @@ pub fn gather(
     Ok(Status { generated_at: now, caches, lanes, last_gc })
 }
 
-fn rate(hits: i64, misses: i64) -> Option<f64> {
-    (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64)
-}
-
 /// A cache's hours from the index's rows (ordered by cache, hour, key).
 fn hours(rows: &[HourRow], cache: &str) -> Vec<Hour> {
     let mut out: Vec<Hour> = Vec::new();
@@ -191,7 +187,7 @@ fn hours(rows: &[HourRow], cache: &str) -> Vec<Hour> {
         }
     }
     for h in &mut out {
-        h.hit_rate = rate(h.narinfo_hits, h.narinfo_misses);
+        h.hit_rate = crate::stats::hit_rate(h.narinfo_hits, h.narinfo_misses);
     }
     out
 }
