@@ -24,7 +24,7 @@ port=5480
 server=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" > /dev/null && break; sleep 0.1; done
 token=$("$fw" cache token create --data "$work/data" --cache main --scope canary)
-driver=$(sed -n 's/.*Kernel Module[^0-9]*\([0-9][0-9.]*\).*/\1/p' /proc/driver/nvidia/version | head -1)
+driver=$(head -1 /proc/driver/nvidia/version | grep -oE '[0-9]+\.[0-9]+\.[0-9]+' | head -1)
 for i in $(seq "$runs"); do
   require=gpu,cuda,cleanup
   skip=cache,queue,vulkan

@@ -168,7 +168,11 @@ fn color(status: &str) -> &'static str {
 }
 
 fn seconds(ms: u64) -> String {
-    format!("{:.1} s", ms as f64 / 1000.0)
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    }
 }
 
 fn run_time(r: &CanaryRun) -> f64 {
