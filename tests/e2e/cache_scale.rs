@@ -208,6 +208,35 @@ fn two_servers_over_one_bucket_and_one_database_serve_the_same_caches() {
     copy_out_and_verify(w, "from-b", &b_srv.url("main"), &key, &[root, edge]);
     let report = verify_clean(&a_cfg);
     assert_eq!(report["paths"].as_u64(), Some(n));
+
+    // The status page: both servers show the same totals, kept by PostgreSQL's triggers through
+    // the pushes and A's collections (pr's path is gone); a canary run published to A is B's.
+    let figures = |server: &Server| -> Vec<(Value, Value, Value)> {
+        let status = ok_str(Command::new("curl").args(["-sS", &format!("{}/api/v1/status", server.base)]));
+        let status: Value = serde_json::from_str(&status).expect("JSON");
+        let caches = status["caches"].as_array().expect("caches").clone();
+        caches
+            .iter()
+            .map(|c| (c["name"].clone(), c["figures"]["paths"].clone(), c["figures"]["bytes"].clone()))
+            .collect()
+    };
+    let from_a = figures(&a);
+    assert_eq!(from_a, figures(&b_srv));
+    let paths_of = |name: &str| from_a.iter().find(|(c, _, _)| c == name).and_then(|(_, p, _)| p.as_u64());
+    assert_eq!(paths_of("pr"), Some(0), "{from_a:?}");
+    assert!(paths_of("main").unwrap_or(0) >= support::fixture().paths.len() as u64, "{from_a:?}");
+    let canary = ok_str(&mut cache(&a_cfg, &["token", "create", "--cache", "main", "--scope", "canary"]));
+    let run = r#"{"lane":"gpu","run_id":"r1","runner":"n1","started_at":"2026-11-25T08:00:00Z","duration_ms":1,"status":"pass","steps":[]}"#;
+    let code = ok_str(Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"]).args([
+        "-H",
+        &format!("Authorization: Bearer {}", canary.trim()),
+        "--data-binary",
+        run,
+        &format!("{}/api/v1/canary/runs", a.base),
+    ]));
+    assert_eq!(code, "201");
+    let runs = ok_str(Command::new("curl").args(["-sS", &format!("{}/api/v1/canary/runs?lane=gpu", b_srv.base)]));
+    assert!(runs.contains("\"run_id\":\"r1\""), "{runs}");
 }
 
 #[test]

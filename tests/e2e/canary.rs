@@ -386,6 +386,7 @@ fn bad_input_gets_a_clear_error_and_writes_nothing() {
         (vec!["--queued-at", "yesterday"], "not an RFC 3339 time"),
         (vec!["--step-timeout", "cache=0"], "between 0 and 3600"),
         (vec!["--cache", "ftp://x/main"], "http"),
+        (vec!["--publish", "http://cache:5480/main"], "no cache name"),
         (vec!["--max-queue", "soon"], "expected a duration"),
     ] {
         let out = canary(&args).output().expect("run");
