@@ -93,6 +93,25 @@ fn token(config: &Path, cache_name: &str) -> String {
     ok_str(&mut cache(config, &["token", "create", "--cache", cache_name, "--scope", "write"])).trim().to_string()
 }
 
+/// Publishes a canary run (lane gpu, run r1) to `server` with a new canary token.
+fn publish_run(config: &Path, server: &Server) {
+    let canary = ok_str(&mut cache(config, &["token", "create", "--cache", "main", "--scope", "canary"]));
+    let run = r#"{"lane":"gpu","run_id":"r1","runner":"n1","started_at":"2026-11-25T08:00:00Z","duration_ms":1,"status":"pass","steps":[]}"#;
+    let code = ok_str(Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"]).args([
+        "-H",
+        &format!("Authorization: Bearer {}", canary.trim()),
+        "--data-binary",
+        run,
+        &format!("{}/api/v1/canary/runs", server.base),
+    ]));
+    assert_eq!(code, "201");
+}
+
+/// Lane gpu's runs, as `server` returns them.
+fn lane_runs(server: &Server) -> String {
+    ok_str(Command::new("curl").args(["-sS", "--fail", &format!("{}/api/v1/canary/runs?lane=gpu", server.base)]))
+}
+
 fn nix_as(home: &Path) -> Command {
     let mut c = nix();
     c.env("XDG_CACHE_HOME", home.join("xdg-cache"));
@@ -225,18 +244,8 @@ fn two_servers_over_one_bucket_and_one_database_serve_the_same_caches() {
     let paths_of = |name: &str| from_a.iter().find(|(c, _, _)| c == name).and_then(|(_, p, _)| p.as_u64());
     assert_eq!(paths_of("pr"), Some(0), "{from_a:?}");
     assert!(paths_of("main").unwrap_or(0) >= support::fixture().paths.len() as u64, "{from_a:?}");
-    let canary = ok_str(&mut cache(&a_cfg, &["token", "create", "--cache", "main", "--scope", "canary"]));
-    let run = r#"{"lane":"gpu","run_id":"r1","runner":"n1","started_at":"2026-11-25T08:00:00Z","duration_ms":1,"status":"pass","steps":[]}"#;
-    let code = ok_str(Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"]).args([
-        "-H",
-        &format!("Authorization: Bearer {}", canary.trim()),
-        "--data-binary",
-        run,
-        &format!("{}/api/v1/canary/runs", a.base),
-    ]));
-    assert_eq!(code, "201");
-    let runs = ok_str(Command::new("curl").args(["-sS", &format!("{}/api/v1/canary/runs?lane=gpu", b_srv.base)]));
-    assert!(runs.contains("\"run_id\":\"r1\""), "{runs}");
+    publish_run(&a_cfg, &a);
+    assert!(lane_runs(&b_srv).contains("\"run_id\":\"r1\""));
 }
 
 #[test]
@@ -321,16 +330,7 @@ fn migrate_copies_a_cache_to_garage_and_postgres_and_back_resumably_and_verified
     ok(flywheel().args(["cache", "push", "--to", &original.url("main"), "--token", &write]).arg(root));
     ok(flywheel().args(["cache", "pin", "--cache", "main", "release", "--config"]).arg(&dir_cfg).arg(root));
     // A canary run on the status page, published with a canary token: migrated with the rest.
-    let canary = ok_str(&mut cache(&dir_cfg, &["token", "create", "--cache", "main", "--scope", "canary"]));
-    let run = r#"{"lane":"gpu","run_id":"r1","runner":"n1","started_at":"2026-11-25T08:00:00Z","duration_ms":1,"status":"pass","steps":[]}"#;
-    let code = ok_str(Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"]).args([
-        "-H",
-        &format!("Authorization: Bearer {}", canary.trim()),
-        "--data-binary",
-        run,
-        &format!("{}/api/v1/canary/runs", original.base),
-    ]));
-    assert_eq!(code, "201");
+    publish_run(&dir_cfg, &original);
     let before = narinfos(&original, &paths);
     let totals = |server: &Server| -> (Value, Value) {
         let status = ok_str(Command::new("curl").args(["-sS", &format!("{}/api/v1/status", server.base)]));
@@ -395,8 +395,7 @@ fn migrate_copies_a_cache_to_garage_and_postgres_and_back_resumably_and_verified
     assert_eq!(narinfos(&migrated, &paths), before);
     let pins = ok_str(Command::new("curl").args(["-sS", &format!("{}/api/v1/pins", migrated.url("main"))]));
     assert!(pins.contains("release") && pins.contains(&root.display().to_string()), "{pins}");
-    let runs = ok_str(Command::new("curl").args(["-sS", &format!("{}/api/v1/canary/runs?lane=gpu", migrated.base)]));
-    assert!(runs.contains("\"run_id\":\"r1\""), "{runs}");
+    assert!(lane_runs(&migrated).contains("\"run_id\":\"r1\""));
     assert_eq!(totals(&migrated), totals_before, "the status page's totals, kept by PostgreSQL's triggers");
     copy_out_and_verify(w, "from-s3", &migrated.url("main"), &key, &[root, edge]);
 
