@@ -160,10 +160,14 @@ impl CanaryRun {
     }
 
     pub fn to_stored(&self, received_at: i64) -> Result<StoredRun, BadRun> {
+        // Milliseconds: runs of a fast canary start within a second of each other, and must
+        // still come back in the order they ran.
+        let started_at = unix_ms_of(&self.started_at)
+            .ok_or_else(|| BadRun(format!("started_at {:?}: expected an RFC 3339 UTC time", self.started_at)))?;
         Ok(StoredRun {
             lane: self.lane.clone(),
             run_id: self.run_id.clone(),
-            started_at: self.started_at_unix()?,
+            started_at,
             status: self.status.clone(),
             received_at,
             record: serde_json::to_string(self).map_err(|e| BadRun(e.to_string()))?,
@@ -178,10 +182,15 @@ impl CanaryRun {
 
 /// Unix seconds of an RFC 3339 UTC time (`2026-11-25T09:00:00.5Z`).
 pub fn unix_of(rfc3339: &str) -> Option<i64> {
+    unix_ms_of(rfc3339).map(|ms| ms.div_euclid(1000))
+}
+
+/// Unix milliseconds of an RFC 3339 UTC time.
+pub fn unix_ms_of(rfc3339: &str) -> Option<i64> {
     humantime::parse_rfc3339_weak(rfc3339.trim_end_matches('Z'))
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_secs() as i64)
+        .and_then(|d| i64::try_from(d.as_millis()).ok())
 }
 
 #[cfg(test)]
@@ -237,8 +246,15 @@ mod tests {
         assert_eq!(back.started_at_unix(), Ok(1_795_597_200));
         assert_eq!(back.failed_step().map(|s| s.name.as_str()), Some("gpu"));
         let stored = back.to_stored(5).expect("stored");
-        assert_eq!((stored.started_at, stored.status.as_str()), (1_795_597_200, "fail"));
+        assert_eq!((stored.started_at, stored.status.as_str()), (1_795_597_200_500, "fail"), "in milliseconds");
         assert_eq!(CanaryRun::from_stored(&stored), Some(run));
+    }
+
+    #[test]
+    fn runs_within_one_second_keep_their_order() {
+        let at = |t: &str| sample("l", "1", t, true).to_stored(0).expect("stored").started_at;
+        assert!(at("2026-11-25T09:00:00.100Z") < at("2026-11-25T09:00:00.900Z"));
+        assert_eq!(at("2026-11-25T09:00:01Z") - at("2026-11-25T09:00:00.900Z"), 100);
     }
 
     #[test]

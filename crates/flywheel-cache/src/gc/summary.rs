@@ -106,7 +106,7 @@ impl GcSummary {
 pub(super) fn trim_history(index: &dyn Index, r: &HistoryRetention, now: i64) -> Result<u64, IndexError> {
     index.trim_hourly_stats(now - r.hourly_max_age)?;
     index.trim_gc_summaries(r.gc_summaries.saturating_sub(1))?;
-    index.trim_canary_runs(now - r.canary_max_age, r.canary_keep)
+    index.trim_canary_runs((now - r.canary_max_age).saturating_mul(1000), r.canary_keep)
 }
 
 pub(super) fn record(index: &dyn Index, report: &GcReport, now: i64) -> Result<(), IndexError> {

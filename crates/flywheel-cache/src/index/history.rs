@@ -28,7 +28,7 @@ pub struct HourRow {
 pub struct StoredRun {
     pub lane: String,
     pub run_id: String,
-    /// Unix seconds.
+    /// Unix milliseconds.
     pub started_at: i64,
     /// `pass` or `fail`.
     pub status: String,
@@ -63,7 +63,8 @@ pub trait History {
     fn canary_runs(&self, lane: &str, limit: usize) -> Result<Vec<StoredRun>, IndexError>;
     /// Every lane with a kept run, sorted bytewise.
     fn canary_lanes(&self) -> Result<Vec<String>, IndexError>;
-    /// Forgets runs that started before `before`, and in each lane all but the newest `keep`.
+    /// Forgets runs that started before `before` (unix milliseconds), and in each lane all but
+    /// the newest `keep`.
     /// Returns how many were forgotten.
     fn trim_canary_runs(&self, before: i64, keep: usize) -> Result<u64, IndexError>;
 }

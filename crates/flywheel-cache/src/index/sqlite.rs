@@ -209,7 +209,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CREATE TABLE canary_runs (
         lane        TEXT NOT NULL,
         run_id      TEXT NOT NULL,
-        started_at  INTEGER NOT NULL,
+        started_at  INTEGER NOT NULL,   -- unix milliseconds
         status      TEXT NOT NULL,
         received_at INTEGER NOT NULL,
         record      TEXT NOT NULL,

@@ -90,7 +90,7 @@ CREATE INDEX gc_summaries_at ON gc_summaries(at, id);
 CREATE TABLE canary_runs (
     lane        TEXT COLLATE "C" NOT NULL,
     run_id      TEXT COLLATE "C" NOT NULL,
-    started_at  BIGINT NOT NULL,
+    started_at  BIGINT NOT NULL,   -- unix milliseconds
     status      TEXT NOT NULL,
     received_at BIGINT NOT NULL,
     record      TEXT NOT NULL,
