@@ -14,28 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::server::Server;
-use support::{flywheel, nix_store, ok, ok_str, one_line_error, tempdir};
-
-/// A canary with no GitHub environment, no nix.conf of the machine's, and tools every CI
-/// machine has.
-fn canary(args: &[&str]) -> Command {
-    let mut c = flywheel();
-    c.arg("canary").args(["--tools", "nix,tar", "--min-free-gib", "0.1"]).args(args);
-    for var in [
-        "GITHUB_ACTIONS",
-        "GITHUB_RUN_ID",
-        "GITHUB_STEP_SUMMARY",
-        "GITHUB_EVENT_PATH",
-        "GITHUB_TOKEN",
-        "FLYWHEEL_CACHE_TOKEN",
-        "FLYWHEEL_VULKAN_LOADER",
-        "NIX_CONFIG",
-    ] {
-        c.env_remove(var);
-    }
-    c.env("NIX_CONF_DIR", "/nonexistent").env("XDG_CONFIG_HOME", "/nonexistent");
-    c
-}
+use support::{canary, flywheel, nix_store, ok, ok_str, one_line_error, tempdir};
 
 fn s(p: &Path) -> String {
     p.to_string_lossy().into_owned()

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::server::Server;
-use support::{flywheel, ok, ok_str, tempdir};
+use support::{canary, flywheel, ok, ok_str, tempdir};
 
 fn curl(args: &[&str]) -> String {
     ok_str(Command::new("curl").args(["-sS", "--fail"]).args(args))
@@ -113,17 +113,6 @@ fn the_status_shows_each_caches_figures_quota_and_nix_conf_lines() {
         &format!("{}/", server.base),
     ]));
     assert_eq!(code, "405");
-}
-
-/// `flywheel canary` with a clean environment (as tests/e2e/canary.rs runs it).
-fn canary(args: &[&str]) -> Command {
-    let mut c = flywheel();
-    c.arg("canary").args(["--tools", "nix,tar", "--min-free-gib", "0.1"]).args(args);
-    for var in ["GITHUB_ACTIONS", "GITHUB_RUN_ID", "GITHUB_STEP_SUMMARY", "FLYWHEEL_CACHE_TOKEN", "NIX_CONFIG"] {
-        c.env_remove(var);
-    }
-    c.env("NIX_CONF_DIR", "/nonexistent").env("XDG_CONFIG_HOME", "/nonexistent");
-    c
 }
 
 fn status_code(args: &[&str]) -> String {

@@ -9,6 +9,9 @@ use crate::index::history::StoredRun;
 
 /// The largest run record the server takes.
 pub const MAX_RECORD_BYTES: usize = 256 << 10;
+/// Tries of a publish before giving up.
+const PUBLISH_TRIES: u32 = 3;
+
 /// The steps and the runs a request may ask for.
 const MAX_STEPS: usize = 64;
 pub const MAX_RUNS: usize = 500;
@@ -191,6 +194,30 @@ pub fn unix_ms_of(rfc3339: &str) -> Option<i64> {
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .and_then(|d| i64::try_from(d.as_millis()).ok())
+}
+
+/// Sends `run` to the server at `base` (`http://HOST:PORT`) with a canary token, retrying
+/// what may pass later (no answer, 5xx) with the push and pull clients' backoff; a refusal
+/// (a wrong token, a bad record) is not retried.
+pub async fn publish(http: &reqwest::Client, base: &str, token: &str, run: &CanaryRun) -> Result<(), String> {
+    let url = format!("{}/api/v1/canary/runs", base.trim_end_matches('/'));
+    let tries = std::sync::atomic::AtomicU32::new(0);
+    crate::http::with_retries(PUBLISH_TRIES, || async {
+        tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let resp = http
+            .post(&url)
+            .bearer_auth(token.trim())
+            .json(run)
+            .send()
+            .await
+            .map_err(|e| crate::http::Failure { message: format!("{url}: {e}"), retry: true })?;
+        crate::http::check_with_hint(resp, &url, "").await.map(drop)
+    })
+    .await
+    .map_err(|e| match tries.into_inner() {
+        1 => e,
+        n => format!("{e} (after {n} tries)"),
+    })
 }
 
 #[cfg(test)]

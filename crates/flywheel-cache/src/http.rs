@@ -16,16 +16,25 @@ fn retryable(status: reqwest::StatusCode) -> bool {
 }
 
 pub(crate) async fn check(resp: reqwest::Response, what: &str) -> Result<reqwest::Response, Failure> {
+    let hint = match resp.status().as_u16() {
+        401 => " (give a token with --token or FLYWHEEL_CACHE_TOKEN)",
+        403 => " (the token needs the write scope on this cache to push, the read scope to pull)",
+        _ => "",
+    };
+    check_with_hint(resp, what, hint).await
+}
+
+/// [`check`], with `hint` after a failure's message (the server's own text says the rest).
+pub(crate) async fn check_with_hint(
+    resp: reqwest::Response,
+    what: &str,
+    hint: &str,
+) -> Result<reqwest::Response, Failure> {
     let status = resp.status();
     if status.is_success() {
         return Ok(resp);
     }
     let body = resp.text().await.unwrap_or_default();
-    let hint = match status.as_u16() {
-        401 => " (give a token with --token or FLYWHEEL_CACHE_TOKEN)",
-        403 => " (the token needs the write scope on this cache to push, the read scope to pull)",
-        _ => "",
-    };
     Err(Failure { message: format!("{what}: HTTP {status}: {}{hint}", body.trim()), retry: retryable(status) })
 }
 

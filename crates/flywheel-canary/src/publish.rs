@@ -10,18 +10,6 @@ use flywheel_cache::canary_runs::{CanaryRun, CanaryStep};
 use crate::events::Run;
 use crate::step::StepName;
 
-/// Tries before giving up, and the wait before the first retry (doubling).
-const TRIES: u32 = 3;
-const FIRST_WAIT: Duration = Duration::from_millis(500);
-
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    #[error("{0}")]
-    Refused(String),
-    #[error("{0}")]
-    Failed(String),
-}
-
 /// What the server keeps of `run`, for `lane`.
 pub fn record(run: &Run, lane: &str) -> CanaryRun {
     let detail = |step: StepName, key: &str| {
@@ -73,39 +61,15 @@ pub fn record(run: &Run, lane: &str) -> CanaryRun {
     }
 }
 
-/// Sends `record` to the server at `base` (`http://HOST:PORT`), retrying what may pass later
-/// (no answer, 5xx); a refusal (4xx: a wrong token, a bad record) is not retried.
-pub fn publish(base: &str, token: &str, record: &CanaryRun, timeout: Duration) -> Result<(), PublishError> {
-    let url = format!("{}/api/v1/canary/runs", base.trim_end_matches('/'));
+/// Sends `record` to the server at `base` (`http://HOST:PORT`): see
+/// [`flywheel_cache::canary_runs::publish`]. `timeout` bounds each try.
+pub fn publish(base: &str, token: &str, record: &CanaryRun, timeout: Duration) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| PublishError::Failed(format!("starting a runtime: {e}")))?;
-    runtime.block_on(async {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .map_err(|e| PublishError::Failed(format!("an HTTP client: {e}")))?;
-        let mut wait = FIRST_WAIT;
-        let mut last = String::new();
-        for attempt in 1..=TRIES {
-            match http.post(&url).bearer_auth(token.trim()).json(record).send().await {
-                Ok(r) if r.status().is_success() => return Ok(()),
-                Ok(r) if r.status().is_client_error() => {
-                    let status = r.status();
-                    let body = r.text().await.unwrap_or_default();
-                    return Err(PublishError::Refused(format!("{url}: {status}: {}", body.trim())));
-                }
-                Ok(r) => last = format!("{url}: {}", r.status()),
-                Err(e) => last = format!("{url}: {e}"),
-            }
-            if attempt < TRIES {
-                tokio::time::sleep(wait).await;
-                wait *= 2;
-            }
-        }
-        Err(PublishError::Failed(format!("{last} (after {TRIES} tries)")))
-    })
+        .map_err(|e| format!("starting a runtime: {e}"))?;
+    let http = reqwest::Client::builder().timeout(timeout).build().map_err(|e| format!("an HTTP client: {e}"))?;
+    runtime.block_on(flywheel_cache::canary_runs::publish(&http, base, token, record))
 }
 
 #[cfg(test)]
@@ -184,7 +148,7 @@ mod tests {
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port());
         let base = format!("http://127.0.0.1:{}", port.expect("a free port"));
         let e = publish(&base, "fwc_x", &run, Duration::from_secs(2)).expect_err("nothing listens");
-        assert!(matches!(e, PublishError::Failed(_)), "{e}");
-        assert!(e.to_string().contains("after 3 tries"), "{e}");
+        assert!(e.contains(&base), "{e}");
+        assert!(e.contains("after 3 tries"), "{e}");
     }
 }

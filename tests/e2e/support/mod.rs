@@ -203,3 +203,26 @@ pub fn fsgroup_volume(vol: &Path) {
         dir = d.parent();
     }
 }
+
+/// A canary with no GitHub environment, no nix.conf of the machine's, and tools every CI
+/// machine has.
+pub fn canary(args: &[&str]) -> Command {
+    let mut c = flywheel();
+    c.arg("canary").args(["--tools", "nix,tar", "--min-free-gib", "0.1"]).args(args);
+    for var in [
+        "GITHUB_ACTIONS",
+        "GITHUB_RUN_ID",
+        "GITHUB_STEP_SUMMARY",
+        "GITHUB_EVENT_PATH",
+        "GITHUB_TOKEN",
+        "FLYWHEEL_CACHE_TOKEN",
+        "FLYWHEEL_VULKAN_LOADER",
+        "FLYWHEEL_CANARY_TOKEN",
+        "FLYWHEEL_LANE",
+        "NIX_CONFIG",
+    ] {
+        c.env_remove(var);
+    }
+    c.env("NIX_CONF_DIR", "/nonexistent").env("XDG_CONFIG_HOME", "/nonexistent");
+    c
+}
