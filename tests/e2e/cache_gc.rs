@@ -80,7 +80,8 @@ fn sql(data: &Path) -> rusqlite::Connection {
     c
 }
 
-/// Makes `path` last read `read_ago` seconds ago and (when given) added to main `added_ago` ago.
+/// Makes `path` last read `read_ago` seconds ago and (when given) added `added_ago` ago, in
+/// every cache that holds it.
 fn set_times(data: &Path, path: &Path, read_ago: i64, added_ago: Option<i64>) {
     let db = sql(data);
     let n = db
@@ -89,13 +90,10 @@ fn set_times(data: &Path, path: &Path, read_ago: i64, added_ago: Option<i64>) {
             rusqlite::params![s(path), now() - read_ago],
         )
         .expect("update");
-    assert_eq!(n, 1, "{} is in the index", path.display());
+    assert!(n >= 1, "{} is in the index", path.display());
     if let Some(ago) = added_ago {
-        db.execute(
-            "UPDATE members SET added_at = ?2 WHERE path = (SELECT id FROM paths WHERE store_path = ?1)",
-            rusqlite::params![s(path), now() - ago],
-        )
-        .expect("update");
+        db.execute("UPDATE paths SET added_at = ?2 WHERE store_path = ?1", rusqlite::params![s(path), now() - ago])
+            .expect("update");
     }
 }
 
@@ -108,9 +106,7 @@ fn members(data: &Path) -> BTreeSet<String> {
 fn state(data: &Path) -> Vec<String> {
     let db = sql(data);
     let mut out = Vec::new();
-    for table in
-        ["caches", "nars", "paths", "refs", "members", "uploads", "pins", "pin_revisions", "dead_nars", "files"]
-    {
+    for table in ["caches", "nars", "paths", "refs", "uploads", "pins", "pin_revisions", "dead_nars", "files"] {
         let mut stmt = db.prepare(&format!("SELECT * FROM {table}")).expect("prepare");
         let n = stmt.column_count();
         let mut rows = stmt.query([]).expect("query");
@@ -640,10 +636,7 @@ fn a_gc_killed_at_random_points_loses_nothing_pinned_and_finishes_as_if_uninterr
 fn members_of(data: &Path, name: &str) -> BTreeSet<String> {
     let db = sql(data);
     let mut stmt = db
-        .prepare(
-            "SELECT p.store_path FROM members m JOIN paths p ON p.id = m.path JOIN caches c ON c.id = m.cache
-             WHERE c.name = ?1",
-        )
+        .prepare("SELECT p.store_path FROM paths p JOIN caches c ON c.id = p.cache WHERE c.name = ?1")
         .expect("prepare");
     let rows = stmt.query_map([name], |r| r.get::<_, String>(0)).expect("query");
     rows.map(|r| r.expect("row")).collect()

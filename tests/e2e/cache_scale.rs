@@ -273,7 +273,7 @@ fn a_server_killed_during_an_upload_leaves_nothing_partial_visible_through_the_o
         .expect("nix copy");
     let started = Instant::now();
     loop {
-        let n: u64 = b.pg.psql("SELECT count(*) FROM members").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let n: u64 = b.pg.psql("SELECT count(*) FROM paths").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
         if n >= 3 || started.elapsed() > Duration::from_secs(60) {
             break;
         }
@@ -358,7 +358,7 @@ fn migrate_copies_a_cache_to_garage_and_postgres_and_back_resumably_and_verified
         if first.try_wait().expect("wait").is_some() {
             break false;
         }
-        let n: u64 = b.pg.psql("SELECT count(*) FROM members").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let n: u64 = b.pg.psql("SELECT count(*) FROM paths").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
         if n > 0 {
             first.kill().expect("kill");
             let _ = first.wait();

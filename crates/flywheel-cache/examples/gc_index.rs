@@ -8,7 +8,7 @@
 //! pinned input). Every reference goes to an older or same-revision path: a DAG, like Nix.
 //!
 //! Times: revision r of R is spread over the past 90 days (the newest 2 hours ago, so outside
-//! the default 1 h grace period). `added_at` / `uploaded_at` are the revision that introduced
+//! the default 1 h grace period). `added_at` is the revision that introduced
 //! a path; `last_access` is the last revision whose closure held it (CI reads the narinfo of
 //! its whole closure each run). NAR sizes are log-uniform between 4 KiB and 64 MiB per slot,
 //! varying by up to ±20% between versions; roots are 1 KiB.
@@ -262,7 +262,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let indexes: Vec<(String, String)> = {
         let mut stmt = conn.prepare(
             "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL
-             AND tbl_name IN ('paths', 'refs', 'members', 'nars')",
+             AND tbl_name IN ('paths', 'refs', 'nars')",
         )?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         rows.collect::<Result<_, _>>()?
@@ -282,11 +282,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                  VALUES (?1, ?2, ?3, ?4, 'zstd', ?5)",
             )?;
             let mut path = tx.prepare_cached(
-                "INSERT INTO paths (id, hash_part, store_path, nar_hash, deriver, ca, sigs, uploaded_at, last_access)
-                 VALUES (?1, ?2, ?3, ?4, NULL, NULL, '', ?5, ?6)",
+                "INSERT INTO paths (id, cache, hash_part, store_path, nar_hash, deriver, ca, sigs, added_at, last_access)
+                 VALUES (?1, ?7, ?2, ?3, ?4, NULL, NULL, '', ?5, ?6)",
             )?;
             let mut reference = tx.prepare_cached("INSERT INTO refs (path, reference) VALUES (?1, ?2)")?;
-            let mut member = tx.prepare_cached("INSERT INTO members (cache, path, added_at) VALUES (?1, ?2, ?3)")?;
             for i in done..end {
                 let p = &paths[i];
                 let id = i as i64 + 1;
@@ -300,14 +299,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     added
                 ])?;
                 let hash = std::str::from_utf8(&p.hash_part)?;
-                path.execute(params![id, hash, store_path(p), &nar_hashes[i][..], added, time_of(p.last)])?;
+                path.execute(params![id, hash, store_path(p), &nar_hashes[i][..], added, time_of(p.last), cache_id])?;
                 let mut targets: Vec<String> =
                     refs[p.refs.clone()].iter().map(|&t| store_path(&paths[t as usize])).collect();
                 targets.sort_unstable();
                 for t in &targets {
                     reference.execute(params![id, t])?;
                 }
-                member.execute(params![cache_id, id, added])?;
                 total_bytes += p.file_size;
             }
         }

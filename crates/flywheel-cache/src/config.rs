@@ -6,9 +6,20 @@
 //! max-nar-bytes = "64GiB"
 //! max-requests-per-client = 64
 //! gc-interval = "1h"
-//! # Canary runs published to the status page: kept 90 days, at most 1000 per lane.
+//! # Canary runs published to the status page: kept 90 days, at most 1000 per lane, at most
+//! # 32 lanes.
 //! canary-max-age = "90d"
 //! canary-keep-runs = 1000
+//! max-lanes = 32
+//!
+//! # What one client or upload may cost the server (docs/security.md; these are the defaults).
+//! max-nar-size = "64GiB"           # a NAR, decompressed
+//! decoder-memory = "128MiB"        # one upload's xz dictionary or zstd window
+//! ingest-timeout = "30m"           # checking one received upload
+//! header-timeout = "30s"           # receiving a request's headers
+//! idle-timeout = "60s"             # a connection with no byte either way
+//! max-connections = 1024
+//! max-connections-per-client = 128
 //!
 //! [caches.main]
 //! visibility = "public"
@@ -90,8 +101,25 @@ pub struct Config {
     pub gc_interval: Option<Duration>,
     /// Canary runs (`flywheel canary --publish`) are kept this long (default 90d)...
     pub canary_max_age: Option<Duration>,
-    /// ...and at most this many per lane (default 1000); collections forget the rest.
+    /// ...and at most this many per lane (default 1000); a publish beyond it drops the oldest.
     pub canary_keep_runs: Option<usize>,
+    /// Lanes the status page keeps runs for (default 32): a run for a new lane beyond it is
+    /// refused.
+    pub max_lanes: Option<usize>,
+    /// The largest NAR accepted, decompressed (default 64 GiB).
+    pub max_nar_size: Option<Size>,
+    /// Memory one upload's decoder may use (default 128 MiB).
+    pub decoder_memory: Option<Size>,
+    /// How long checking one received upload may take (default 30 minutes).
+    pub ingest_timeout: Option<Duration>,
+    /// How long a client may take to send a request's headers (default 30 s).
+    pub header_timeout: Option<Duration>,
+    /// A connection on which no byte moves either way this long is closed (default 60 s).
+    pub idle_timeout: Option<Duration>,
+    /// Connections open at once (default 1024); more wait in the listen queue.
+    pub max_connections: Option<usize>,
+    /// Connections one client address may have open (default 128); more are closed at once.
+    pub max_connections_per_client: Option<usize>,
     #[serde(default)]
     pub caches: BTreeMap<String, CacheConfig>,
     /// Where NARs live.
@@ -302,6 +330,24 @@ impl Config {
         }
         if config.max_requests_per_client == Some(0) {
             return Err(invalid("max-requests-per-client must be at least 1".into()));
+        }
+        let zero = |name: &str, v: Option<u64>| match v {
+            Some(0) => Err(invalid(format!("{name} must be more than zero"))),
+            _ => Ok(()),
+        };
+        zero("max-lanes", config.max_lanes.map(|n| n as u64))?;
+        zero("max-connections", config.max_connections.map(|n| n as u64))?;
+        zero("max-connections-per-client", config.max_connections_per_client.map(|n| n as u64))?;
+        zero("max-nar-size", config.max_nar_size.map(Size::bytes))?;
+        for (name, d) in [
+            ("ingest-timeout", config.ingest_timeout),
+            ("header-timeout", config.header_timeout),
+            ("idle-timeout", config.idle_timeout),
+        ] {
+            zero(name, d.map(|d| d.0.as_millis() as u64))?;
+        }
+        if config.decoder_memory.is_some_and(|m| m.bytes() < 1 << 20) {
+            return Err(invalid("decoder-memory must be at least 1MiB".into()));
         }
         if config.storage == Some(StorageKind::S3) && config.s3.is_none() {
             return Err(invalid("storage = \"s3\" needs an [s3] table with the bucket".into()));

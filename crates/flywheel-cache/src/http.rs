@@ -34,8 +34,39 @@ pub(crate) async fn check_with_hint(
     if status.is_success() {
         return Ok(resp);
     }
-    let body = resp.text().await.unwrap_or_default();
-    Err(Failure { message: format!("{what}: HTTP {status}: {}{hint}", body.trim()), retry: retryable(status) })
+    // The server's explanation, as far as a line goes: a reply is not read without bound.
+    let body = match body_limited(resp, ERROR_BODY, what).await {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(_) => "(a longer reply, not read)".to_string(),
+    };
+    let body = body.trim();
+    let line = body.lines().next().unwrap_or("");
+    Err(Failure { message: format!("{what}: HTTP {status}: {line}{hint}"), retry: retryable(status) })
+}
+
+/// How much of an error reply is read.
+const ERROR_BODY: usize = 4 << 10;
+
+/// The whole body of `resp`, when it is at most `limit` bytes: a longer one, declared or sent,
+/// is refused without reading the rest (and not retried: it would come back the same).
+pub(crate) async fn body_limited(mut resp: reqwest::Response, limit: usize, what: &str) -> Result<Vec<u8>, Failure> {
+    let too_long = || Failure { message: format!("{what}: the reply is longer than {limit} bytes"), retry: false };
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_long());
+    }
+    let mut body = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > limit {
+                    return Err(too_long());
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => return Err(Failure { message: format!("{what}: {e}"), retry: true }),
+        }
+    }
 }
 
 pub(crate) async fn with_retries<T, F, Fut>(attempts: u32, mut f: F) -> Result<T, String>

@@ -327,7 +327,14 @@ async fn upload_nar(client: Arc<Client>, info: PathInfo, real: PathBuf, level: i
         Ok(writer.sent)
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|chunk| (chunk, rx)) });
-    let sent = client.put(url.clone()).body(reqwest::Body::wrap_stream(stream)).send().await;
+    // The NarSize declared up front bounds what the server decompresses (it refuses a larger
+    // NAR as it streams, and the narinfo must agree anyway).
+    let sent = client
+        .put(url.clone())
+        .header(crate::ingest::NAR_SIZE_HEADER, expected.1)
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await;
     let produced = producer.await.map_err(|e| Failure { message: e.to_string(), retry: false })?;
     let resp = sent.map_err(|e| Failure { message: format!("{url}: {e}"), retry: true });
     match (produced, resp) {

@@ -112,8 +112,8 @@ pub fn migrate(from: &DataDir, to: &DataDir, opts: &MigrateOptions<'_>) -> Resul
         }
     }
     for lane in src.canary_lanes()? {
-        let kept: HashSet<String> = dst.canary_runs(&lane, usize::MAX)?.into_iter().map(|r| r.run_id).collect();
-        for run in src.canary_runs(&lane, usize::MAX)? {
+        let kept: HashSet<String> = dst.canary_runs(&lane, 0, usize::MAX)?.into_iter().map(|r| r.run_id).collect();
+        for run in src.canary_runs(&lane, 0, usize::MAX)? {
             if !kept.contains(&run.run_id) {
                 dst.put_canary_run(&run)?;
                 report.canary_runs_copied += 1;
@@ -122,6 +122,7 @@ pub fn migrate(from: &DataDir, to: &DataDir, opts: &MigrateOptions<'_>) -> Resul
     }
 
     let mut records_of: Vec<(String, Vec<PathRecord>)> = Vec::new();
+    let adopted = src.adopted_paths()?;
     for c in &caches {
         let cache = c.name.as_str();
         for (store_path, key) in src.upstream_paths(cache)? {
@@ -166,9 +167,15 @@ pub fn migrate(from: &DataDir, to: &DataDir, opts: &MigrateOptions<'_>) -> Resul
         // Retention in the destination sees the same last reads.
         let accesses = times
             .iter()
-            .map(|(p, t)| Ok((hash_part_of(p)?.to_string(), t.1)))
-            .collect::<Result<Vec<(String, i64)>, IndexError>>()?;
+            .map(|(p, t)| {
+                Ok(crate::index::Access { cache: cache.to_string(), hash_part: hash_part_of(p)?.to_string(), at: t.1 })
+            })
+            .collect::<Result<Vec<_>, IndexError>>()?;
         dst.touch(&accesses)?;
+        // Paths adopted from another cache before the per-cache rule stay marked as such.
+        for (_, store_path) in adopted.iter().filter(|(c, _)| c == cache) {
+            dst.mark_adopted(cache, store_path)?;
+        }
 
         for name in src.file_names(cache)? {
             if dst.file(cache, &name)?.is_none() {

@@ -2,7 +2,9 @@
 //! anything a client could see broken: a visible path whose NAR is missing, of the wrong size
 //! or (with `full`) the wrong hash, or whose closure the cache does not hold. Leftovers that
 //! no client can see (an uploaded NAR whose narinfo never came, a NAR stored just before a
-//! crash) are counted apart: garbage collection removes them.
+//! crash) are counted apart: garbage collection removes them. So are paths a cache adopted from
+//! another before each cache's paths were its own (schema 6): they serve another cache's
+//! upload, which the cache's writer never sent; pushing them again replaces them.
 
 use std::collections::HashSet;
 
@@ -13,8 +15,10 @@ use crate::storage::NarStorage;
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct VerifyReport {
+    /// (cache, store path) rows: each cache's paths, summed.
     pub paths: u64,
-    pub memberships: u64,
+    /// Distinct store paths over all caches.
+    pub store_paths: u64,
     pub nars: u64,
     /// One line each: what is wrong, and where.
     pub problems: Vec<String>,
@@ -23,6 +27,8 @@ pub struct VerifyReport {
     pub pending_uploads: u64,
     /// Files in the NAR folder that are not a stored NAR.
     pub strays: Vec<String>,
+    /// `cache: store path` of paths adopted from another cache before schema 6.
+    pub adopted: Vec<String>,
 }
 
 impl VerifyReport {
@@ -33,9 +39,10 @@ impl VerifyReport {
 
 pub fn verify(index: &dyn Index, storage: &dyn NarStorage, full: bool) -> Result<VerifyReport, IndexError> {
     let mut report = VerifyReport::default();
-    let (memberships, paths) = index.counts()?;
-    report.memberships = memberships;
+    let (paths, store_paths) = index.counts()?;
     report.paths = paths;
+    report.store_paths = store_paths;
+    report.adopted = index.adopted_paths()?.into_iter().map(|(c, p)| format!("{c}: {p}")).collect();
     let nars = index.all_nars()?;
     report.nars = nars.len() as u64;
     let listing = storage.list().map_err(|e| IndexError::Db(format!("listing the NAR storage: {e}")))?;

@@ -55,6 +55,10 @@ impl Server {
         Server { child, data: data.to_path_buf(), base, keys }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn url(&self, cache: &str) -> String {
         format!("{}/{cache}", self.base)
     }

@@ -52,8 +52,8 @@ pub struct GcOptions<'a> {
     /// The caches to collect, each with its policy.
     pub caches: Vec<(String, Policy)>,
     pub dry_run: bool,
-    /// Accesses the index has not recorded yet (a server's), by hash part.
-    pub in_use: &'a (dyn Fn(&str) -> bool + Sync),
+    /// Accesses the index has not recorded yet (a server's), by cache and hash part.
+    pub in_use: &'a (dyn Fn(&str, &str) -> bool + Sync),
     /// Progress lines for people.
     pub log: &'a (dyn Fn(&str) + Sync),
     /// Paths removed per transaction (0: the default, 2500).

@@ -1,6 +1,6 @@
 //! What the status page shows over time, kept by the index as it changes so that a page view
 //! reads a handful of rows instead of every path: each cache's paths and bytes (kept by
-//! triggers on its memberships), its counters by the hour, the last collections' summaries, and
+//! triggers on its paths), its counters by the hour, the last collections' summaries, and
 //! the canary runs the lane publishes.
 
 use serde::{Deserialize, Serialize};
@@ -39,7 +39,7 @@ pub struct StoredRun {
 
 pub trait History {
     /// Every cache's paths and the bytes of their stored NARs, by name, from the totals the
-    /// index keeps as memberships come and go (the same figures as the last row of
+    /// index keeps as paths come and go (the same figures as the last row of
     /// [`super::Retention::usage_by_access`], without reading the paths).
     fn cache_totals(&self) -> Result<Vec<(String, Usage)>, IndexError>;
     /// The hourly rows of every cache's [`HOURLY`] counters from `since` (unix seconds) on,
@@ -59,8 +59,13 @@ pub trait History {
     /// Keeps a canary run; one with the lane and run id of a kept one replaces it (a publish
     /// that is retried).
     fn put_canary_run(&self, run: &StoredRun) -> Result<(), IndexError>;
-    /// A lane's runs, newest (by `started_at`, then `received_at`) first, at most `limit`.
-    fn canary_runs(&self, lane: &str, limit: usize) -> Result<Vec<StoredRun>, IndexError>;
+    /// What a runner publishes: keeps `run` as [`History::put_canary_run`] does, in one
+    /// transaction with the bounds: a run for a lane the index has no run of is refused when
+    /// `max_lanes` lanes have runs already, and the lane keeps only its newest `keep` runs.
+    fn publish_canary_run(&self, run: &StoredRun, max_lanes: usize, keep: usize) -> Result<(), IndexError>;
+    /// A lane's runs, newest (by `started_at`, then `received_at`) first: at most `limit`,
+    /// after skipping `offset`.
+    fn canary_runs(&self, lane: &str, offset: usize, limit: usize) -> Result<Vec<StoredRun>, IndexError>;
     /// Every lane with a kept run, sorted bytewise.
     fn canary_lanes(&self) -> Result<Vec<String>, IndexError>;
     /// Forgets runs that started before `before` (unix milliseconds), and in each lane all but

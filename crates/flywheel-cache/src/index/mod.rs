@@ -36,6 +36,10 @@ pub enum IndexError {
     BadPinName(String),
     #[error("{path} is not in cache {cache:?}: push it before pinning it")]
     NotInCache { cache: String, path: String },
+    #[error(
+        "the server keeps canary runs for at most {0} lanes (max-lanes): publish to one of those, or raise the limit"
+    )]
+    TooManyLanes(usize),
     #[error("the index was written by a newer flywheel (schema {found}; this one knows up to {known})")]
     NewerSchema { found: i64, known: i64 },
 }
@@ -201,12 +205,22 @@ pub struct Removals {
 /// What adding a path did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Added {
-    /// The path is new to the server.
+    /// The path is new to the cache.
     New,
-    /// The server had the path (from another cache or an earlier push); the cache now holds it.
-    Joined,
-    /// The cache already held it.
+    /// The cache already held it (its first upload stays).
     Present,
+    /// The cache held it adopted from another cache (before schema 6); its own upload now
+    /// replaces that.
+    Replaced,
+}
+
+/// A narinfo read (GET or HEAD) that counts as a use of the cache's path, for retention.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Access {
+    pub cache: String,
+    pub hash_part: String,
+    /// Unix seconds.
+    pub at: i64,
 }
 
 pub use history::History;
@@ -272,13 +286,17 @@ pub trait Index: Retention + History + Send + Sync {
     /// narinfo.
     fn record_upload(&self, cache: &str, url: &str, nar: &NarRecord, now: i64) -> Result<(), IndexError>;
     fn upload(&self, cache: &str, url: &str) -> Result<Option<NarRecord>, IndexError>;
-    /// A NAR the index holds (through any path).
+    /// A NAR the index holds (through any cache's path): how it is stored. Only for storage
+    /// (which bytes are kept), never as a reason to let a cache serve it.
     fn nar(&self, nar_hash: &[u8; 32]) -> Result<Option<NarRecord>, IndexError>;
-    /// Which of `store_paths` the cache does not hold.
+    /// Which of `store_paths` the cache does not hold (by whole store path; a path adopted from
+    /// another cache before schema 6 counts as not held, so that clients send it again).
     fn missing(&self, cache: &str, store_paths: &[String]) -> Result<Vec<String>, IndexError>;
-    /// Makes `path` visible in `cache`, in one transaction: the NAR, the path, its references
-    /// and the membership; `upload` (its URL) is then forgotten. A path the server already has
-    /// keeps its first NAR.
+    /// Makes `path` visible in `cache`, in one transaction: the NAR and the cache's own row of
+    /// the path with its references; `upload` (its URL) is then forgotten. The NAR must have
+    /// been uploaded to this cache (`upload` names its record) or be used by another path of
+    /// this cache: never only because another cache holds it. A path the cache already holds
+    /// keeps its first upload; other caches' rows of the same store path are never read.
     fn add_path(&self, cache: &str, path: &PathRecord, upload: Option<&str>, now: i64) -> Result<Added, IndexError>;
     /// Sets a cache's visibility and priority (from the server's config file).
     fn configure_cache(&self, name: &str, visibility: Visibility, priority: u32) -> Result<(), IndexError>;
@@ -296,14 +314,14 @@ pub trait Index: Retention + History + Send + Sync {
     fn file(&self, cache: &str, name: &str) -> Result<Option<StoredFile>, IndexError>;
     /// The path with this hash part, if the cache holds it.
     fn path(&self, cache: &str, hash_part: &str) -> Result<Option<PathRecord>, IndexError>;
-    /// The NAR with this NarHash, if a path the cache holds has it, with when it was stored.
+    /// The NAR with this NarHash, if a path of the cache (its own row) has it, with when it
+    /// was stored.
     fn nar_in_cache(&self, cache: &str, nar_hash: &[u8; 32]) -> Result<Option<(NarRecord, i64)>, IndexError>;
     /// What GC removed after log position `after` (`None`: only the current position), so a
     /// server drops exactly those narinfos from memory.
     fn removed_since(&self, after: Option<i64>) -> Result<Removals, IndexError>;
-    /// Records accesses (narinfo GETs and HEADs: hash part, time) for retention, in one
-    /// transaction.
-    fn touch(&self, accesses: &[(String, i64)]) -> Result<(), IndexError>;
+    /// Records accesses (narinfo GETs and HEADs) for retention, in one transaction.
+    fn touch(&self, accesses: &[Access]) -> Result<(), IndexError>;
 
     // For `flywheel cache verify`:
     /// Every stored NAR the index knows.
@@ -312,7 +330,12 @@ pub trait Index: Retention + History + Send + Sync {
     fn pending_uploads(&self) -> Result<Vec<[u8; 32]>, IndexError>;
     /// (cache, path, reference) for every reference a cache's path has that the cache lacks.
     fn broken_references(&self) -> Result<Vec<(String, String, String)>, IndexError>;
-    /// Number of (cache, path) memberships and of distinct paths.
+    /// (cache, store path) of paths a cache adopted from another before schema 6: their
+    /// content is the other cache's upload, not the cache's own (docs/security.md).
+    fn adopted_paths(&self) -> Result<Vec<(String, String)>, IndexError>;
+    /// Marks a path of the cache as adopted (what `flywheel cache migrate` copies).
+    fn mark_adopted(&self, cache: &str, store_path: &str) -> Result<(), IndexError>;
+    /// Number of (cache, path) rows (paths summed over caches) and of distinct store paths.
     fn counts(&self) -> Result<(u64, u64), IndexError>;
     /// Bytes of the stored NARs the index knows.
     fn stored_bytes(&self) -> Result<u64, IndexError>;

@@ -4,14 +4,13 @@
 //! one writer at a time (`BEGIN IMMEDIATE`), transactions here run side by side under READ
 //! COMMITTED, and what a transaction checks is held with row locks until it commits:
 //!
-//! - Adding a path deletes the upload it consumes first, then locks the members it refers to
-//!   (`FOR KEY SHARE`), the path it joins and the NAR it keeps; pinning locks the member it
-//!   pins. GC locks the members it may remove (`FOR UPDATE`), then checks referrers and pins,
-//!   then locks the paths and NARs it may forget and checks again who uses them. Whichever
-//!   comes second waits and then sees the other's work, as if they had run one after the other.
-//!   Everyone takes locks in the same order (uploads, members, paths, NARs; each by key), so
-//!   they rarely deadlock; when they do (or a serialization failure comes), the transaction is
-//!   retried a few times.
+//! - Adding a path deletes the upload it consumes first, then locks the cache's paths it refers
+//!   to (`FOR KEY SHARE`) and the NAR it keeps; pinning locks the path it pins. GC locks the
+//!   cache's paths it may remove (`FOR UPDATE`), then checks referrers and pins, then locks the
+//!   NARs it may forget and checks again who uses them. Whichever comes second waits and then
+//!   sees the other's work, as if they had run one after the other. Everyone takes locks in the
+//!   same order (uploads, paths, NARs; each by key), so they rarely deadlock; when they do (or a
+//!   serialization failure comes), the transaction is retried a few times.
 //! - Inserts that two servers may race on are `ON CONFLICT` (the second waits for the first,
 //!   then joins it); counters are added in the database (`value = value + excluded.value`);
 //!   pin revisions are numbered under the pin's row lock.
@@ -47,7 +46,11 @@ use super::{
 };
 
 /// The migrations, in order; migration N brings the schema to version N.
-const MIGRATIONS: &[&str] = &[include_str!("postgres/0001_schema.sql"), include_str!("postgres/0002_status.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("postgres/0001_schema.sql"),
+    include_str!("postgres/0002_status.sql"),
+    include_str!("postgres/0003_paths_per_cache.sql"),
+];
 
 /// Advisory-lock keys: PostgreSQL's two-int4 form, the first one flywheel's (`flyw`, `flys` in
 /// ASCII), so that other applications sharing the database are unlikely to collide.
@@ -58,6 +61,8 @@ pub const LOCK_CLASS_STORE: i32 = 0x666c_7973;
 const LOCK_MIGRATE: i32 = 0;
 const LOCK_NAR: i32 = 1;
 const LOCK_GC: i32 = 2;
+/// Transaction-level: one publisher of a canary run at a time counts the lanes.
+pub(super) const LOCK_LANES: i32 = 3;
 
 /// Attempts of a transaction that failed with a serialization failure or a deadlock.
 const ATTEMPTS: u32 = 8;
@@ -729,9 +734,20 @@ impl Index for PostgresIndex {
     fn missing(&self, cache: &str, store_paths: &[String]) -> Result<Vec<String>, IndexError> {
         self.read(|db| {
             let id = cache_id(db, cache)?;
-            let parts = store_paths.iter().map(|p| hash_part_of(p)).collect::<Result<Vec<&str>, _>>()?;
-            let present = present_in(db, id, &parts, false)?;
-            Ok(store_paths.iter().zip(&parts).filter(|(_, h)| !present.contains(**h)).map(|(p, _)| p.clone()).collect())
+            let present = present_in(db, id, store_paths, false)?;
+            // An adopted row counts as missing here: a client sends the path, and its upload
+            // replaces the row (closure checks count it as present).
+            let mut present = present;
+            if !present.is_empty() {
+                let held: Vec<&str> = present.iter().map(String::as_str).collect();
+                for r in db.query(
+                    "SELECT store_path FROM paths WHERE cache = $1 AND adopted AND store_path = ANY($2)",
+                    &[&id, &held],
+                )? {
+                    present.remove(&get::<String>(&r, 0)?);
+                }
+            }
+            Ok(store_paths.iter().filter(|p| !present.contains(*p)).cloned().collect())
         })
     }
 
@@ -810,8 +826,7 @@ impl Index for PostgresIndex {
                         n.nar_hash, n.nar_size, n.file_hash, n.file_size, n.compression,
                         ARRAY(SELECT r.reference FROM refs r WHERE r.path = p.id ORDER BY r.reference)
                  FROM paths p
-                 JOIN members m ON m.path = p.id
-                 JOIN caches c ON c.id = m.cache
+                 JOIN caches c ON c.id = p.cache
                  JOIN nars n ON n.nar_hash = p.nar_hash
                  WHERE c.name = $1 AND p.hash_part = $2",
                 &[&cache, &hash_part],
@@ -870,7 +885,7 @@ impl Index for PostgresIndex {
                 "SELECT n.nar_hash, n.nar_size, n.file_hash, n.file_size, n.compression, n.stored_at
                  FROM nars n
                  WHERE n.nar_hash = $2 AND EXISTS (
-                   SELECT 1 FROM paths p JOIN members m ON m.path = p.id JOIN caches c ON c.id = m.cache
+                   SELECT 1 FROM paths p JOIN caches c ON c.id = p.cache
                    WHERE p.nar_hash = n.nar_hash AND c.name = $1)",
                 &[&cache, &&nar_hash[..]],
             )?
@@ -879,29 +894,39 @@ impl Index for PostgresIndex {
         })
     }
 
-    fn touch(&self, accesses: &[(String, i64)]) -> Result<(), IndexError> {
+    fn touch(&self, accesses: &[super::Access]) -> Result<(), IndexError> {
         if accesses.is_empty() {
             return Ok(());
         }
         // The latest access of each path (what SQLite's updates one by one leave).
-        let mut latest: HashMap<&str, i64> = HashMap::new();
-        for (hash_part, at) in accesses {
-            let e = latest.entry(hash_part).or_insert(*at);
-            *e = (*e).max(*at);
+        let mut latest: HashMap<(&str, &str), i64> = HashMap::new();
+        for a in accesses {
+            let e = latest.entry((&a.cache, &a.hash_part)).or_insert(a.at);
+            *e = (*e).max(a.at);
         }
-        let (hashes, ats): (Vec<&str>, Vec<i64>) = latest.into_iter().unzip();
+        let mut caches = Vec::with_capacity(latest.len());
+        let mut hashes = Vec::with_capacity(latest.len());
+        let mut ats = Vec::with_capacity(latest.len());
+        for ((c, h), at) in latest {
+            caches.push(c);
+            hashes.push(h);
+            ats.push(at);
+        }
         self.write(|db| {
             // Rows locked in id order, as GC locks them: two servers' touches (or a touch and a
             // collection) never wait for each other in a circle.
             db.exec(
-                "SELECT p.id FROM paths p JOIN unnest($1::text[], $2::bigint[]) AS a(h, at) ON p.hash_part = a.h
+                "SELECT p.id FROM paths p
+                 JOIN unnest($1::text[], $2::text[], $3::bigint[]) AS a(c, h, at) ON p.hash_part = a.h
+                 JOIN caches c ON c.id = p.cache AND c.name = a.c
                  WHERE p.last_access < a.at ORDER BY p.id FOR NO KEY UPDATE OF p",
-                &[&hashes, &ats],
+                &[&caches, &hashes, &ats],
             )?;
             db.exec(
-                "UPDATE paths p SET last_access = a.at FROM unnest($1::text[], $2::bigint[]) AS a(h, at)
-                 WHERE p.hash_part = a.h AND p.last_access < a.at",
-                &[&hashes, &ats],
+                "UPDATE paths p SET last_access = a.at
+                 FROM unnest($1::text[], $2::text[], $3::bigint[]) AS a(c, h, at) JOIN caches c ON c.name = a.c
+                 WHERE p.cache = c.id AND p.hash_part = a.h AND p.last_access < a.at",
+                &[&caches, &hashes, &ats],
             )?;
             Ok(())
         })
@@ -928,15 +953,13 @@ impl Index for PostgresIndex {
         self.read(|db| {
             let rows = db.query(
                 "SELECT c.name, p.store_path, r.reference
-                 FROM members m
-                 JOIN caches c ON c.id = m.cache
-                 JOIN paths p ON p.id = m.path
+                 FROM paths p
+                 JOIN caches c ON c.id = p.cache
                  JOIN refs r ON r.path = p.id
                  WHERE r.reference != p.store_path AND NOT EXISTS (
-                   SELECT 1 FROM paths p2 JOIN members m2 ON m2.path = p2.id
-                   WHERE p2.store_path = r.reference AND m2.cache = m.cache)
+                   SELECT 1 FROM paths p2 WHERE p2.cache = p.cache AND p2.store_path = r.reference)
                  AND NOT EXISTS (
-                   SELECT 1 FROM upstream u WHERE u.cache = m.cache AND u.store_path = r.reference)
+                   SELECT 1 FROM upstream u WHERE u.cache = p.cache AND u.store_path = r.reference)
                  ORDER BY 1, 2, 3",
                 &[],
             )?;
@@ -944,9 +967,31 @@ impl Index for PostgresIndex {
         })
     }
 
+    fn adopted_paths(&self) -> Result<Vec<(String, String)>, IndexError> {
+        self.read(|db| {
+            let rows = db.query(
+                "SELECT c.name, p.store_path FROM paths p JOIN caches c ON c.id = p.cache
+                 WHERE p.adopted ORDER BY 1, 2",
+                &[],
+            )?;
+            rows.iter().map(|r| Ok((get(r, 0)?, get(r, 1)?))).collect()
+        })
+    }
+
+    fn mark_adopted(&self, cache: &str, store_path: &str) -> Result<(), IndexError> {
+        self.read(|db| {
+            let id = cache_id(db, cache)?;
+            db.exec(
+                "UPDATE paths SET adopted = true WHERE cache = $1 AND hash_part = $2 AND store_path = $3",
+                &[&id, &hash_part_of(store_path)?, &store_path],
+            )?;
+            Ok(())
+        })
+    }
+
     fn counts(&self) -> Result<(u64, u64), IndexError> {
         self.read(|db| {
-            let r = db.one("SELECT (SELECT count(*) FROM members), (SELECT count(*) FROM paths)", &[])?;
+            let r = db.one("SELECT count(*), count(DISTINCT hash_part) FROM paths", &[])?;
             Ok((size(get(&r, 0)?)?, size(get(&r, 1)?)?))
         })
     }
@@ -968,39 +1013,48 @@ impl Index for PostgresIndex {
     }
 }
 
-/// Which of `hash_parts` the cache holds (as a member, or declined as upstream's). With `lock`,
-/// the members found stay locked (`FOR KEY SHARE`, in path order) until the transaction ends:
-/// GC cannot remove them meanwhile.
-fn present_in<C: GenericClient>(
+/// Which of `store_paths` the cache holds (as its own path, or declined as upstream's): the
+/// whole store path must match, not only its hash part. With `lock`, the paths found stay
+/// locked (`FOR KEY SHARE`, in id order) until the transaction ends: GC cannot remove them
+/// meanwhile.
+fn present_in<C: GenericClient, S: AsRef<str>>(
     db: &mut Db<'_, C>,
     cache: i64,
-    hash_parts: &[&str],
+    store_paths: &[S],
     lock: bool,
 ) -> Result<std::collections::HashSet<String>, Fail> {
     let mut present = std::collections::HashSet::new();
-    if hash_parts.is_empty() {
+    if store_paths.is_empty() {
         return Ok(present);
     }
-    let members = if lock {
-        "SELECT p.hash_part FROM members m JOIN paths p ON p.id = m.path
-         WHERE m.cache = $1 AND p.hash_part = ANY($2) ORDER BY m.path FOR KEY SHARE OF m"
+    let paths: Vec<&str> = store_paths.iter().map(AsRef::as_ref).collect();
+    let parts = paths.iter().map(|p| hash_part_of(p)).collect::<Result<Vec<&str>, _>>()?;
+    let own = if lock {
+        "SELECT p.store_path FROM paths p JOIN unnest($2::text[], $3::text[]) AS w(h, sp)
+           ON p.hash_part = w.h AND p.store_path = w.sp
+         WHERE p.cache = $1 ORDER BY p.id FOR KEY SHARE OF p"
     } else {
-        "SELECT p.hash_part FROM members m JOIN paths p ON p.id = m.path WHERE m.cache = $1 AND p.hash_part = ANY($2)"
+        "SELECT p.store_path FROM paths p JOIN unnest($2::text[], $3::text[]) AS w(h, sp)
+           ON p.hash_part = w.h AND p.store_path = w.sp
+         WHERE p.cache = $1"
     };
-    for r in db.query(members, &[&cache, &hash_parts])? {
+    for r in db.query(own, &[&cache, &parts, &paths])? {
         present.insert(get(&r, 0)?);
     }
-    for r in
-        db.query("SELECT hash_part FROM upstream WHERE cache = $1 AND hash_part = ANY($2)", &[&cache, &hash_parts])?
-    {
+    for r in db.query(
+        "SELECT u.store_path FROM upstream u JOIN unnest($2::text[], $3::text[]) AS w(h, sp)
+           ON u.hash_part = w.h AND u.store_path = w.sp
+         WHERE u.cache = $1",
+        &[&cache, &parts, &paths],
+    )? {
         present.insert(get(&r, 0)?);
     }
     Ok(present)
 }
 
 /// [`Index::add_path`]'s transaction. Its checks and errors come in SQLite's order; its locks in
-/// the order every transaction takes them: the upload, the references' members, the path, the
-/// NAR.
+/// the order every transaction takes them: the upload, the cache's paths (the references, and
+/// the path itself when the cache holds it), the NAR.
 fn add_path_tx(
     db: &mut Db<'_, postgres::Transaction<'_>>,
     cache: &str,
@@ -1011,94 +1065,80 @@ fn add_path_tx(
     let cache_id = cache_id(db, cache)?;
     let n = &p.nar;
     // Deleted first (it goes anyway): an expiry of the upload waits for this transaction, or
-    // this one finds it gone.
+    // this one finds it gone. Only an upload of this very NAR to this cache counts.
     let uploaded = match upload {
-        Some(url) => db.exec("DELETE FROM uploads WHERE cache = $1 AND url = $2", &[&cache_id, &url])? > 0,
+        Some(url) => {
+            db.exec(
+                "DELETE FROM uploads WHERE cache = $1 AND url = $2 AND nar_hash = $3",
+                &[&cache_id, &url, &&n.nar_hash[..]],
+            )? > 0
+        }
         None => false,
     };
+    // The per-cache rule (see SQLite's): uploaded to this cache, or used by its own paths.
+    let own_nar = uploaded
+        || db
+            .opt(
+                "SELECT 1 FROM paths WHERE nar_hash = $1 AND cache = $2 AND NOT adopted LIMIT 1",
+                &[&&n.nar_hash[..], &cache_id],
+            )?
+            .is_some();
+    if !own_nar {
+        return Err(IndexError::NarGone(p.store_path.clone()).into());
+    }
     let others: Vec<&String> = p.references.iter().filter(|r| **r != p.store_path).collect();
-    let ref_parts = others.iter().map(|r| hash_part_of(r)).collect::<Result<Vec<&str>, _>>();
-    let hash_part = hash_part_of(&p.store_path);
-    // The references' members, and the path's own when the cache holds it already: a
-    // collection removing it waits for this transaction (else this would wait for the
-    // collection's removal of the member while the collection waits for the path's lock).
-    let present = match &ref_parts {
-        Ok(parts) => {
-            let mut locked = parts.clone();
-            locked.extend(hash_part.as_ref().ok().copied());
-            Some(present_in(db, cache_id, &locked, true)?)
-        }
-        Err(_) => None,
-    };
-    let existing = match hash_part {
-        Ok(h) => match db.opt("SELECT id FROM paths WHERE hash_part = $1 FOR KEY SHARE", &[&h])? {
-            Some(r) => Some(get::<i64>(&r, 0)?),
-            None => None,
-        },
-        Err(_) => None,
-    };
-    // Locked: GC cannot forget the NAR between this check and the commit.
+    // The references, and the path's own row when the cache holds it already: a collection
+    // removing one waits for this transaction.
+    let mut locked: Vec<&str> = others.iter().map(|r| r.as_str()).collect();
+    locked.push(&p.store_path);
+    let present = present_in(db, cache_id, &locked, true)?;
+    let hash_part = hash_part_of(&p.store_path)?;
+    // Locked: GC cannot forget the NAR between this check and the commit. Without an upload,
+    // the path that made it the cache's own may have gone with it meanwhile.
     let known_nar = db.opt("SELECT 1 FROM nars WHERE nar_hash = $1 FOR KEY SHARE", &[&&n.nar_hash[..]])?.is_some();
     if !known_nar && !uploaded {
         return Err(IndexError::NarGone(p.store_path.clone()).into());
     }
-    let (parts, present) = (ref_parts?, present.unwrap_or_default());
-    let missing: Vec<String> =
-        others.iter().zip(&parts).filter(|(_, h)| !present.contains(**h)).map(|(r, _)| (*r).clone()).collect();
+    let missing: Vec<String> = others.iter().filter(|r| !present.contains(r.as_str())).map(|r| (*r).clone()).collect();
     if !missing.is_empty() {
         return Err(IndexError::MissingReferences { path: p.store_path.clone(), missing }.into());
     }
+    let existing = if present.contains(&p.store_path) {
+        db.opt("SELECT id, adopted FROM paths WHERE cache = $1 AND hash_part = $2", &[&cache_id, &hash_part])?
+            .map(|r| Ok::<_, Fail>((get::<i64>(&r, 0)?, get::<bool>(&r, 1)?)))
+            .transpose()?
+    } else {
+        None
+    };
+    let added = match existing {
+        Some((_, false)) => return Ok(Added::Present),
+        Some((id, true)) => {
+            // The totals trigger takes the adopted row off.
+            db.exec("DELETE FROM paths WHERE id = $1", &[&id])?;
+            Added::Replaced
+        }
+        None => Added::New,
+    };
     let (nar_size, file_size) = (i64_of(n.nar_size)?, i64_of(n.file_size)?);
     db.exec(
         "INSERT INTO nars (nar_hash, nar_size, file_hash, file_size, compression, stored_at)
          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (nar_hash) DO NOTHING",
         &[&&n.nar_hash[..], &nar_size, &&n.file_hash[..], &file_size, &n.compression, &now],
     )?;
-    let hash_part = hash_part?;
-    let (path_id, new) = match existing {
-        Some(id) => (id, false),
-        None => insert_path(db, hash_part, p, now)?,
-    };
-    let joined = db.exec(
-        "INSERT INTO members (cache, path, added_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-        &[&cache_id, &path_id, &now],
+    // Two servers adding the same path to one cache: the second waits for the first's commit
+    // and then finds its row (the first upload stays, as in SQLite).
+    let inserted = db.opt(
+        "INSERT INTO paths (cache, hash_part, store_path, nar_hash, deriver, ca, sigs, added_at, last_access)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) ON CONFLICT (cache, hash_part) DO NOTHING RETURNING id",
+        &[&cache_id, &hash_part, &p.store_path, &&n.nar_hash[..], &p.deriver, &p.ca, &p.sigs.join(" "), &now],
     )?;
-    Ok(match (new, joined) {
-        (true, _) => Added::New,
-        (false, 1) => Added::Joined,
-        _ => Added::Present,
-    })
-}
-
-/// Inserts the path with its references, unless another server just did: then its id (and
-/// the path keeps that server's NAR and references, as it would in SQLite).
-fn insert_path(
-    db: &mut Db<'_, postgres::Transaction<'_>>,
-    hash_part: &str,
-    p: &PathRecord,
-    now: i64,
-) -> Result<(i64, bool), Fail> {
-    for _ in 0..3 {
-        let inserted = db.opt(
-            "INSERT INTO paths (hash_part, store_path, nar_hash, deriver, ca, sigs, uploaded_at, last_access)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (hash_part) DO NOTHING RETURNING id",
-            &[&hash_part, &p.store_path, &&p.nar.nar_hash[..], &p.deriver, &p.ca, &p.sigs.join(" "), &now],
-        )?;
-        if let Some(r) = inserted {
-            let id: i64 = get(&r, 0)?;
-            db.exec(
-                "INSERT INTO refs (path, reference) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING",
-                &[&id, &p.references],
-            )?;
-            return Ok((id, true));
-        }
-        // The conflict waited for the other inserter's commit: its row is there (unless a
-        // collection took it since, then this inserts again).
-        if let Some(r) = db.opt("SELECT id FROM paths WHERE hash_part = $1 FOR KEY SHARE", &[&hash_part])? {
-            return Ok((get(&r, 0)?, false));
-        }
-    }
-    Err(IndexError::Db(format!("{}: inserted and removed concurrently again and again", p.store_path)).into())
+    let Some(r) = inserted else { return Ok(Added::Present) };
+    let id: i64 = get(&r, 0)?;
+    db.exec(
+        "INSERT INTO refs (path, reference) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING",
+        &[&id, &p.references],
+    )?;
+    Ok(added)
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! Same answers as SQLite's, in the same orders: the text they sort by is `COLLATE "C"`.
 
 use super::history::{History, HourRow, StoredRun};
-use super::postgres::{get, PostgresIndex};
+use super::postgres::{get, PostgresIndex, LOCK_LANES};
 use super::retention::Usage;
 use super::sqlite::size;
 use super::sqlite_history::count;
@@ -93,12 +93,41 @@ impl History for PostgresIndex {
         })
     }
 
-    fn canary_runs(&self, lane: &str, limit: usize) -> Result<Vec<StoredRun>, IndexError> {
+    fn publish_canary_run(&self, run: &StoredRun, max_lanes: usize, keep: usize) -> Result<(), IndexError> {
+        self.write(|db| {
+            // One publisher at a time decides on a new lane: two servers cannot both take the
+            // last one.
+            db.exec("SELECT pg_advisory_xact_lock($1, $2)", &[&super::postgres::LOCK_CLASS, &LOCK_LANES])?;
+            let known = db.opt("SELECT 1 FROM canary_runs WHERE lane = $1 LIMIT 1", &[&run.lane])?.is_some();
+            if !known {
+                let lanes: i64 = get(&db.one("SELECT count(DISTINCT lane) FROM canary_runs", &[])?, 0)?;
+                if lanes >= count(max_lanes) {
+                    return Err(IndexError::TooManyLanes(max_lanes).into());
+                }
+            }
+            db.exec(
+                "INSERT INTO canary_runs (lane, run_id, started_at, status, received_at, record)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (lane, run_id) DO UPDATE SET started_at = excluded.started_at,
+                   status = excluded.status, received_at = excluded.received_at, record = excluded.record",
+                &[&run.lane, &run.run_id, &run.started_at, &run.status, &run.received_at, &run.record],
+            )?;
+            db.exec(
+                "DELETE FROM canary_runs WHERE lane = $1 AND run_id IN (
+                   SELECT run_id FROM canary_runs WHERE lane = $1
+                   ORDER BY started_at DESC, received_at DESC, run_id DESC OFFSET $2)",
+                &[&run.lane, &count(keep.max(1))],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn canary_runs(&self, lane: &str, offset: usize, limit: usize) -> Result<Vec<StoredRun>, IndexError> {
         self.read(|db| {
             let rows = db.query(
                 "SELECT lane, run_id, started_at, status, received_at, record FROM canary_runs WHERE lane = $1
-                 ORDER BY started_at DESC, received_at DESC, run_id DESC LIMIT $2",
-                &[&lane, &count(limit)],
+                 ORDER BY started_at DESC, received_at DESC, run_id DESC LIMIT $2 OFFSET $3",
+                &[&lane, &count(limit), &count(offset)],
             )?;
             rows.iter().map(to_run).collect()
         })

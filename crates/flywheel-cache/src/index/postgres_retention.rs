@@ -24,9 +24,9 @@ impl Retention for PostgresIndex {
         self.once(true, |db| {
             let id = cache_id(db, cache)?;
             db.stream(
-                "SELECT p.id, p.hash_part, n.file_size, p.last_access, m.added_at
-                 FROM members m JOIN paths p ON p.id = m.path JOIN nars n ON n.nar_hash = p.nar_hash
-                 WHERE m.cache = $1 ORDER BY m.path",
+                "SELECT p.id, p.hash_part, n.file_size, p.last_access, p.added_at
+                 FROM paths p JOIN nars n ON n.nar_hash = p.nar_hash
+                 WHERE p.cache = $1 ORDER BY p.id",
                 &[&id],
                 |r| {
                     let hash: &str = get(r, 1)?;
@@ -43,7 +43,7 @@ impl Retention for PostgresIndex {
                 },
             )?;
             db.stream(
-                "SELECT r.path, r.reference FROM members m JOIN refs r ON r.path = m.path WHERE m.cache = $1
+                "SELECT r.path, r.reference FROM paths p JOIN refs r ON r.path = p.id WHERE p.cache = $1
                  ORDER BY r.path, r.reference",
                 &[&id],
                 |r| {
@@ -79,15 +79,16 @@ impl Retention for PostgresIndex {
                 store_path: String,
                 hash_part: String,
                 file_size: i64,
+                nar_hash: Vec<u8>,
             }
-            // The members that may go, locked: until this commits, no push can start referring
-            // to one of them, no pin can name one (both lock the member first), and any that
-            // was doing so has committed and is seen below.
+            // The cache's paths that may go, locked: until this commits, no push can start
+            // referring to one of them, no pin can name one (both lock the path first), and any
+            // that was doing so has committed and is seen below.
             let mut candidates: HashMap<i64, Candidate> = HashMap::new();
             for r in db.query(
-                "SELECT m.path, m.added_at, p.last_access, p.store_path, p.hash_part, n.file_size
-                 FROM members m JOIN paths p ON p.id = m.path JOIN nars n ON n.nar_hash = p.nar_hash
-                 WHERE m.cache = $1 AND m.path = ANY($2) ORDER BY m.path FOR UPDATE OF m",
+                "SELECT p.id, p.added_at, p.last_access, p.store_path, p.hash_part, n.file_size, p.nar_hash
+                 FROM paths p JOIN nars n ON n.nar_hash = p.nar_hash
+                 WHERE p.cache = $1 AND p.id = ANY($2) ORDER BY p.id FOR UPDATE OF p",
                 &[&cache_id, &ids],
             )? {
                 candidates.insert(
@@ -98,6 +99,7 @@ impl Retention for PostgresIndex {
                         store_path: get(&r, 3)?,
                         hash_part: get(&r, 4)?,
                         file_size: get(&r, 5)?,
+                        nar_hash: get(&r, 6)?,
                     },
                 );
             }
@@ -109,16 +111,16 @@ impl Retention for PostgresIndex {
             )? {
                 pinned.insert(get(&r, 0)?);
             }
-            // Every member of the cache that refers to a candidate: (referenced, referrer).
+            // Every path of the cache that refers to a candidate: (referenced, referrer).
             let mut referrers: HashMap<String, Vec<i64>> = HashMap::new();
             for r in db.query(
-                "SELECT r.reference, r.path FROM refs r JOIN members m ON m.path = r.path AND m.cache = $1
+                "SELECT r.reference, r.path FROM refs r JOIN paths p ON p.id = r.path AND p.cache = $1
                  WHERE r.reference = ANY($2)",
                 &[&cache_id, &store_paths],
             )? {
                 referrers.entry(get(&r, 0)?).or_default().push(get(&r, 1)?);
             }
-            // In the order given, as SQLite decides one by one: a path goes unless a member
+            // In the order given, as SQLite decides one by one: a path goes unless a path
             // still refers to it (one not removed before it here), a pin names it, or the
             // guard says it is new or in use.
             let mut gone: HashSet<i64> = HashSet::new();
@@ -133,7 +135,7 @@ impl Retention for PostgresIndex {
                 };
                 if c.added_at > guard.added_before
                     || c.last_access > guard.accessed_before
-                    || (guard.in_use)(&c.hash_part)
+                    || (guard.in_use)(cache, &c.hash_part)
                     || referred()
                     || pinned.contains(&c.store_path)
                 {
@@ -145,24 +147,15 @@ impl Retention for PostgresIndex {
             if order.is_empty() {
                 return Ok(Vec::new());
             }
-            db.exec("DELETE FROM members WHERE cache = $1 AND path = ANY($2)", &[&cache_id, &order])?;
+            db.exec("DELETE FROM paths WHERE cache = $1 AND id = ANY($2)", &[&cache_id, &order])?;
             let listings: Vec<String> = order.iter().map(|id| format!("{}.ls", candidates[id].hash_part)).collect();
             db.exec("DELETE FROM files WHERE cache = $1 AND name = ANY($2)", &[&cache_id, &listings])?;
-            // Paths no cache holds any more. Locked first, then checked in a statement of its
-            // own (a fresh snapshot): a push joining one of them to another cache has either
-            // committed (and its membership is seen) or waits, and then finds it gone.
-            let mut sorted = order.clone();
-            sorted.sort_unstable();
-            db.exec("SELECT id FROM paths WHERE id = ANY($1) ORDER BY id FOR UPDATE", &[&sorted])?;
-            let mut forgotten: HashMap<i64, Vec<u8>> = HashMap::new();
-            for r in db.query(
-                "DELETE FROM paths p WHERE p.id = ANY($1) AND NOT EXISTS (SELECT 1 FROM members m WHERE m.path = p.id)
-                 RETURNING p.id, p.nar_hash",
-                &[&sorted],
-            )? {
-                forgotten.insert(get(&r, 0)?, get(&r, 1)?);
-            }
-            // Their NARs, unless a path still uses one: locked, then checked, the same way.
+            let forgotten: HashMap<i64, Vec<u8>> =
+                order.iter().map(|id| (*id, candidates[id].nar_hash.clone())).collect();
+            // Their NARs, unless a path of any cache still uses one (they share the bytes):
+            // locked first, then checked in a statement of its own (a fresh snapshot), so a push
+            // adding a path with one of them has either committed (and is seen) or waits, and
+            // then finds the NAR gone.
             let mut nars: Vec<&[u8]> = forgotten.values().map(Vec::as_slice).collect();
             nars.sort_unstable();
             nars.dedup();
@@ -267,10 +260,9 @@ impl Retention for PostgresIndex {
         let (keep_revisions, keep_days) = (keep_revisions.map(i64::from), keep_days.map(i64::from));
         self.write(|db| {
             let id = cache_id(db, cache)?;
-            // The member locked: GC cannot remove the path before this pin is committed.
+            // The path locked: GC cannot remove it before this pin is committed.
             let path = db.opt(
-                "SELECT p.id FROM paths p JOIN members m ON m.path = p.id
-                 WHERE m.cache = $1 AND p.hash_part = $2 AND p.store_path = $3 FOR KEY SHARE OF m",
+                "SELECT id FROM paths WHERE cache = $1 AND hash_part = $2 AND store_path = $3 FOR KEY SHARE",
                 &[&id, &hash_part_of(store_path)?, &store_path],
             )?;
             let Some(path) = path else {
@@ -490,8 +482,8 @@ impl Retention for PostgresIndex {
             let id = cache_id(db, cache)?;
             let mut out = vec![Usage::default(); bounds.len() + 1];
             db.stream(
-                "SELECT p.last_access, n.file_size FROM members m JOIN paths p ON p.id = m.path
-                 JOIN nars n ON n.nar_hash = p.nar_hash WHERE m.cache = $1",
+                "SELECT p.last_access, n.file_size FROM paths p
+                 JOIN nars n ON n.nar_hash = p.nar_hash WHERE p.cache = $1",
                 &[&id],
                 |r| {
                     let (at, bytes): (i64, i64) = (get(r, 0)?, get(r, 1)?);

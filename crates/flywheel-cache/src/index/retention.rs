@@ -57,8 +57,8 @@ pub struct DeleteGuard<'a> {
     pub added_before: i64,
     /// A path read (narinfo) after this was in use after the snapshot.
     pub accessed_before: i64,
-    /// Accesses the index has not seen yet (a server's unflushed ones), by hash part.
-    pub in_use: &'a (dyn Fn(&str) -> bool + Sync),
+    /// Accesses the index has not seen yet (a server's unflushed ones), by cache and hash part.
+    pub in_use: &'a (dyn Fn(&str, &str) -> bool + Sync),
 }
 
 /// A path GC removed from a cache.

@@ -9,7 +9,8 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
-    Added, CacheRecord, Index, IndexError, NarRecord, PathRecord, Removals, Scope, StoredFile, TokenRecord, Visibility,
+    Access, Added, CacheRecord, Index, IndexError, NarRecord, PathRecord, Removals, Scope, StoredFile, TokenRecord,
+    Visibility,
 };
 
 /// The migrations, in order; migration N brings the schema to version N+1.
@@ -216,6 +217,60 @@ pub(super) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (lane, run_id)
     ) WITHOUT ROWID;
     CREATE INDEX canary_runs_started ON canary_runs(lane, started_at);
+    ",
+    // 6: each cache's paths are its own (docs/security.md). Until now a store path had one row
+    // for the whole server and caches held it through `members`: a cache that pushed a path
+    // another cache already held got the other's NarHash, references and signatures, and
+    // served them signed with its own key. Now a row is (cache, store path) with what was
+    // uploaded to that cache; NARs are still stored once by NarHash, but a cache's row may
+    // name a NAR only when it was uploaded to that cache (`add_path_tx` checks it).
+    //
+    // Every membership becomes a row of its own with its path's data. A membership that joined
+    // a path another cache held first got that cache's content, not its own upload: it is kept
+    // (nothing a client sees changes) but marked `adopted`, `flywheel cache verify` lists it,
+    // and the cache's next upload of the path replaces it. The totals count rows from here on.
+    "
+    CREATE TABLE paths_6 (
+        id          INTEGER PRIMARY KEY,
+        cache       INTEGER NOT NULL REFERENCES caches(id) ON DELETE CASCADE,
+        hash_part   TEXT NOT NULL,
+        store_path  TEXT NOT NULL,
+        nar_hash    BLOB NOT NULL REFERENCES nars(nar_hash),
+        deriver     TEXT,
+        ca          TEXT,
+        sigs        TEXT NOT NULL,
+        added_at    INTEGER NOT NULL,
+        last_access INTEGER NOT NULL,
+        adopted     INTEGER NOT NULL DEFAULT 0 CHECK (adopted IN (0, 1)),
+        UNIQUE (cache, hash_part)
+    );
+    INSERT INTO paths_6 (cache, hash_part, store_path, nar_hash, deriver, ca, sigs, added_at, last_access, adopted)
+        SELECT m.cache, p.hash_part, p.store_path, p.nar_hash, p.deriver, p.ca, p.sigs, m.added_at, p.last_access,
+               EXISTS (SELECT 1 FROM members o WHERE o.path = m.path
+                       AND (o.added_at < m.added_at OR (o.added_at = m.added_at AND o.cache < m.cache)))
+        FROM members m JOIN paths p ON p.id = m.path
+        ORDER BY m.cache, p.hash_part;
+    CREATE TABLE refs_6 (
+        path        INTEGER NOT NULL REFERENCES paths_6(id) ON DELETE CASCADE,
+        reference   TEXT NOT NULL,
+        PRIMARY KEY (path, reference)
+    ) WITHOUT ROWID;
+    INSERT INTO refs_6 (path, reference)
+        SELECT n.id, r.reference FROM paths_6 n JOIN paths p ON p.hash_part = n.hash_part JOIN refs r ON r.path = p.id;
+    DROP TRIGGER members_counted;
+    DROP TABLE members;
+    DROP TABLE refs;
+    DROP TABLE paths;
+    ALTER TABLE paths_6 RENAME TO paths;
+    ALTER TABLE refs_6 RENAME TO refs;
+    CREATE INDEX paths_nar ON paths(nar_hash, cache);
+    CREATE INDEX paths_last_access ON paths(last_access);
+    CREATE INDEX refs_reference ON refs(reference);
+    CREATE TRIGGER paths_counted AFTER INSERT ON paths BEGIN
+        INSERT INTO cache_totals (cache, paths, bytes)
+            SELECT NEW.cache, 1, n.file_size FROM nars n WHERE n.nar_hash = NEW.nar_hash
+        ON CONFLICT (cache) DO UPDATE SET paths = paths + 1, bytes = bytes + excluded.bytes;
+    END;
     ",
 ];
 
@@ -527,7 +582,7 @@ impl Index for SqliteIndex {
     fn missing(&self, cache: &str, store_paths: &[String]) -> Result<Vec<String>, IndexError> {
         self.with(|conn| {
             let id = cache_id(conn, cache)?;
-            Self::missing_in(conn, id, store_paths)
+            Self::missing_in(conn, id, store_paths, false)
         })
     }
 
@@ -608,8 +663,7 @@ impl Index for SqliteIndex {
                     "SELECT p.id, p.store_path, p.deriver, p.ca, p.sigs,
                             n.nar_hash, n.nar_size, n.file_hash, n.file_size, n.compression
                      FROM paths p
-                     JOIN members m ON m.path = p.id
-                     JOIN caches c ON c.id = m.cache
+                     JOIN caches c ON c.id = p.cache
                      JOIN nars n ON n.nar_hash = p.nar_hash
                      WHERE c.name = ?1 AND p.hash_part = ?2",
                     params![cache, hash_part],
@@ -684,7 +738,7 @@ impl Index for SqliteIndex {
                     "SELECT n.nar_hash, n.nar_size, n.file_hash, n.file_size, n.compression, n.stored_at
                      FROM nars n
                      WHERE n.nar_hash = ?2 AND EXISTS (
-                       SELECT 1 FROM paths p JOIN members m ON m.path = p.id JOIN caches c ON c.id = m.cache
+                       SELECT 1 FROM paths p JOIN caches c ON c.id = p.cache
                        WHERE p.nar_hash = n.nar_hash AND c.name = ?1)",
                     params![cache, &nar_hash[..]],
                     |r| Ok((nar_row(r, 0)?, r.get::<_, i64>(5)?)),
@@ -695,15 +749,18 @@ impl Index for SqliteIndex {
         })
     }
 
-    fn touch(&self, accesses: &[(String, i64)]) -> Result<(), IndexError> {
+    fn touch(&self, accesses: &[Access]) -> Result<(), IndexError> {
         self.with(|conn| {
             let tx = write_tx(conn)?;
             {
                 let mut stmt = tx
-                    .prepare_cached("UPDATE paths SET last_access = ?2 WHERE hash_part = ?1 AND last_access < ?2")
+                    .prepare_cached(
+                        "UPDATE paths SET last_access = ?3
+                         WHERE cache = (SELECT id FROM caches WHERE name = ?1) AND hash_part = ?2 AND last_access < ?3",
+                    )
                     .map_err(db)?;
-                for (hash_part, at) in accesses {
-                    stmt.execute(params![hash_part, at]).map_err(db)?;
+                for a in accesses {
+                    stmt.execute(params![a.cache, a.hash_part, a.at]).map_err(db)?;
                 }
             }
             tx.commit().map_err(db)
@@ -733,15 +790,13 @@ impl Index for SqliteIndex {
             let mut stmt = conn
                 .prepare(
                     "SELECT c.name, p.store_path, r.reference
-                     FROM members m
-                     JOIN caches c ON c.id = m.cache
-                     JOIN paths p ON p.id = m.path
+                     FROM paths p
+                     JOIN caches c ON c.id = p.cache
                      JOIN refs r ON r.path = p.id
                      WHERE r.reference != p.store_path AND NOT EXISTS (
-                       SELECT 1 FROM paths p2 JOIN members m2 ON m2.path = p2.id
-                       WHERE p2.store_path = r.reference AND m2.cache = m.cache)
+                       SELECT 1 FROM paths p2 WHERE p2.cache = p.cache AND p2.store_path = r.reference)
                      AND NOT EXISTS (
-                       SELECT 1 FROM upstream u WHERE u.cache = m.cache AND u.store_path = r.reference)
+                       SELECT 1 FROM upstream u WHERE u.cache = p.cache AND u.store_path = r.reference)
                      ORDER BY 1, 2, 3",
                 )
                 .map_err(db)?;
@@ -750,11 +805,37 @@ impl Index for SqliteIndex {
         })
     }
 
+    fn adopted_paths(&self) -> Result<Vec<(String, String)>, IndexError> {
+        self.with(|conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT c.name, p.store_path FROM paths p JOIN caches c ON c.id = p.cache
+                     WHERE p.adopted = 1 ORDER BY 1, 2",
+                )
+                .map_err(db)?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(db)?;
+            rows.collect::<Result<_, _>>().map_err(db)
+        })
+    }
+
+    fn mark_adopted(&self, cache: &str, store_path: &str) -> Result<(), IndexError> {
+        self.with(|conn| {
+            let id = cache_id(conn, cache)?;
+            conn.execute(
+                "UPDATE paths SET adopted = 1 WHERE cache = ?1 AND hash_part = ?2 AND store_path = ?3",
+                params![id, hash_part_of(store_path)?, store_path],
+            )
+            .map_err(db)?;
+            Ok(())
+        })
+    }
+
     fn counts(&self) -> Result<(u64, u64), IndexError> {
         self.with(|conn| {
-            let members: i64 = conn.query_row("SELECT count(*) FROM members", [], |r| r.get(0)).map_err(db)?;
-            let paths: i64 = conn.query_row("SELECT count(*) FROM paths", [], |r| r.get(0)).map_err(db)?;
-            Ok((size(members)?, size(paths)?))
+            let held: i64 = conn.query_row("SELECT count(*) FROM paths", [], |r| r.get(0)).map_err(db)?;
+            let distinct: i64 =
+                conn.query_row("SELECT count(DISTINCT hash_part) FROM paths", [], |r| r.get(0)).map_err(db)?;
+            Ok((size(held)?, size(distinct)?))
         })
     }
 
@@ -801,16 +882,25 @@ impl Index for SqliteIndex {
 }
 
 impl SqliteIndex {
-    fn missing_in(conn: &Connection, cache_id: i64, store_paths: &[String]) -> Result<Vec<String>, IndexError> {
+    /// Which of `store_paths` the cache holds neither as its own path nor as declined
+    /// upstream's: the whole store path must match, not only its hash part. With `adopted`
+    /// false, an adopted row counts as missing (a client asked what to send sends it, and its
+    /// upload replaces the row); closure checks count it as present.
+    fn missing_in(
+        conn: &Connection,
+        cache_id: i64,
+        store_paths: &[String],
+        adopted: bool,
+    ) -> Result<Vec<String>, IndexError> {
         let mut stmt = conn
             .prepare_cached(
-                "SELECT 1 FROM paths p JOIN members m ON m.path = p.id WHERE m.cache = ?1 AND p.hash_part = ?2
-                 UNION ALL SELECT 1 FROM upstream u WHERE u.cache = ?1 AND u.hash_part = ?2",
+                "SELECT 1 FROM paths WHERE cache = ?1 AND hash_part = ?2 AND store_path = ?3 AND adopted <= ?4
+                 UNION ALL SELECT 1 FROM upstream WHERE cache = ?1 AND hash_part = ?2 AND store_path = ?3",
             )
             .map_err(db)?;
         let mut out = Vec::new();
         for sp in store_paths {
-            if !stmt.exists(params![cache_id, hash_part_of(sp)?]).map_err(db)? {
+            if !stmt.exists(params![cache_id, hash_part_of(sp)?, sp, adopted]).map_err(db)? {
                 out.push(sp.clone());
             }
         }
@@ -827,78 +917,105 @@ impl SqliteIndex {
         let tx = write_tx(conn)?;
         let cache_id = cache_id(&tx, cache)?;
         let n = &p.nar;
-        // Checked in the transaction that adds the path, so a concurrent GC cannot take a
-        // reference or the NAR away between the check and the insert.
-        let known_nar = tx
-            .prepare_cached("SELECT 1 FROM nars WHERE nar_hash = ?1")
-            .and_then(|mut s| s.exists([&n.nar_hash[..]]))
-            .map_err(db)?;
+        // The per-cache rule: the NAR was uploaded to this cache (the upload is still
+        // recorded), or a path of this cache already uses it. That another cache holds it is
+        // no reason: naming a NarHash proves nothing. Checked in the transaction that adds the
+        // path, so a concurrent GC cannot take the NAR away between the check and the insert.
         let uploaded = match upload {
             Some(url) => tx
-                .prepare_cached("SELECT 1 FROM uploads WHERE cache = ?1 AND url = ?2")
-                .and_then(|mut s| s.exists(params![cache_id, url]))
+                .prepare_cached("SELECT 1 FROM uploads WHERE cache = ?1 AND url = ?2 AND nar_hash = ?3")
+                .and_then(|mut s| s.exists(params![cache_id, url, &n.nar_hash[..]]))
                 .map_err(db)?,
             None => false,
         };
-        if !known_nar && !uploaded {
+        let own_nar = uploaded
+            || tx
+                .prepare_cached("SELECT 1 FROM paths WHERE nar_hash = ?1 AND cache = ?2 AND adopted = 0")
+                .and_then(|mut s| s.exists(params![&n.nar_hash[..], cache_id]))
+                .map_err(db)?;
+        if !own_nar {
             return Err(IndexError::NarGone(p.store_path.clone()));
         }
         let others: Vec<String> = p.references.iter().filter(|r| **r != p.store_path).cloned().collect();
-        let missing = Self::missing_in(&tx, cache_id, &others)?;
+        let missing = Self::missing_in(&tx, cache_id, &others, true)?;
         if !missing.is_empty() {
             return Err(IndexError::MissingReferences { path: p.store_path.clone(), missing });
         }
-        tx.execute(
-            "INSERT INTO nars (nar_hash, nar_size, file_hash, file_size, compression, stored_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (nar_hash) DO NOTHING",
-            params![&n.nar_hash[..], i64_of(n.nar_size)?, &n.file_hash[..], i64_of(n.file_size)?, n.compression, now],
-        )
-        .map_err(db)?;
         let hash_part = hash_part_of(&p.store_path)?;
-        let existing: Option<i64> = tx
-            .query_row("SELECT id FROM paths WHERE hash_part = ?1", [hash_part], |r| r.get(0))
+        let existing: Option<(i64, bool, i64)> = tx
+            .prepare_cached(
+                "SELECT p.id, p.adopted, n.file_size FROM paths p JOIN nars n ON n.nar_hash = p.nar_hash
+                 WHERE p.cache = ?1 AND p.hash_part = ?2",
+            )
+            .and_then(|mut s| s.query_row(params![cache_id, hash_part], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))))
             .optional()
             .map_err(db)?;
-        let (path_id, new) = match existing {
-            Some(id) => (id, false),
-            None => {
+        let added = match existing {
+            // The cache's own upload of a path it holds: the first stays, as a store path's
+            // contents never change (a rebuild that differs is the same path to Nix).
+            Some((_, false, _)) => Added::Present,
+            // Adopted from another cache before the per-cache rule: the cache's own upload wins.
+            Some((id, true, file_size)) => {
+                tx.execute("DELETE FROM paths WHERE id = ?1", [id]).map_err(db)?;
                 tx.execute(
-                    "INSERT INTO paths (hash_part, store_path, nar_hash, deriver, ca, sigs, uploaded_at, last_access)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
-                    params![hash_part, p.store_path, &n.nar_hash[..], p.deriver, p.ca, p.sigs.join(" "), now],
+                    "UPDATE cache_totals SET paths = paths - 1, bytes = bytes - ?2 WHERE cache = ?1",
+                    params![cache_id, file_size],
                 )
                 .map_err(db)?;
-                let id = tx.last_insert_rowid();
-                let mut stmt =
-                    tx.prepare_cached("INSERT OR IGNORE INTO refs (path, reference) VALUES (?1, ?2)").map_err(db)?;
-                for r in &p.references {
-                    stmt.execute(params![id, r]).map_err(db)?;
-                }
-                (id, true)
+                Added::Replaced
             }
+            None => Added::New,
         };
-        let joined = tx
-            .execute(
-                "INSERT INTO members (cache, path, added_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-                params![cache_id, path_id, now],
+        if added != Added::Present {
+            tx.execute(
+                "INSERT INTO nars (nar_hash, nar_size, file_hash, file_size, compression, stored_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (nar_hash) DO NOTHING",
+                params![
+                    &n.nar_hash[..],
+                    i64_of(n.nar_size)?,
+                    &n.file_hash[..],
+                    i64_of(n.file_size)?,
+                    n.compression,
+                    now
+                ],
             )
             .map_err(db)?;
+            tx.prepare_cached(
+                "INSERT INTO paths (cache, hash_part, store_path, nar_hash, deriver, ca, sigs, added_at, last_access)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    cache_id,
+                    hash_part,
+                    p.store_path,
+                    &n.nar_hash[..],
+                    p.deriver,
+                    p.ca,
+                    p.sigs.join(" "),
+                    now
+                ])
+            })
+            .map_err(db)?;
+            let id = tx.last_insert_rowid();
+            let mut stmt =
+                tx.prepare_cached("INSERT OR IGNORE INTO refs (path, reference) VALUES (?1, ?2)").map_err(db)?;
+            for r in &p.references {
+                stmt.execute(params![id, r]).map_err(db)?;
+            }
+        }
         if let Some(url) = upload {
             tx.execute("DELETE FROM uploads WHERE cache = ?1 AND url = ?2", params![cache_id, url]).map_err(db)?;
         }
         tx.commit().map_err(db)?;
-        Ok(match (new, joined) {
-            (true, _) => Added::New,
-            (false, 1) => Added::Joined,
-            _ => Added::Present,
-        })
+        Ok(added)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::{test_cache as cache, Retention};
+    use crate::index::{test_cache as cache, History, Retention};
 
     #[test]
     fn caches_and_tokens_round_trip_and_survive_reopening() {
@@ -980,6 +1097,78 @@ mod tests {
         assert!(next.complete);
         assert_eq!(next.paths.len(), 1);
         assert!(!idx.removed_since(Some(0)).expect("read").complete, "rows before the trim are gone");
+    }
+
+    #[test]
+    fn schema_6_gives_each_cache_its_own_paths_and_marks_the_adopted_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("index.db");
+        let (a, b) = (format!("/nix/store/{}-a", "a".repeat(32)), format!("/nix/store/{}-b", "b".repeat(32)));
+        {
+            // As flywheel before migration 6 made it: one row per store path, caches holding
+            // them through memberships. main pushed a (t=1) and other joined it (t=5); other
+            // pushed b (t=2, referring to a) and main joined it (t=3).
+            let mut conn = Connection::open(&file).expect("open");
+            conn.pragma_update(None, "foreign_keys", "ON").expect("pragma");
+            let tx = conn.transaction().expect("tx");
+            for sql in &MIGRATIONS[..5] {
+                tx.execute_batch(sql).expect("migrate");
+            }
+            tx.pragma_update(None, "user_version", 5).expect("version");
+            tx.execute_batch(&format!(
+                "INSERT INTO caches (id, name, visibility, priority, secret_key, created_at) VALUES
+                   (1, 'main', 'public', 40, 'k', 1), (2, 'other', 'public', 41, 'k', 1);
+                 INSERT INTO nars (nar_hash, nar_size, file_hash, file_size, compression, stored_at) VALUES
+                   (zeroblob(32), 1000, zeroblob(32), 100, 'zstd', 1), (randomblob(32), 2000, zeroblob(32), 200, 'zstd', 2);
+                 INSERT INTO paths (id, hash_part, store_path, nar_hash, sigs, uploaded_at, last_access) VALUES
+                   (1, '{ha}', '{a}', zeroblob(32), 'main-1:x', 1, 7),
+                   (2, '{hb}', '{b}', (SELECT nar_hash FROM nars WHERE stored_at = 2), 'other-1:y', 2, 8);
+                 INSERT INTO refs (path, reference) VALUES (2, '{a}');
+                 INSERT INTO members (cache, path, added_at) VALUES (1, 1, 1), (2, 1, 5), (2, 2, 2), (1, 2, 3);",
+                ha = "a".repeat(32),
+                hb = "b".repeat(32),
+            ))
+            .expect("fill");
+            tx.commit().expect("commit");
+        }
+        let idx = SqliteIndex::open(&file).expect("open and migrate");
+        assert_eq!(idx.adopted_paths().expect("adopted"), [("main".into(), b.clone()), ("other".into(), a.clone())]);
+        assert_eq!(idx.counts().expect("counts"), (4, 2));
+        assert!(idx.broken_references().expect("refs").is_empty(), "each cache's b refers to its a");
+        let other_b = idx.path("other", &"b".repeat(32)).expect("read").expect("kept");
+        assert_eq!((other_b.references, other_b.sigs), (vec![a.clone()], vec!["other-1:y".to_string()]));
+        let main_b = idx.path("main", &"b".repeat(32)).expect("read").expect("kept");
+        assert_eq!(main_b.nar, other_b.nar, "an adopted path serves what it served before");
+        let ages: Vec<(i64, i64)> = {
+            let mut v = Vec::new();
+            idx.gc_snapshot("other", &mut |m| v.push((m.added_at, m.last_access)), &mut |_, _| {}).expect("snapshot");
+            v.sort();
+            v
+        };
+        assert_eq!(ages, [(2, 8), (5, 7)], "each cache's own added time, the path's last read");
+        // Adopted NARs are not the cache's own: main cannot name other's b NAR for a new path.
+        let c = PathRecord {
+            store_path: format!("/nix/store/{}-c", "c".repeat(32)),
+            nar: main_b.nar.clone(),
+            references: vec![],
+            deriver: None,
+            ca: None,
+            sigs: vec![],
+        };
+        assert!(matches!(idx.add_path("main", &c, None, 9), Err(IndexError::NarGone(_))));
+        // other's own upload of a replaces the adopted row; the totals follow.
+        let mut own = idx.path("other", &"a".repeat(32)).expect("read").expect("kept");
+        own.nar.nar_hash = [9; 32];
+        own.nar.file_size = 300;
+        own.sigs = vec!["other-1:z".into()];
+        idx.record_upload("other", "nar/own", &own.nar, 10).expect("upload");
+        assert_eq!(idx.add_path("other", &own, Some("nar/own"), 10).expect("add"), Added::Replaced);
+        assert_eq!(idx.path("other", &"a".repeat(32)).expect("read"), Some(own));
+        assert_eq!(idx.adopted_paths().expect("adopted"), [("main".into(), b)]);
+        let totals: Vec<(String, u64, u64)> =
+            idx.cache_totals().expect("totals").into_iter().map(|(n, u)| (n, u.paths, u.bytes)).collect();
+        assert_eq!(totals, [("main".into(), 2, 300), ("other".into(), 2, 500)]);
+        assert!(idx.broken_references().expect("refs").is_empty(), "b still finds a by its store path");
     }
 
     #[test]

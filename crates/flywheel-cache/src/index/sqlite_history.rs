@@ -113,30 +113,47 @@ impl History for SqliteIndex {
     }
 
     fn put_canary_run(&self, run: &StoredRun) -> Result<(), IndexError> {
+        self.with(|conn| put_run(conn, run))
+    }
+
+    fn publish_canary_run(&self, run: &StoredRun, max_lanes: usize, keep: usize) -> Result<(), IndexError> {
         self.with(|conn| {
-            conn.execute(
-                "INSERT INTO canary_runs (lane, run_id, started_at, status, received_at, record)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (lane, run_id) DO UPDATE SET started_at = excluded.started_at,
-                   status = excluded.status, received_at = excluded.received_at, record = excluded.record",
-                params![run.lane, run.run_id, run.started_at, run.status, run.received_at, run.record],
+            let tx = super::sqlite::write_tx(conn)?;
+            let known: bool = tx
+                .prepare_cached("SELECT 1 FROM canary_runs WHERE lane = ?1 LIMIT 1")
+                .and_then(|mut s| s.exists([&run.lane]))
+                .map_err(db)?;
+            if !known {
+                let lanes: i64 = tx
+                    .query_row("SELECT count(*) FROM (SELECT DISTINCT lane FROM canary_runs)", [], |r| r.get(0))
+                    .map_err(db)?;
+                if lanes >= count(max_lanes) {
+                    return Err(IndexError::TooManyLanes(max_lanes));
+                }
+            }
+            put_run(&tx, run)?;
+            tx.execute(
+                "DELETE FROM canary_runs WHERE lane = ?1 AND run_id IN (
+                   SELECT run_id FROM canary_runs WHERE lane = ?1
+                   ORDER BY started_at DESC, received_at DESC, run_id DESC LIMIT -1 OFFSET ?2)",
+                params![run.lane, count(keep.max(1))],
             )
             .map_err(db)?;
-            Ok(())
+            tx.commit().map_err(db)
         })
     }
 
-    fn canary_runs(&self, lane: &str, limit: usize) -> Result<Vec<StoredRun>, IndexError> {
+    fn canary_runs(&self, lane: &str, offset: usize, limit: usize) -> Result<Vec<StoredRun>, IndexError> {
         self.with(|conn| {
             // Runs that started and arrived at the same second come in an order of their own
             // (run id), the same in both backends.
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT lane, run_id, started_at, status, received_at, record FROM canary_runs WHERE lane = ?1
-                     ORDER BY started_at DESC, received_at DESC, run_id DESC LIMIT ?2",
+                     ORDER BY started_at DESC, received_at DESC, run_id DESC LIMIT ?2 OFFSET ?3",
                 )
                 .map_err(db)?;
-            let rows = stmt.query_map(params![lane, count(limit)], to_run).map_err(db)?;
+            let rows = stmt.query_map(params![lane, count(limit), count(offset)], to_run).map_err(db)?;
             rows.collect::<Result<_, _>>().map_err(db)
         })
     }
@@ -165,6 +182,18 @@ impl History for SqliteIndex {
             Ok(removed as u64)
         })
     }
+}
+
+fn put_run(conn: &rusqlite::Connection, run: &StoredRun) -> Result<(), IndexError> {
+    conn.execute(
+        "INSERT INTO canary_runs (lane, run_id, started_at, status, received_at, record)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (lane, run_id) DO UPDATE SET started_at = excluded.started_at,
+           status = excluded.status, received_at = excluded.received_at, record = excluded.record",
+        params![run.lane, run.run_id, run.started_at, run.status, run.received_at, run.record],
+    )
+    .map_err(db)?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -235,10 +264,10 @@ mod tests {
     }
 
     const ALL: DeleteGuard<'static> =
-        DeleteGuard { added_before: i64::MAX, accessed_before: i64::MAX, in_use: &|_| false };
+        DeleteGuard { added_before: i64::MAX, accessed_before: i64::MAX, in_use: &|_, _| false };
 
     #[test]
-    fn totals_follow_memberships_as_the_paths_sum_them() {
+    fn totals_follow_each_caches_paths_as_the_paths_sum_them() {
         let dir = tempfile::tempdir().unwrap();
         let idx = SqliteIndex::open(&dir.path().join("index.db")).unwrap();
         for c in ["main", "other", "Empty"] {
@@ -250,10 +279,11 @@ mod tests {
         // Another path with the same NAR: the cache pays for it again (as usage counts it).
         push(&idx, "main", &path(3, 1, &[]));
         push(&idx, "other", &path(4, 4, &[]));
-        // Joined from main: counted in other too; pushed again: not counted twice.
-        idx.add_path("other", &path(1, 1, &[]), None, 2).unwrap();
-        idx.add_path("other", &path(1, 1, &[]), None, 3).unwrap();
-        idx.add_path("main", &path(4, 4, &[]), None, 2).unwrap();
+        // The same path uploaded to other too: its own row, counted there; pushed again: not
+        // counted twice.
+        push(&idx, "other", &path(1, 1, &[]));
+        push(&idx, "other", &path(1, 1, &[]));
+        push(&idx, "main", &path(4, 4, &[]));
         assert_eq!(totals(&idx), [("Empty".into(), 0, 0), ("main".into(), 4, 800), ("other".into(), 2, 500)]);
 
         // Collected from main: 2 (its own NAR dies), 1 (still in other), 3 (its NAR still used
@@ -261,7 +291,7 @@ mod tests {
         let ids = [2, 1, 3].map(|i| id_of(&idx, "main", i));
         assert_eq!(idx.gc_remove("main", &ids, &ALL, 5).unwrap().len(), 3);
         assert_eq!(totals(&idx), [("Empty".into(), 0, 0), ("main".into(), 1, 400), ("other".into(), 2, 500)]);
-        // The last holder of 1: the path and its NAR go, after the membership.
+        // The last holder of 1: its path and the NAR go.
         let id = id_of(&idx, "other", 1);
         assert_eq!(idx.gc_remove("other", &[id], &ALL, 6).unwrap()[0].dead_nar, Some(nar(1).nar_hash));
         assert_eq!(totals(&idx), [("Empty".into(), 0, 0), ("main".into(), 1, 400), ("other".into(), 1, 400)]);
@@ -438,11 +468,11 @@ mod tests {
         let again = StoredRun { status: "fail".into(), record: "{}".into(), ..run("main", "r1", 150, 400) };
         idx.put_canary_run(&again).unwrap();
         let ids = |lane: &str, limit: usize| -> Vec<String> {
-            idx.canary_runs(lane, limit).unwrap().into_iter().map(|r| r.run_id).collect()
+            idx.canary_runs(lane, 0, limit).unwrap().into_iter().map(|r| r.run_id).collect()
         };
         assert_eq!(ids("main", 10), ["r2", "r3", "r1", "r4"], "by start, then receipt");
         assert_eq!(ids("main", 2), ["r2", "r3"]);
-        assert_eq!(idx.canary_runs("main", 10).unwrap()[2], again);
+        assert_eq!(idx.canary_runs("main", 0, 10).unwrap()[2], again);
         assert!(ids("nope", 10).is_empty());
         assert_eq!(idx.canary_lanes().unwrap(), ["B", "main", "pr"], "bytewise");
 

@@ -23,9 +23,9 @@ impl Retention for SqliteIndex {
             {
                 let mut stmt = tx
                     .prepare(
-                        "SELECT p.id, p.hash_part, n.file_size, p.last_access, m.added_at
-                         FROM members m JOIN paths p ON p.id = m.path JOIN nars n ON n.nar_hash = p.nar_hash
-                         WHERE m.cache = ?1",
+                        "SELECT p.id, p.hash_part, n.file_size, p.last_access, p.added_at
+                         FROM paths p JOIN nars n ON n.nar_hash = p.nar_hash
+                         WHERE p.cache = ?1",
                     )
                     .map_err(db)?;
                 let mut rows = stmt.query([id]).map_err(db)?;
@@ -44,9 +44,7 @@ impl Retention for SqliteIndex {
             }
             {
                 let mut stmt = tx
-                    .prepare(
-                        "SELECT r.path, r.reference FROM members m JOIN refs r ON r.path = m.path WHERE m.cache = ?1",
-                    )
+                    .prepare("SELECT r.path, r.reference FROM paths p JOIN refs r ON r.path = p.id WHERE p.cache = ?1")
                     .map_err(db)?;
                 let mut rows = stmt.query([id]).map_err(db)?;
                 while let Some(r) = rows.next().map_err(db)? {
@@ -86,24 +84,21 @@ impl Retention for SqliteIndex {
             {
                 let mut member = tx
                     .prepare_cached(
-                        "SELECT m.added_at, p.last_access, p.store_path, p.hash_part, p.nar_hash, n.file_size
-                         FROM members m JOIN paths p ON p.id = m.path JOIN nars n ON n.nar_hash = p.nar_hash
-                         WHERE m.cache = ?1 AND m.path = ?2",
+                        "SELECT p.added_at, p.last_access, p.store_path, p.hash_part, p.nar_hash, n.file_size
+                         FROM paths p JOIN nars n ON n.nar_hash = p.nar_hash
+                         WHERE p.cache = ?1 AND p.id = ?2",
                     )
                     .map_err(db)?;
                 let mut referred = tx
                     .prepare_cached(
-                        "SELECT 1 FROM refs r JOIN members m ON m.path = r.path AND m.cache = ?1
+                        "SELECT 1 FROM refs r JOIN paths p ON p.id = r.path AND p.cache = ?1
                          WHERE r.reference = ?2 AND r.path != ?3 LIMIT 1",
                     )
                     .map_err(db)?;
                 let mut pinned = tx
                     .prepare_cached("SELECT 1 FROM pin_revisions WHERE cache = ?1 AND store_path = ?2")
                     .map_err(db)?;
-                let mut other_member = tx.prepare_cached("SELECT 1 FROM members WHERE path = ?1").map_err(db)?;
                 let mut nar_used = tx.prepare_cached("SELECT 1 FROM paths WHERE nar_hash = ?1").map_err(db)?;
-                let mut delete_member =
-                    tx.prepare_cached("DELETE FROM members WHERE cache = ?1 AND path = ?2").map_err(db)?;
                 let mut delete_listing =
                     tx.prepare_cached("DELETE FROM files WHERE cache = ?1 AND name = ?2").map_err(db)?;
                 let mut delete_path = tx.prepare_cached("DELETE FROM paths WHERE id = ?1").map_err(db)?;
@@ -124,22 +119,20 @@ impl Retention for SqliteIndex {
                     };
                     if added_at > guard.added_before
                         || last_access > guard.accessed_before
-                        || (guard.in_use)(&hash_part)
+                        || (guard.in_use)(cache_name, &hash_part)
                         || referred.exists(params![cache, store_path, id]).map_err(db)?
                         || pinned.exists(params![cache, store_path]).map_err(db)?
                     {
                         continue;
                     }
-                    delete_member.execute(params![cache, id]).map_err(db)?;
                     delete_listing.execute(params![cache, format!("{hash_part}.ls")]).map_err(db)?;
+                    delete_path.execute([id]).map_err(db)?;
+                    // The NAR goes when no path of any cache uses it (they share the bytes).
                     let mut dead_nar = None;
-                    if !other_member.exists([id]).map_err(db)? {
-                        delete_path.execute([id]).map_err(db)?;
-                        if !nar_used.exists([&nar_hash]).map_err(db)? {
-                            delete_nar.execute([&nar_hash]).map_err(db)?;
-                            record_dead.execute(params![&nar_hash, now]).map_err(db)?;
-                            dead_nar = Some(hash32(nar_hash)?);
-                        }
+                    if !nar_used.exists([&nar_hash]).map_err(db)? {
+                        delete_nar.execute([&nar_hash]).map_err(db)?;
+                        record_dead.execute(params![&nar_hash, now]).map_err(db)?;
+                        dead_nar = Some(hash32(nar_hash)?);
                     }
                     removed.push(Removed { id, store_path, file_size: size(file_size)?, dead_nar });
                 }
@@ -224,8 +217,7 @@ impl Retention for SqliteIndex {
             let id = cache_id(&tx, cache)?;
             let path: Option<i64> = tx
                 .query_row(
-                    "SELECT p.id FROM paths p JOIN members m ON m.path = p.id
-                     WHERE m.cache = ?1 AND p.hash_part = ?2 AND p.store_path = ?3",
+                    "SELECT id FROM paths WHERE cache = ?1 AND hash_part = ?2 AND store_path = ?3",
                     params![id, hash_part_of(store_path)?, store_path],
                     |r| r.get(0),
                 )
@@ -452,8 +444,8 @@ impl Retention for SqliteIndex {
             let mut out = vec![Usage::default(); bounds.len() + 1];
             let mut stmt = conn
                 .prepare(
-                    "SELECT p.last_access, n.file_size FROM members m JOIN paths p ON p.id = m.path
-                     JOIN nars n ON n.nar_hash = p.nar_hash WHERE m.cache = ?1",
+                    "SELECT p.last_access, n.file_size FROM paths p
+                     JOIN nars n ON n.nar_hash = p.nar_hash WHERE p.cache = ?1",
                 )
                 .map_err(db)?;
             let mut rows = stmt.query([id]).map_err(db)?;

@@ -6,8 +6,15 @@
 //!    a trusted key, for the path it claims to be.
 //! 2. NARs download in parallel, largest first; each is decompressed and hashed as it arrives
 //!    and goes straight into the store under Nix's lock for that path (or, when the store is
-//!    not ours to write, into a spool file). A NAR whose hash or size differs from its
-//!    narinfo's is removed and downloaded again, then refused.
+//!    not ours to write, into a spool file). Nothing beyond the signed NarSize is written, and
+//!    nothing much beyond it read. A NAR whose hash or size differs from its narinfo's, or
+//!    that does not decode, is removed and refused at once (the cache would send it again); a
+//!    transfer that broke off is tried again.
+//!
+//! Every reply is bounded before it is read (narinfos, nix-cache-info, errors). The token goes
+//! only to the cache's own origin: a narinfo whose `URL:` names another origin (the URL is not
+//! signed) is fetched from there without it, and only over http or https; its NAR is checked
+//! against the signed NarHash like any other.
 //! 3. Everything is registered at once (`nix-store --load-db`), or imported references first
 //!    (`nix-store --import`). A path is registered only when its whole closure is: a failed
 //!    download never leaves a valid path with a missing reference.
@@ -26,7 +33,7 @@ use tokio::task::JoinSet;
 
 pub use local::{Install, LocalStore, PathLock};
 
-use crate::http::{check, with_retries, with_token, Failure};
+use crate::http::{body_limited, check, with_retries, with_token, Failure};
 use crate::CacheError;
 
 #[derive(Clone)]
@@ -69,6 +76,22 @@ struct Wanted {
     info: PathInfo,
     url: String,
     compression: Compression,
+    /// Whether `url` is on the cache's own origin (then the token goes with it).
+    own_origin: bool,
+}
+
+/// The largest narinfo read: thousands of references fit.
+const MAX_NARINFO: usize = 4 << 20;
+/// The largest nix-cache-info read.
+const MAX_CACHE_INFO: usize = 64 << 10;
+
+/// The origin (scheme, host, port) of an http(s) URL.
+fn origin(url: &str) -> Option<(String, String, u16)> {
+    let u = reqwest::Url::parse(url).ok()?;
+    if !matches!(u.scheme(), "http" | "https") {
+        return None;
+    }
+    Some((u.scheme().to_string(), u.host_str()?.to_ascii_lowercase(), u.port_or_known_default()?))
 }
 
 /// Pulls the closures of `roots` from the cache at `base` (`http://HOST:PORT/CACHE`) into `store`.
@@ -101,12 +124,20 @@ impl Remote {
         check(resp, url).await
     }
 
-    async fn text(&self, url: &str) -> Result<Vec<u8>, String> {
+    async fn text(&self, url: &str, limit: usize) -> Result<Vec<u8>, String> {
         with_retries(self.attempts, || async {
             let resp = self.get(url).await?;
-            resp.bytes().await.map(|b| b.to_vec()).map_err(|e| Failure { message: format!("{url}: {e}"), retry: true })
+            body_limited(resp, limit, url).await
         })
         .await
+    }
+
+    fn token_for(&self, w: &Wanted) -> Option<&str> {
+        if w.own_origin {
+            self.token.as_deref()
+        } else {
+            None
+        }
     }
 
     /// The narinfo of `path`, checked: it describes `path`, and a trusted key signed it.
@@ -120,7 +151,7 @@ impl Remote {
     async fn narinfo_if_any(&self, path: &StorePath) -> Result<Option<Wanted>, String> {
         let shown = self.store_dir.render_path(path);
         let url = format!("{}/{}.narinfo", self.base, &path.to_basename()[..32]);
-        let body = match self.text(&url).await {
+        let body = match self.text(&url, MAX_NARINFO).await {
             Ok(body) => body,
             Err(e) if e.contains("HTTP 404") => return Ok(None),
             Err(e) => return Err(e),
@@ -141,8 +172,13 @@ impl Remote {
                 trusted.join(", ")
             ));
         }
-        let url =
-            if info.url().contains("://") { info.url().to_string() } else { format!("{}/{}", self.base, info.url()) };
+        let (url, own_origin) = if info.url().contains("://") {
+            let theirs = origin(info.url())
+                .ok_or_else(|| format!("{shown}: its NAR's URL {:?} is not an http or https URL", info.url()))?;
+            (info.url().to_string(), origin(&self.base).is_some_and(|ours| ours == theirs))
+        } else {
+            (format!("{}/{}", self.base, info.url()), true)
+        };
         Ok(Some(Wanted {
             info: PathInfo {
                 path: path.clone(),
@@ -157,6 +193,7 @@ impl Remote {
             },
             url,
             compression: info.compression().clone(),
+            own_origin,
         }))
     }
 }
@@ -195,7 +232,12 @@ pub async fn check_path(
     let Some(w) = remote.narinfo_if_any(path).await? else { return Ok(None) };
     let narinfo_seconds = started.elapsed().as_secs_f64();
     let started = Instant::now();
-    let got = fetch::download(http, token, &w.url, w.compression.clone(), |_| Ok(())).await.map_err(|f| f.message)?;
+    let expect = fetch::Expect {
+        compression: w.compression.clone(),
+        nar_size: w.info.nar_size,
+        decoder_memory: crate::ingest::DEFAULT_DECODER_MEMORY,
+    };
+    let got = fetch::download(http, remote.token_for(&w), &w.url, &expect, |_| Ok(())).await.map_err(|f| f.message)?;
     same_nar(&w, &got.nar)?;
     Ok(Some(Checked {
         narinfo_seconds,
@@ -229,6 +271,10 @@ async fn pull_async(
     let jobs = if opts.jobs == 0 { 8 } else { opts.jobs };
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
+        // A server that stops sending is given up on (and the transfer retried), not waited for.
+        .connect_timeout(std::time::Duration::from_secs(30))
+        .read_timeout(std::time::Duration::from_secs(120))
+        .redirect(reqwest::redirect::Policy::limited(5))
         .build()
         .map_err(|e| CacheError::Other(format!("HTTP client: {e}")))?;
     let remote = Arc::new(Remote {
@@ -242,7 +288,7 @@ async fn pull_async(
     if opts.trusted_keys.is_empty() {
         return Err(CacheError::Other("no trusted keys: give --trusted-key (the cache's public key)".into()));
     }
-    let info = remote.text(&format!("{base}/nix-cache-info")).await.map_err(CacheError::Other)?;
+    let info = remote.text(&format!("{base}/nix-cache-info"), MAX_CACHE_INFO).await.map_err(CacheError::Other)?;
     let info = String::from_utf8_lossy(&info);
     if let Some(dir) = info.lines().find_map(|l| l.strip_prefix("StoreDir:")) {
         if dir.trim() != store.store_dir.as_str() {
@@ -459,9 +505,14 @@ async fn fetch_one(remote: &Arc<Remote>, w: &Wanted, target: std::path::PathBuf,
     if !matches!(w.info.nar_hash, NixHash::Sha256(_)) {
         return Err("NarHash is not sha256".into());
     }
+    let expect = fetch::Expect {
+        compression: w.compression.clone(),
+        nar_size: w.info.nar_size,
+        decoder_memory: crate::ingest::DEFAULT_DECODER_MEMORY,
+    };
     let result = with_retries(remote.attempts, || {
         let target = target.clone();
-        let compression = w.compression.clone();
+        let expect = expect.clone();
         async move {
             let t = target.clone();
             let sink = move |nar: &mut dyn std::io::Read| -> Result<(), String> {
@@ -472,7 +523,7 @@ async fn fetch_one(remote: &Arc<Remote>, w: &Wanted, target: std::path::PathBuf,
                     std::io::copy(nar, &mut file).map(|_| ()).map_err(|e| format!("{}: {e}", t.display()))
                 }
             };
-            let got = fetch::download(&remote.http, remote.token.as_deref(), &w.url, compression, sink).await;
+            let got = fetch::download(&remote.http, remote.token_for(w), &w.url, &expect, sink).await;
             let got = match got {
                 Ok(g) => g,
                 Err(e) => {
@@ -481,8 +532,9 @@ async fn fetch_one(remote: &Arc<Remote>, w: &Wanted, target: std::path::PathBuf,
                 }
             };
             if let Err(message) = same_nar(w, &got.nar) {
+                // The cache would send the same bytes again.
                 let _ = flywheel_nix::nar::remove_tree(&target);
-                return Err(Failure { message, retry: true });
+                return Err(Failure { message, retry: false });
             }
             Ok(got.file_bytes)
         }

@@ -21,6 +21,12 @@ pub struct Metrics {
     pub gc_unlinked_nars: AtomicU64,
     pub gc_freed_bytes: AtomicU64,
     pub gc_last_millis: AtomicU64,
+    /// Connections open now.
+    pub connections: AtomicU64,
+    /// Connections closed at once because their client had max-connections-per-client open.
+    pub connections_refused: AtomicU64,
+    /// Requests refused because of a limit (413, 408): decoder memory, NAR size, time, idle.
+    pub refused_by_limit: AtomicU64,
 }
 
 /// The route a request path belongs to, as a label with few values.
@@ -101,6 +107,24 @@ impl Metrics {
             "flywheel_cache_client_waits_total",
             "Requests that waited because their client had max-requests-per-client in progress.",
             self.client_waits.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "flywheel_cache_connections_refused_total",
+            "Connections closed at once: their client had max-connections-per-client open.",
+            self.connections_refused.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "flywheel_cache_limit_refusals_total",
+            "Requests answered 408 or 413: a body too large or too slow, a NAR over a decoding limit.",
+            self.refused_by_limit.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "flywheel_cache_connections",
+            "Connections open now.",
+            self.connections.load(Ordering::Relaxed),
         );
         for (name, help, v) in [
             ("flywheel_cache_gc_runs_total", "Garbage collections the server ran.", &self.gc_runs),

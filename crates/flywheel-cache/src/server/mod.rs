@@ -4,8 +4,12 @@
 //! visible (docs/cache-server.md).
 
 mod auth;
+mod body;
+pub mod inert;
+mod listener;
 mod mapped;
 mod metrics;
+pub mod names;
 mod object;
 mod rendered;
 mod routes;
@@ -15,6 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use flywheel_nix::keys::SecretKey;
 use flywheel_nix::narinfo::TrustedPublicKey;
@@ -33,6 +38,8 @@ pub struct ServerOptions {
     pub listen: SocketAddr,
     /// The largest NAR upload accepted, compressed as sent.
     pub max_nar_bytes: u64,
+    /// What one client or upload may cost.
+    pub limits: Limits,
     /// The largest narinfo accepted.
     pub max_narinfo_bytes: usize,
     /// zstd level of the stored NARs.
@@ -57,6 +64,7 @@ impl Default for ServerOptions {
         ServerOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
             max_nar_bytes: 64 << 30,
+            limits: Limits::default(),
             max_narinfo_bytes: 1 << 20,
             zstd_level: 3,
             ingest_jobs: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
@@ -65,6 +73,60 @@ impl Default for ServerOptions {
             caches: BTreeMap::new(),
             gc_interval: None,
             history: crate::gc::HistoryRetention::default(),
+        }
+    }
+}
+
+/// What one client, connection or upload may cost the server (docs/security.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest NAR accepted, decompressed: no upload is decompressed beyond it.
+    pub max_nar_size: u64,
+    /// Memory one upload's decoder may use (xz's dictionary, zstd's window).
+    pub decoder_memory: u64,
+    /// How long checking one upload may take once received.
+    pub ingest_timeout: Duration,
+    /// How long a client may take to send a request's headers.
+    pub header_timeout: Duration,
+    /// A connection on which no byte moves either way for this long is closed: a body that
+    /// stalls, a client that stops reading, an idle keep-alive.
+    pub idle_timeout: Duration,
+    /// Connections open at once; more wait in the kernel's listen queue.
+    pub max_connections: usize,
+    /// Connections one client address may have open; more are closed as they come.
+    pub max_connections_per_client: usize,
+    /// Lanes with canary runs on the status page; a run for a new lane beyond it is refused.
+    pub max_lanes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_nar_size: 64 << 30,
+            decoder_memory: crate::ingest::DEFAULT_DECODER_MEMORY,
+            ingest_timeout: Duration::from_secs(30 * 60),
+            header_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+            max_connections_per_client: 128,
+            max_lanes: 32,
+        }
+    }
+}
+
+impl Limits {
+    /// The config file's settings over the defaults.
+    pub fn from_config(c: &crate::config::Config) -> Limits {
+        let d = Limits::default();
+        Limits {
+            max_nar_size: c.max_nar_size.map_or(d.max_nar_size, |s| s.bytes()),
+            decoder_memory: c.decoder_memory.map_or(d.decoder_memory, |s| s.bytes()),
+            ingest_timeout: c.ingest_timeout.map_or(d.ingest_timeout, |t| t.0),
+            header_timeout: c.header_timeout.map_or(d.header_timeout, |t| t.0),
+            idle_timeout: c.idle_timeout.map_or(d.idle_timeout, |t| t.0),
+            max_connections: c.max_connections.unwrap_or(d.max_connections),
+            max_connections_per_client: c.max_connections_per_client.unwrap_or(d.max_connections_per_client),
+            max_lanes: c.max_lanes.unwrap_or(d.max_lanes),
         }
     }
 }
@@ -133,11 +195,13 @@ pub(crate) struct State {
     pub caches: RwLock<HashMap<String, Arc<Cache>>>,
     pub ingest: tokio::sync::Semaphore,
     pub metrics: metrics::Metrics,
-    /// narinfo accesses not yet written to the index (hash part -> latest time): written in one
-    /// transaction every second, so a read costs no disk write.
-    pub accessed: std::sync::Mutex<HashMap<String, i64>>,
+    /// narinfo accesses not yet written to the index ((cache, hash part) -> latest time):
+    /// written in one transaction every second, so a read costs no disk write.
+    pub accessed: std::sync::Mutex<HashMap<(String, String), i64>>,
     /// Signed narinfos as served, by (cache, hash part).
     pub rendered: rendered::Rendered,
+    /// The status as last gathered, and when: served again for a moment.
+    pub status: std::sync::Mutex<Option<(std::time::Instant, Arc<crate::status::Status>)>>,
     /// Each client address's share of `max_requests_per_client`.
     pub clients: std::sync::Mutex<HashMap<std::net::IpAddr, Arc<tokio::sync::Semaphore>>>,
 }
@@ -218,6 +282,7 @@ pub async fn serve(data: DataDir, opts: ServerOptions, ready: impl FnOnce(&Liste
         metrics: metrics::Metrics::default(),
         accessed: std::sync::Mutex::new(HashMap::new()),
         clients: std::sync::Mutex::new(HashMap::new()),
+        status: std::sync::Mutex::new(None),
         rendered: rendered::Rendered::new(RENDERED_NARINFOS),
         data,
     });
@@ -267,17 +332,7 @@ pub async fn serve(data: DataDir, opts: ServerOptions, ready: impl FnOnce(&Liste
         })
     });
     let app = routes::router(state.clone());
-    // Small responses (narinfos, the ends of NARs) go out at once, not after the peer's
-    // delayed ACK.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("TCP_NODELAY: {e}");
-        }
-    });
-    let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown())
-        .await
-        .map_err(ServerError::Serve);
+    let served = listener::serve(listener, app, state.clone(), shutdown()).await.map_err(ServerError::Serve);
     flusher.abort();
     watcher.abort();
     let _ = flusher.await;
@@ -343,7 +398,9 @@ async fn collect_garbage(state: &Arc<State>) {
                 (c.name, policy)
             })
             .collect();
-        let in_use = |hash: &str| s.accessed.lock().map(|m| m.contains_key(hash)).unwrap_or(true);
+        let in_use = |cache: &str, hash: &str| {
+            s.accessed.lock().map(|m| m.contains_key(&(cache.to_string(), hash.to_string()))).unwrap_or(true)
+        };
         let log = |line: &str| tracing::info!("gc: {line}");
         let opts = crate::gc::GcOptions {
             caches,
@@ -388,8 +445,8 @@ const RENDERED_NARINFOS: usize = 65_536;
 const ACCESS_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 
 async fn flush_accesses(state: &Arc<State>) {
-    let batch: Vec<(String, i64)> = match state.accessed.lock() {
-        Ok(mut m) => m.drain().collect(),
+    let batch: Vec<crate::index::Access> = match state.accessed.lock() {
+        Ok(mut m) => m.drain().map(|((cache, hash_part), at)| crate::index::Access { cache, hash_part, at }).collect(),
         Err(_) => return,
     };
     let counters: Vec<(String, String, i64)> = match state.caches.read() {

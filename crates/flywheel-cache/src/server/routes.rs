@@ -19,18 +19,17 @@ use flywheel_nix::narinfo::{self, Compression, FileRef, NarInfo};
 use flywheel_nix::store_db::PathInfo;
 use flywheel_nix::{CAHash, NixHash};
 use futures_util::StreamExt;
-use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 use tower::ServiceExt;
 
 use super::auth::{authorize, Denied};
+use super::body;
+use super::names::{self, is_nix32, Item, Refused, Route};
 use super::{Cache, State};
 use crate::index::IndexLock;
 use crate::index::{IndexError, NarRecord, PathRecord, Scope, StoredFile};
 use crate::ingest::{self, Upload};
 use crate::storage::NarSource;
-
-const NIX32: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
 
 /// Read size when serving NARs: fewer, larger reads and writes than tower-http's 64 KiB.
 const NAR_CHUNK: usize = 1 << 20;
@@ -39,6 +38,7 @@ pub fn router(state: Arc<State>) -> Router {
     Router::new()
         .fallback(dispatch)
         .layer(axum::middleware::from_fn_with_state(state.clone(), per_client))
+        .layer(axum::middleware::from_fn(super::inert::headers))
         .with_state(state)
 }
 
@@ -56,6 +56,11 @@ async fn per_client(
     req: Request,
     next: axum::middleware::Next,
 ) -> Response {
+    // Health checks answer whatever one client is doing (a liveness probe from the kubelet
+    // shares no address with the clients, but a check from a runner's node may).
+    if req.uri().path() == "/healthz" {
+        return next.run(req).await;
+    }
     let max = state.opts.max_requests_per_client.max(1);
     let semaphore = match state.clients.lock() {
         Ok(mut clients) => {
@@ -120,10 +125,6 @@ pub(super) fn internal(e: impl std::fmt::Display) -> Response {
     text(StatusCode::INTERNAL_SERVER_ERROR, format!("internal error: {e}"))
 }
 
-fn is_nix32(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|b| NIX32.contains(&b))
-}
-
 /// Runs index and disk work off the async threads.
 pub(super) async fn blocking<T: Send + 'static>(
     state: &Arc<State>,
@@ -140,6 +141,9 @@ async fn dispatch(AxState(state): AxState<Arc<State>>, req: Request) -> Response
     let response = route(&state, req).await.unwrap_or_else(|r| r);
     let route = super::metrics::route_of(&path);
     state.metrics.request(route, method.as_str(), response.status().as_u16());
+    if matches!(response.status(), StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT) {
+        state.metrics.refused_by_limit.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     if method != Method::HEAD {
         let sent = response
             .headers()
@@ -171,32 +175,27 @@ async fn dispatch(AxState(state): AxState<Arc<State>>, req: Request) -> Response
 
 async fn route(state: &Arc<State>, req: Request) -> Result<Response, Response> {
     let path = req.uri().path().to_string();
-    if path == "/healthz" {
-        return Ok(text(StatusCode::OK, "ok"));
-    }
-    if path == "/" || path == "/api/v1/status" {
-        return super::status_routes::status(state, req, path == "/").await;
-    }
-    if path == "/api/v1/canary/runs" {
-        return super::status_routes::canary_runs(state, req).await;
-    }
-    if path == "/metrics" {
-        let body = blocking(state, |s| {
-            let (memberships, paths) = s.index().counts().map_err(internal)?;
-            let bytes = s.index().stored_bytes().map_err(internal)?;
-            Ok(s.metrics.render(paths, memberships, bytes))
-        })
-        .await?;
-        return Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response());
-    }
-    let rest = path.strip_prefix('/').unwrap_or(&path);
-    let Some((cache_name, item)) = rest.split_once('/') else {
-        return Err(text(StatusCode::NOT_FOUND, "not found: the cache's URL is http://HOST:PORT/CACHE"));
+    let (cache_name, item) = match names::parse(&path) {
+        Ok(Route::Health) => return Ok(text(StatusCode::OK, "ok")),
+        Ok(Route::Status { page }) => return super::status_routes::status(state, req, page).await,
+        Ok(Route::CanaryRuns) => return super::status_routes::canary_runs(state, req).await,
+        Ok(Route::Metrics) => {
+            let body = blocking(state, |s| {
+                let (memberships, paths) = s.index().counts().map_err(internal)?;
+                let bytes = s.index().stored_bytes().map_err(internal)?;
+                Ok(s.metrics.render(paths, memberships, bytes))
+            })
+            .await?;
+            return Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response());
+        }
+        Ok(Route::CacheRoot(_)) => {
+            return Err(text(StatusCode::NOT_FOUND, "not found: the cache's URL is http://HOST:PORT/CACHE"))
+        }
+        Ok(Route::Cache { cache, item }) => (cache.to_string(), item),
+        Err(Refused::Malformed(why)) => return Err(text(StatusCode::BAD_REQUEST, why)),
+        Err(Refused::NotFound(why)) => return Err(text(StatusCode::NOT_FOUND, why)),
     };
-    if crate::data_dir::check_cache_name(cache_name).is_err() {
-        return Err(text(StatusCode::BAD_REQUEST, format!("malformed cache name {cache_name:?}")));
-    }
-    let name = cache_name.to_string();
+    let name = cache_name.clone();
     let cache = match state.known_cache(&name) {
         Some(c) => Some(c),
         None => blocking(state, move |s| s.cache(&name).map_err(internal)).await?,
@@ -213,112 +212,43 @@ async fn route(state: &Arc<State>, req: Request) -> Result<Response, Response> {
     if !public_read {
         blocking(state, move |s| authorize(s, &c, &headers, needed, now()).map_err(denied)).await?;
     }
-
-    if item == "nix-cache-info" {
-        return match method {
-            Method::GET | Method::HEAD => Ok(cache_info(&cache)),
-            _ => Err(method_not_allowed()),
-        };
-    }
-    if item == "api/v1/upstream-keys" {
+    let head = method == Method::HEAD;
+    let read = method == Method::GET || head;
+    match item {
+        Item::CacheInfo if read => Ok(cache_info(&cache)),
         // The cache's upstream keys, so `flywheel cache push` sends no NAR for a path the cache
         // would decline.
-        return match method {
-            Method::GET => {
-                let keys: Vec<String> = cache.upstream.iter().map(|k| PublicKey(k.clone()).to_nix_string()).collect();
-                let body = serde_json::to_vec(&keys).map_err(internal)?;
-                Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response())
-            }
-            _ => Err(method_not_allowed()),
-        };
-    }
-    if item == "api/v1/pins" {
-        return match method {
-            Method::GET => {
-                let pins = blocking(state, move |s| s.index().pins(&cache.record.name).map_err(internal)).await?;
-                let body = serde_json::to_vec(&pins).map_err(internal)?;
-                Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response())
-            }
-            _ => Err(method_not_allowed()),
-        };
-    }
-    if let Some(pin) = item.strip_prefix("api/v1/pins/") {
-        return match method {
-            Method::PUT => put_pin(state, cache, pin.to_string(), req).await,
-            _ => Err(method_not_allowed()),
-        };
-    }
-    if item == "api/v1/missing" {
-        return match method {
-            Method::POST => missing(state, cache, req).await,
-            _ => Err(method_not_allowed()),
-        };
-    }
-    if let Some(hash) = item.strip_suffix(".narinfo") {
-        if !is_nix32(hash, 32) {
-            return Err(text(StatusCode::BAD_REQUEST, format!("malformed narinfo name {item:?}")));
+        Item::UpstreamKeys if method == Method::GET => {
+            let keys: Vec<String> = cache.upstream.iter().map(|k| PublicKey(k.clone()).to_nix_string()).collect();
+            let body = serde_json::to_vec(&keys).map_err(internal)?;
+            Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response())
         }
-        let hash = hash.to_string();
-        return match method {
-            Method::GET | Method::HEAD => get_narinfo(state, cache, hash, method == Method::HEAD).await,
-            Method::PUT => put_narinfo(state, cache, hash, req).await,
-            _ => Err(method_not_allowed()),
-        };
-    }
-    if let Some(hash) = item.strip_suffix(".ls") {
-        if !is_nix32(hash, 32) {
-            return Err(text(StatusCode::BAD_REQUEST, format!("malformed listing name {item:?}")));
+        Item::Pins if method == Method::GET => {
+            let pins = blocking(state, move |s| s.index().pins(&cache.record.name).map_err(internal)).await?;
+            let body = serde_json::to_vec(&pins).map_err(internal)?;
+            Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response())
         }
-        let hash = hash.to_string();
-        return match method {
-            Method::GET | Method::HEAD => {
-                get_file(state, cache, item.to_string(), Some(hash), method == Method::HEAD).await
-            }
-            Method::PUT => put_file(state, cache, item.to_string(), req).await,
-            _ => Err(method_not_allowed()),
-        };
-    }
-    if let Some(drv) = item.strip_prefix("log/") {
-        // `log/<drv basename>`: a store path's base name, as Nix names build logs.
-        let valid = drv.len() > 33
-            && drv.len() <= 255
-            && is_nix32(&drv[..32], 32)
-            && drv.as_bytes()[32] == b'-'
-            && drv[33..].bytes().all(|b| b.is_ascii_alphanumeric() || b"+-._?=".contains(&b))
-            && !drv[33..].starts_with('.');
-        if !valid {
-            return Err(text(StatusCode::BAD_REQUEST, format!("malformed log name {drv:?}")));
+        Item::Pin(pin) if method == Method::PUT => put_pin(state, cache, pin.to_string(), req).await,
+        Item::Missing if method == Method::POST => missing(state, cache, req).await,
+        Item::Narinfo(hash) if read => get_narinfo(state, cache, hash.to_string(), head).await,
+        Item::Narinfo(hash) if method == Method::PUT => put_narinfo(state, cache, hash.to_string(), req).await,
+        Item::Listing { name, hash } if read => {
+            get_file(state, cache, name.to_string(), Some(hash.to_string()), head).await
         }
-        return match method {
-            Method::GET | Method::HEAD => get_file(state, cache, item.to_string(), None, method == Method::HEAD).await,
-            Method::PUT => put_file(state, cache, item.to_string(), req).await,
-            _ => Err(method_not_allowed()),
-        };
-    }
-    if let Some(name) = item.strip_prefix("nar/") {
-        let valid = !name.is_empty()
-            && name.len() <= 128
-            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.')
-            && !name.starts_with('.');
-        if !valid {
-            return Err(text(StatusCode::BAD_REQUEST, format!("malformed NAR name {name:?}")));
+        Item::Log(name) if read => get_file(state, cache, name.to_string(), None, head).await,
+        Item::Listing { name, .. } | Item::Log(name) if method == Method::PUT => {
+            put_file(state, cache, name.to_string(), req).await
         }
-        let name = name.to_string();
-        return match method {
-            Method::GET | Method::HEAD => get_nar(state, cache, name, req).await,
-            Method::PUT => put_nar(state, cache, name, req).await,
-            _ => Err(method_not_allowed()),
-        };
+        Item::Nar(name) if read => get_nar(state, cache, name.to_string(), req).await,
+        Item::Nar(name) if method == Method::PUT => put_nar(state, cache, name.to_string(), req).await,
+        _ => Err(method_not_allowed()),
     }
-    Err(text(StatusCode::NOT_FOUND, "not found"))
 }
 
 /// `POST /<cache>/api/v1/missing` with a JSON array of store paths: those the cache lacks, in
 /// one request instead of a HEAD per path (what `flywheel cache push` asks first).
 async fn missing(state: &Arc<State>, cache: Arc<Cache>, req: Request) -> Result<Response, Response> {
-    let bytes = axum::body::to_bytes(req.into_body(), 64 << 20)
-        .await
-        .map_err(|_| text(StatusCode::PAYLOAD_TOO_LARGE, "at most 64 MiB of store paths"))?;
+    let bytes = body::read_all(req, 64 << 20, state.opts.limits.idle_timeout, "a list of store paths").await?;
     let paths: Vec<String> = serde_json::from_slice(&bytes)
         .map_err(|e| text(StatusCode::BAD_REQUEST, format!("expected a JSON array of store paths: {e}")))?;
     let missing = blocking(state, move |s| {
@@ -343,9 +273,7 @@ pub(crate) struct PinRequest {
 }
 
 async fn put_pin(state: &Arc<State>, cache: Arc<Cache>, pin: String, req: Request) -> Result<Response, Response> {
-    let bytes = axum::body::to_bytes(req.into_body(), 64 << 10)
-        .await
-        .map_err(|_| text(StatusCode::PAYLOAD_TOO_LARGE, "a pin request is at most 64 KiB"))?;
+    let bytes = body::read_all(req, 64 << 10, state.opts.limits.idle_timeout, "a pin request").await?;
     let asked: PinRequest = serde_json::from_slice(&bytes).map_err(|e| {
         text(
             StatusCode::BAD_REQUEST,
@@ -427,7 +355,7 @@ async fn get_narinfo(state: &Arc<State>, cache: Arc<Cache>, hash: String, head: 
         Some(body) => {
             // Nix asks for narinfos of everything it might substitute: that is the access GC counts.
             if let Ok(mut accessed) = state.accessed.lock() {
-                accessed.insert(hash, now());
+                accessed.insert((cache.record.name.clone(), hash), now());
             }
             cache.counters.narinfo_hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Some(body)
@@ -443,7 +371,7 @@ async fn get_narinfo(state: &Arc<State>, cache: Arc<Cache>, hash: String, head: 
                 let body = axum::body::Bytes::from(render(s, &cache, &p).map_err(internal)?);
                 s.rendered.insert(&cache.record.name, &hash, body.clone(), generation);
                 if let Ok(mut accessed) = s.accessed.lock() {
-                    accessed.insert(hash, now());
+                    accessed.insert((cache.record.name.clone(), hash), now());
                 }
                 Ok(Some(body))
             })
@@ -463,9 +391,7 @@ async fn get_narinfo(state: &Arc<State>, cache: Arc<Cache>, hash: String, head: 
 
 async fn put_narinfo(state: &Arc<State>, cache: Arc<Cache>, hash: String, req: Request) -> Result<Response, Response> {
     let limit = state.opts.max_narinfo_bytes;
-    let bytes = axum::body::to_bytes(req.into_body(), limit)
-        .await
-        .map_err(|_| text(StatusCode::PAYLOAD_TOO_LARGE, format!("a narinfo is at most {limit} bytes")))?;
+    let bytes = body::read_all(req, limit, state.opts.limits.idle_timeout, "a narinfo").await?;
     blocking(state, move |s| {
         let bad = |why: String| text(StatusCode::BAD_REQUEST, why);
         let info = NarInfo::parse_in(&s.store_dir, &bytes).map_err(|e| bad(format!("not a valid narinfo: {e}")))?;
@@ -491,10 +417,13 @@ async fn put_narinfo(state: &Arc<State>, cache: Arc<Cache>, hash: String, req: R
             r.headers_mut().insert("x-flywheel-declined", HeaderValue::from_static("upstream"));
             return Ok(r);
         }
+        // The NAR this cache was sent at that URL, or one a path of this cache already uses
+        // (two store paths with the same contents). Never one another cache holds: naming a
+        // NarHash proves nothing, and the answer would tell whether it exists elsewhere.
         let nar: NarRecord = match s.index().upload(&cache_name, &url).map_err(internal)? {
             Some(n) => n,
-            None => match s.index().nar(claimed).map_err(internal)? {
-                Some(n) if s.storage.contains(&n.nar_hash).map_err(internal)? => n,
+            None => match s.index().nar_in_cache(&cache_name, claimed).map_err(internal)? {
+                Some((n, _)) if s.storage.contains(&n.nar_hash).map_err(internal)? => n,
                 _ => return Err(bad(format!("the NAR {url} was not uploaded to this cache: PUT it first"))),
             },
         };
@@ -613,28 +542,46 @@ async fn put_nar(state: &Arc<State>, cache: Arc<Cache>, name: String, req: Reque
     if declared.is_some_and(|n| n > limit) {
         return Err(text(StatusCode::PAYLOAD_TOO_LARGE, format!("a NAR upload is at most {limit} bytes")));
     }
+    let declared_nar_size = match req.headers().get(ingest::NAR_SIZE_HEADER) {
+        None => None,
+        Some(v) => Some(v.to_str().ok().and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| {
+            text(StatusCode::BAD_REQUEST, format!("{}: expected a number of bytes", ingest::NAR_SIZE_HEADER))
+        })?),
+    };
+    let limits = state.opts.limits;
+    if declared_nar_size.is_some_and(|n| n > limits.max_nar_size) {
+        return Err(text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a NAR is at most {} bytes (the server's max-nar-size)", limits.max_nar_size),
+        ));
+    }
     let mut file = tokio::fs::File::create(&raw).await.map_err(internal)?;
     let mut body = req.into_body();
     let mut received = 0u64;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| text(StatusCode::BAD_REQUEST, format!("reading the upload: {e}")))?;
-        if let Ok(data) = frame.into_data() {
-            received += data.len() as u64;
-            if received > limit {
-                return Err(text(StatusCode::PAYLOAD_TOO_LARGE, format!("a NAR upload is at most {limit} bytes")));
-            }
-            file.write_all(&data).await.map_err(internal)?;
-            state.metrics.bytes_in.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    while let Some(data) = body::next_chunk(&mut body, limits.idle_timeout).await? {
+        received += data.len() as u64;
+        if received > limit {
+            return Err(text(StatusCode::PAYLOAD_TOO_LARGE, format!("a NAR upload is at most {limit} bytes")));
         }
+        file.write_all(&data).await.map_err(internal)?;
+        state.metrics.bytes_in.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
     }
     file.flush().await.map_err(internal)?;
     drop(file);
 
     let _permit = state.ingest.acquire().await.map_err(internal)?;
-    let level = state.opts.zstd_level;
+    let opts = ingest::IngestOptions {
+        level: state.opts.zstd_level,
+        limits: ingest::DecodeLimits::new(limits.decoder_memory, declared_nar_size.unwrap_or(limits.max_nar_size)),
+        declared: declared_nar_size.is_some(),
+        deadline: Some(Instant::now() + limits.ingest_timeout),
+    };
     blocking(state, move |s| {
-        let nar = ingest::ingest(&raw, kind, &stored, level).map_err(|e| match e {
+        let nar = ingest::ingest(&raw, kind, &stored, &opts).map_err(|e| match e {
             ingest::IngestError::Io(e) => internal(e),
+            e @ (ingest::IngestError::TooLarge(_) | ingest::IngestError::TooSlow(_)) => {
+                text(StatusCode::PAYLOAD_TOO_LARGE, format!("nar/{name}: {e}"))
+            }
             other => text(StatusCode::BAD_REQUEST, format!("nar/{name}: {other}")),
         })?;
         let stored = stored.keep().map_err(internal)?;
@@ -668,6 +615,7 @@ async fn get_file(
     member: Option<String>,
     head: bool,
 ) -> Result<Response, Response> {
+    let file_name = name.clone();
     let file = blocking(state, move |s| {
         if let Some(hash) = member {
             if s.index().path(&cache.record.name, &hash).map_err(internal)?.is_none() {
@@ -678,11 +626,12 @@ async fn get_file(
     })
     .await?;
     let Some(file) = file else { return Err(text(StatusCode::NOT_FOUND, "not found")) };
+    // By its name, never by what was stored with it (files kept before this rule included).
     let mut builder = Response::builder()
         .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, file.content_type)
+        .header(header::CONTENT_TYPE, super::inert::served_type(&file_name))
         .header(header::CONTENT_LENGTH, file.body.len());
-    if let Some(enc) = file.content_encoding {
+    if let Some(enc) = file.content_encoding.as_deref().and_then(|e| super::inert::checked_encoding(e).ok().flatten()) {
         builder = builder.header(header::CONTENT_ENCODING, enc);
     }
     builder.body(if head { Body::empty() } else { Body::from(file.body) }).map_err(internal)
@@ -691,19 +640,18 @@ async fn get_file(
 /// `PUT <hash>.ls` and `PUT log/<drv>`: kept as sent (with their Content-Encoding), up to
 /// `max_file_bytes`.
 async fn put_file(state: &Arc<State>, cache: Arc<Cache>, name: String, req: Request) -> Result<Response, Response> {
-    let (content_type, content_encoding) = {
-        let header_text =
-            |h: header::HeaderName| req.headers().get(h).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let default_type = if name.ends_with(".ls") { "application/json" } else { "text/plain; charset=utf-8" };
-        (
-            header_text(header::CONTENT_TYPE).unwrap_or_else(|| default_type.to_string()),
-            header_text(header::CONTENT_ENCODING).filter(|e| e != "identity"),
-        )
+    // Served as JSON or plain text whatever the uploader says (`inert`); only the encoding
+    // is kept, checked.
+    let content_type = super::inert::served_type(&name).to_string();
+    let content_encoding = match req.headers().get(header::CONTENT_ENCODING) {
+        None => None,
+        Some(v) => {
+            let v = v.to_str().map_err(|_| text(StatusCode::BAD_REQUEST, "Content-Encoding is not text"))?;
+            super::inert::checked_encoding(v).map_err(|e| text(StatusCode::BAD_REQUEST, e))?
+        }
     };
     let limit = state.opts.max_file_bytes;
-    let body = axum::body::to_bytes(req.into_body(), limit)
-        .await
-        .map_err(|_| text(StatusCode::PAYLOAD_TOO_LARGE, format!("a listing or log is at most {limit} bytes")))?;
+    let body = body::read_all(req, limit, state.opts.limits.idle_timeout, "a listing or log").await?;
     state.metrics.bytes_in.fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
     blocking(state, move |s| {
         let file = StoredFile { body: body.to_vec(), content_type, content_encoding };

@@ -109,24 +109,32 @@ pub struct LaneRuns {
     pub lane: String,
     /// Newest first.
     pub runs: Vec<CanaryRun>,
+    /// Where the next page starts (`&offset=`), when there is one.
+    pub next_offset: Option<usize>,
 }
 
-/// Gathers the status of every cache and lane; `base` is `http://HOST` as the client reached
-/// the server. Reads only aggregates: totals, counters, the hourly rows, the latest collection
-/// and the lanes' latest runs, never the paths themselves.
+/// Gathers the status of every cache and lane, with URLs relative to the server (see
+/// [`Status::with_base`]). Reads only aggregates: totals, counters, the hourly rows, the latest
+/// collection and the lanes' latest runs, never the paths themselves. What anyone may read:
+/// private caches appear by name only (no figures, not in the collection's summary), and runs
+/// carry their steps' times, not their messages (the last failure's own are kept).
 pub fn gather(
     index: &dyn Index,
     configs: &std::collections::BTreeMap<String, CacheConfig>,
-    base: &str,
     now: i64,
 ) -> Result<Status, IndexError> {
     let totals = index.cache_totals()?;
     let hourly = index.hourly_stats(now - HISTORY_SECS)?;
-    let last_gc = crate::gc::summary_latest(index)?;
+    let records = index.caches()?;
+    let mut last_gc = crate::gc::summary_latest(index)?;
+    if let Some(gc) = &mut last_gc {
+        let public = |name: &str| records.iter().any(|r| r.name == name && r.visibility == Visibility::Public);
+        gc.caches.retain(|c| public(&c.cache));
+    }
     let mut caches = Vec::new();
-    for record in index.caches()? {
+    for record in records {
         let public_key = public_key(&record)?;
-        let url = format!("{base}/{}", record.name);
+        let url = format!("/{}", record.name);
         let figures = match record.visibility {
             Visibility::Public => {
                 let usage = totals.iter().find(|(n, _)| *n == record.name).map(|(_, u)| *u).unwrap_or_default();
@@ -150,7 +158,7 @@ pub fn gather(
             }
             Visibility::Private => None,
         };
-        let nix_conf = vec![format!("extra-substituters = {url}"), format!("extra-trusted-public-keys = {public_key}")];
+        let nix_conf = Vec::new();
         caches.push(CacheStatus {
             name: record.name.clone(),
             visibility: record.visibility,
@@ -164,10 +172,26 @@ pub fn gather(
     let mut lanes = Vec::new();
     for lane in index.canary_lanes()? {
         let runs: Vec<CanaryRun> =
-            index.canary_runs(&lane, FAILURE_LOOKBACK)?.iter().filter_map(CanaryRun::from_stored).collect();
+            index.canary_runs(&lane, 0, FAILURE_LOOKBACK)?.iter().filter_map(CanaryRun::from_stored).collect();
         lanes.push(lane_status(lane, runs));
     }
     Ok(Status { generated_at: now, caches, lanes, last_gc })
+}
+
+impl Status {
+    /// The same with absolute URLs and nix.conf lines for `base` (`http://HOST` as the client
+    /// reached the server).
+    pub fn with_base(&self, base: &str) -> Status {
+        let mut s = self.clone();
+        for c in &mut s.caches {
+            c.url = format!("{base}{}", c.url);
+            c.nix_conf = vec![
+                format!("extra-substituters = {}", c.url),
+                format!("extra-trusted-public-keys = {}", c.public_key),
+            ];
+        }
+        s
+    }
 }
 
 /// A cache's hours from the index's rows (ordered by cache, hour, key).
@@ -207,6 +231,13 @@ fn lane_status(lane: String, mut runs: Vec<CanaryRun>) -> LaneStatus {
         }
     });
     runs.truncate(LANE_RUNS);
+    // The page plots steps' times; their messages are the last failure's business only.
+    for r in &mut runs {
+        for s in &mut r.steps {
+            s.reason = None;
+            s.remedy = None;
+        }
+    }
     let passed = runs.iter().filter(|r| r.passed()).count();
     LaneStatus {
         lane,

@@ -35,14 +35,18 @@ fn verify(a: VerifyArgs) -> anyhow::Result<()> {
         for p in &report.problems {
             println!("problem: {p}");
         }
+        for p in &report.adopted {
+            println!("adopted: {p} (another cache's upload, adopted before flywheel kept each cache's paths apart: push it again to replace it)");
+        }
         println!(
-            "{} paths ({} memberships), {} NARs; {} stored NARs not used by a path ({} uploads waiting for a narinfo); {} stray files",
+            "{} paths in all caches ({} store paths), {} NARs; {} stored NARs not used by a path ({} uploads waiting for a narinfo); {} stray files; {} adopted paths",
             report.paths,
-            report.memberships,
+            report.store_paths,
             report.nars,
             report.unreferenced_nars,
             report.pending_uploads,
-            report.strays.len()
+            report.strays.len(),
+            report.adopted.len()
         );
     }
     if !report.ok() {
@@ -70,6 +74,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         zstd_level: config.zstd_level.unwrap_or(defaults.zstd_level),
         ingest_jobs: config.ingest_jobs.unwrap_or(defaults.ingest_jobs),
         history: flywheel_cache::gc::HistoryRetention::from_config(Some(&config)),
+        limits: server::Limits::from_config(&config),
         caches: config.caches,
         gc_interval: a.gc_interval.or(config.gc_interval).map(|d| d.0).filter(|d| !d.is_zero()),
     };

@@ -70,7 +70,7 @@ pub fn gc(a: GcArgs) -> anyhow::Result<()> {
     let opts = GcOptions {
         caches,
         dry_run: a.dry_run,
-        in_use: &|_| false,
+        in_use: &|_, _| false,
         log: &log,
         batch: a.batch_size,
         history: gc::HistoryRetention::from_config(config.as_ref()),

@@ -14,7 +14,9 @@ use crate::index::history::StoredRun;
 use crate::index::retention::DeleteGuard;
 use crate::index::sqlite::SqliteIndex;
 use crate::index::test_cache as cache;
-use crate::index::{Added, Index, IndexError, NarRecord, PathRecord, Scope, StoredFile, TokenRecord, Visibility};
+use crate::index::{
+    Access, Added, Index, IndexError, NarRecord, PathRecord, Scope, StoredFile, TokenRecord, Visibility,
+};
 
 #[derive(Default)]
 struct Transcript(Vec<String>);
@@ -137,13 +139,34 @@ fn uploads_paths_and_their_answers() {
         p1.ca = Some("fixed:r:sha256:xyz".into());
         assert_eq!(t.outcome("add 1", idx.add_path("main", &p1, Some("nar/1"), 20)).unwrap(), Added::New);
         assert!(t.note("consumed", idx.upload("main", "nar/1").unwrap()).is_none());
+        // Its own NAR (a path of the cache uses it): no upload needed.
         assert_eq!(t.outcome("again", idx.add_path("main", &p1, None, 21)).unwrap(), Added::Present);
-        assert_eq!(t.outcome("join", idx.add_path("other", &p1, None, 22)).unwrap(), Added::Joined);
-        // A path the server has keeps its first NAR (the second one is recorded all the same).
+        // Another cache naming that NarHash, or main's upload URL, gets nothing: it never
+        // uploaded the NAR, and whether main holds it is none of its business.
+        assert!(matches!(t.outcome("plant", idx.add_path("other", &p1, None, 22)), Err(IndexError::NarGone(_))));
+        assert!(matches!(
+            t.outcome("plant url", idx.add_path("other", &p1, Some("nar/1"), 22)),
+            Err(IndexError::NarGone(_))
+        ));
+        // An upload to the cache under that URL, but of another NAR, does not count either.
+        idx.record_upload("other", "ten", &nar(10), 22).unwrap();
+        assert!(matches!(
+            t.outcome("wrong nar", idx.add_path("other", &p1, Some("ten"), 22)),
+            Err(IndexError::NarGone(_))
+        ));
+        assert!(t.note("nothing planted", idx.path("other", &hp(1)).unwrap()).is_none());
+        // The same store path with other contents, uploaded to another cache: each cache
+        // serves its own (non-reproducible builds do this).
         idx.record_upload("third", "nine", &nar(9), 23).unwrap();
-        let p1_again = PathRecord { nar: nar(9), ..path(1, &[]) };
-        assert_eq!(t.outcome("join 9", idx.add_path("third", &p1_again, Some("nine"), 23)).unwrap(), Added::Joined);
-        assert_eq!(idx.path("third", &hp(1)).unwrap().unwrap().nar, nar(1));
+        let p1_third = PathRecord { nar: nar(9), sigs: vec!["t-1:xyz".into()], ..path(1, &[]) };
+        assert_eq!(t.outcome("own 9", idx.add_path("third", &p1_third, Some("nine"), 23)).unwrap(), Added::New);
+        assert_eq!(t.note("third's 1", idx.path("third", &hp(1)).unwrap().unwrap()), p1_third);
+        assert_eq!(idx.path("main", &hp(1)).unwrap().unwrap(), p1, "main's is untouched");
+        // A second upload of the path to the same cache: the first stays.
+        idx.record_upload("third", "eleven", &nar(11), 24).unwrap();
+        let p1_eleven = PathRecord { nar: nar(11), ..path(1, &[]) };
+        assert_eq!(t.outcome("own 11", idx.add_path("third", &p1_eleven, Some("eleven"), 24)).unwrap(), Added::Present);
+        assert_eq!(idx.path("third", &hp(1)).unwrap().unwrap().nar, nar(9));
 
         let p2 = path(2, &[1, 2, 3]);
         assert!(matches!(t.outcome("gone", idx.add_path("main", &p2, None, 30)), Err(IndexError::NarGone(_))));
@@ -191,11 +214,13 @@ fn uploads_paths_and_their_answers() {
         let (n, stored_at) = t.note("nar in cache", idx.nar_in_cache("main", &nar(1).nar_hash).unwrap().unwrap());
         assert_eq!((n, stored_at), (nar(1), 20));
         assert!(t.note("nar 2 other", idx.nar_in_cache("other", &nar(2).nar_hash).unwrap()).is_none());
-        assert!(t.note("nar 9 third", idx.nar_in_cache("third", &nar(9).nar_hash).unwrap()).is_none());
+        assert!(t.note("nar 9 third", idx.nar_in_cache("third", &nar(9).nar_hash).unwrap()).is_some());
+        assert!(t.note("nar 9 main", idx.nar_in_cache("main", &nar(9).nar_hash).unwrap()).is_none());
+        assert!(t.note("nar 1 third", idx.nar_in_cache("third", &nar(1).nar_hash).unwrap()).is_none());
         assert_eq!(t.note("nar 9", idx.nar(&nar(9).nar_hash).unwrap()), Some(nar(9)));
         assert!(idx.nar(&nar(7).nar_hash).unwrap().is_none());
 
-        assert_eq!(t.note("counts", idx.counts().unwrap()), (4, 2));
+        assert_eq!(t.note("counts", idx.counts().unwrap()), (3, 2));
         assert_eq!(
             t.note("stored", idx.stored_bytes().unwrap()),
             nar(1).file_size + nar(2).file_size + nar(9).file_size
@@ -206,15 +231,24 @@ fn uploads_paths_and_their_answers() {
         idx.record_upload("third", "pending", &nar(8), 40).unwrap();
         let mut pending = idx.pending_uploads().unwrap();
         pending.sort();
-        assert_eq!(t.note("pending", pending), [nar(6).nar_hash, nar(8).nar_hash]);
+        // The upload of a path the cache already held was consumed all the same.
+        assert_eq!(t.note("pending", pending), [nar(6).nar_hash, nar(8).nar_hash, nar(10).nar_hash]);
 
-        // A reference the cache has only under another name (upstream recorded it by its
-        // hash part): verify reports it.
+        // A reference the cache has only under another name with the same hash part is
+        // missing: references are whole store paths.
         idx.record_upstream("other", &format!("/nix/store/{}-elsewhere", hp(3)), "up-1", None, 41).unwrap();
+        idx.record_upload("other", "nar/1", &nar(1), 42).unwrap();
+        assert_eq!(idx.add_path("other", &p1, Some("nar/1"), 42).unwrap(), Added::New);
         idx.record_upload("other", "nar/2", &nar(2), 42).unwrap();
-        assert_eq!(idx.add_path("other", &p2, Some("nar/2"), 42).unwrap(), Added::Joined);
-        let broken = t.note("broken", idx.broken_references().unwrap());
-        assert_eq!(broken, [("other".into(), store_path(2), store_path(3))]);
+        match t.outcome("same hash, other name", idx.add_path("other", &p2, Some("nar/2"), 42)) {
+            Err(IndexError::MissingReferences { missing, .. }) => assert_eq!(missing, [store_path(3)]),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            t.note("missing by name", idx.missing("other", &[format!("/nix/store/{}-p3", hp(3))]).unwrap()).len(),
+            1
+        );
+        assert!(t.note("broken", idx.broken_references().unwrap()).is_empty());
     });
 }
 
@@ -270,7 +304,10 @@ fn accesses_counters_and_usage() {
             push(idx, "main", &path(i, &[]), 100);
         }
         idx.touch(&[]).unwrap();
-        idx.touch(&[(hp(1), 50), (hp(1), 300), (hp(2), 200), (hp(1), 250), (hp(9), 900)]).unwrap();
+        let at = |i: usize, at: i64| Access { cache: "main".into(), hash_part: hp(i), at };
+        // Another cache's reads of the same hash part are not main's.
+        let elsewhere = Access { cache: "other".into(), hash_part: hp(3), at: 990 };
+        idx.touch(&[at(1, 50), at(1, 300), at(2, 200), at(1, 250), at(9, 900), elsewhere]).unwrap();
         let mut seen = Vec::new();
         idx.gc_snapshot(
             "main",
@@ -390,9 +427,9 @@ fn collection_removes_what_it_may_and_records_it() {
             push(idx, "main", &path(i, &[]), 100);
         }
         push(idx, "main", &path(9, &[]), 1_000);
-        idx.add_path("other", &path(7, &[]), None, 100).unwrap();
+        push(idx, "other", &path(7, &[]), 100);
         idx.pin("main", "keep", &store_path(6), None, None, 100).unwrap();
-        idx.touch(&[(hp(10), 600)]).unwrap();
+        idx.touch(&[Access { cache: "main".into(), hash_part: hp(10), at: 600 }]).unwrap();
         let listing =
             StoredFile { body: b"{}".to_vec(), content_type: "application/json".into(), content_encoding: None };
         idx.put_file("main", &format!("{}.ls", hp(3)), &listing, 100).unwrap();
@@ -424,7 +461,11 @@ fn collection_removes_what_it_may_and_records_it() {
         assert_eq!(t.note("store paths", sp), [store_path(2), store_path(1), store_path(2)]);
 
         let in_use = hp(8);
-        let guard = DeleteGuard { added_before: 500, accessed_before: 500, in_use: &|h: &str| h == in_use };
+        let guard = DeleteGuard {
+            added_before: 500,
+            accessed_before: 500,
+            in_use: &|c: &str, h: &str| c == "main" && h == in_use,
+        };
         // Decided one by one in the order given: 1 is still referred to by 2, and 2 by 3.
         let removed = idx.gc_remove("main", &[id_of(1), id_of(2)], &guard, 1_000_000).unwrap();
         assert!(t.note("out of order", removed.len()) == 0);
@@ -520,7 +561,7 @@ fn collection_removes_what_it_may_and_records_it() {
 fn the_removal_log_tells_servers_exactly_what_went_or_that_it_cannot() {
     on_both(|idx, t| {
         idx.create_cache(&cache("main")).unwrap();
-        let all = DeleteGuard { added_before: i64::MAX, accessed_before: i64::MAX, in_use: &|_| false };
+        let all = DeleteGuard { added_before: i64::MAX, accessed_before: i64::MAX, in_use: &|_, _| false };
         let mut next = 1;
         // Removes `n` fresh paths at `at` seconds (the log records seconds).
         let mut log = |n: usize, at: i64| {
@@ -593,7 +634,7 @@ fn the_status_pages_history() {
         push(idx, "main", &path(2, &[1]), 100);
         push(idx, "main", &PathRecord { nar: nar(1), ..path(3, &[]) }, 100);
         push(idx, "other", &path(4, &[]), 100);
-        assert_eq!(t.outcome("join", idx.add_path("other", &path(1, &[]), None, 101)).unwrap(), Added::Joined);
+        assert_eq!(t.note("own 1", push(idx, "other", &path(1, &[]), 101)), Added::New);
         assert_eq!(t.outcome("again", idx.add_path("other", &path(1, &[]), None, 102)).unwrap(), Added::Present);
         totals(t, "totals added");
         let mut ids = std::collections::HashMap::new();
@@ -606,12 +647,19 @@ fn the_status_pages_history() {
         )
         .unwrap();
         let order: Vec<i64> = [2, 1, 3].iter().map(|&i| ids[hp(i).as_bytes()]).collect();
-        let all = DeleteGuard { added_before: i64::MAX, accessed_before: i64::MAX, in_use: &|_| false };
+        let all = DeleteGuard { added_before: i64::MAX, accessed_before: i64::MAX, in_use: &|_, _| false };
         let removed = idx.gc_remove("main", &order, &all, 1_000).unwrap();
         let dead: Vec<Option<[u8; 32]>> = t.note("removed", removed.iter().map(|r| r.dead_nar).collect());
         assert_eq!(dead, [Some(nar(2).nar_hash), None, None], "1's NAR is still used by 1 in other");
         totals(t, "totals collected");
-        let one = ids[hp(1).as_bytes()];
+        let mut one = None;
+        idx.gc_snapshot(
+            "other",
+            &mut |m| one = one.or((m.hash_part == hp(1).as_bytes()).then_some(m.id)),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        let one = one.unwrap();
         assert_eq!(idx.gc_remove("other", &[one], &all, 2_000).unwrap()[0].dead_nar, Some(nar(1).nar_hash));
         totals(t, "totals collected again");
 
@@ -638,18 +686,34 @@ fn the_status_pages_history() {
         }
         let again = StoredRun { status: "fail".into(), record: "{}".into(), ..run("main", "r1", 150, 400) };
         idx.put_canary_run(&again).unwrap();
-        let main = t.note("runs", idx.canary_runs("main", 10).unwrap());
+        let main = t.note("runs", idx.canary_runs("main", 0, 10).unwrap());
         let ids: Vec<&str> = main.iter().map(|r| r.run_id.as_str()).collect();
         assert_eq!(ids, ["q", "R", "r3", "r1", "r4"]);
         assert_eq!(main[3], again);
-        assert_eq!(t.note("runs 2", idx.canary_runs("main", 2).unwrap()), main[..2]);
-        assert!(t.note("runs nope", idx.canary_runs("nope", 2).unwrap()).is_empty());
+        assert_eq!(t.note("runs 2", idx.canary_runs("main", 0, 2).unwrap()), main[..2]);
+        assert_eq!(t.note("runs 2 after 2", idx.canary_runs("main", 2, 2).unwrap()), main[2..4]);
+        assert!(t.note("runs past the end", idx.canary_runs("main", 5, 2).unwrap()).is_empty());
+        assert!(t.note("runs nope", idx.canary_runs("nope", 0, 2).unwrap()).is_empty());
         assert_eq!(t.note("lanes", idx.canary_lanes().unwrap()), ["B", "a", "main", "pr"]);
         assert_eq!(t.note("trimmed", idx.trim_canary_runs(60, 3).unwrap()), 3, "x and r4 by age, r1 beyond 3");
-        let ids: Vec<String> = idx.canary_runs("main", 10).unwrap().into_iter().map(|r| r.run_id).collect();
+        let ids: Vec<String> = idx.canary_runs("main", 0, 10).unwrap().into_iter().map(|r| r.run_id).collect();
         assert_eq!(t.note("runs after", ids), ["q", "R", "r3"]);
         assert_eq!(t.note("trimmed to 1", idx.trim_canary_runs(0, 1).unwrap()), 2);
         assert_eq!(t.note("lanes after", idx.canary_lanes().unwrap()), ["B", "main", "pr"]);
+
+        // Publishing: at most 3 lanes (a fourth is refused, a known one is not), each lane
+        // keeping its newest 2.
+        assert!(matches!(
+            t.outcome("a fourth lane", idx.publish_canary_run(&run("new", "n1", 900, 901), 3, 2)),
+            Err(IndexError::TooManyLanes(3))
+        ));
+        for (id, at) in [("p1", 600), ("p2", 700), ("p0", 100)] {
+            t.outcome("publish", idx.publish_canary_run(&run("main", id, at, at + 1), 3, 2)).unwrap();
+        }
+        let ids: Vec<String> = idx.canary_runs("main", 0, 10).unwrap().into_iter().map(|r| r.run_id).collect();
+        assert_eq!(t.note("kept 2", ids), ["p2", "p1"], "an older run published late goes at once");
+        t.outcome("a known lane", idx.publish_canary_run(&run("pr", "z2", 800, 801), 3, 2)).unwrap();
+        assert_eq!(t.note("lanes published", idx.canary_lanes().unwrap()), ["B", "main", "pr"]);
 
         // Collection summaries: newest first (by time, then as recorded).
         for (at, s) in [(10, "a"), (30, "c"), (20, "b"), (30, "d")] {

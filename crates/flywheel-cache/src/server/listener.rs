@@ -1,0 +1,201 @@
+//! Accepting connections within bounds: a cap on open connections (more wait in the kernel's
+//! listen queue), a cap per client address (more are closed at once), a deadline for each
+//! request's headers (hyper's, which also closes a keep-alive connection that sends nothing),
+//! and a deadline for a response the client stops reading. Request bodies have their own idle
+//! deadline where handlers read them (`body`), so that a long check of an upload, with no byte
+//! moving meanwhile, is not mistaken for a dead peer.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tower::ServiceExt;
+
+use super::State;
+
+/// Serves `app` on `listener` until `shutdown` completes, then lets the requests in flight
+/// finish.
+pub(super) async fn serve(
+    listener: TcpListener,
+    app: Router,
+    state: Arc<State>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let limits = state.opts.limits;
+    let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let clients = Arc::new(Clients::default());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = open.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = &mut shutdown => break,
+        };
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, as axum's own loop does.
+                    tracing::warn!("accepting a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let Some(slot) = clients.take(peer.ip(), limits.max_connections_per_client) else {
+            state.metrics.connections_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("closing a connection from {peer}: it has {} open", limits.max_connections_per_client);
+            drop(tcp);
+            continue;
+        };
+        if let Err(e) = tcp.set_nodelay(true) {
+            // Small responses (narinfos, the ends of NARs) go out at once, not after the peer's
+            // delayed ACK.
+            tracing::debug!("TCP_NODELAY: {e}");
+        }
+        let io = TokioIo::new(WriteDeadline::new(tcp, limits.idle_timeout));
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            app.clone().oneshot(req.map(axum::body::Body::new))
+        });
+        let conn = graceful.watch(http.serve_connection(io, service));
+        state.metrics.connections.fetch_add(1, Ordering::Relaxed);
+        let metrics = state.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("connection from {peer}: {e}");
+            }
+            metrics.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+            drop((permit, slot));
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// Open connections by client address.
+#[derive(Default)]
+struct Clients(Mutex<HashMap<IpAddr, usize>>);
+
+/// One of a client's connections; its count goes down when dropped.
+struct Slot {
+    clients: Arc<Clients>,
+    ip: IpAddr,
+}
+
+impl Clients {
+    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<Slot> {
+        let mut open = self.0.lock().ok()?;
+        let n = open.entry(ip).or_insert(0);
+        if *n >= max.max(1) {
+            return None;
+        }
+        *n += 1;
+        Some(Slot { clients: self.clone(), ip })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.clients.0.lock() {
+            if let Some(n) = open.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
+
+/// A connection whose writes fail once one has waited `idle` without progress: a client that
+/// stops reading a response (a NAR, most often) does not hold the connection and its slot for
+/// ever.
+struct WriteDeadline<S> {
+    inner: S,
+    idle: Duration,
+    /// Since when writes have been waiting, without a byte taken.
+    stalled_since: Option<Instant>,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl WriteDeadline<TcpStream> {
+    fn new(inner: TcpStream, idle: Duration) -> Self {
+        WriteDeadline { inner, idle, stalled_since: None, timer: Box::pin(tokio::time::sleep(idle)) }
+    }
+}
+
+impl<S> WriteDeadline<S> {
+    fn progress<T>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.stalled_since = None;
+            return polled;
+        }
+        let since = *self.stalled_since.get_or_insert_with(Instant::now);
+        let deadline = tokio::time::Instant::from(since + self.idle);
+        if self.timer.deadline() != deadline {
+            self.timer.as_mut().reset(deadline);
+        }
+        match self.timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the client read nothing for {} s", self.idle.as_secs()),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.progress(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.progress(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.progress(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
