@@ -341,6 +341,17 @@ pub trait Index: Retention + History + Send + Sync {
     fn stored_bytes(&self) -> Result<u64, IndexError>;
 }
 
+/// A path's signatures as both backends keep them: one column, space-separated. A signature is
+/// one token (`server::narinfo::accept` refuses any other), so they read back as they went in.
+pub fn sigs_column(sigs: &[String]) -> String {
+    sigs.join(" ")
+}
+
+/// [`sigs_column`] read back.
+pub fn sigs_of_column(column: &str) -> Vec<String> {
+    column.split_whitespace().map(str::to_string).collect()
+}
+
 /// A cache record for the index tests (both backends).
 #[cfg(test)]
 pub(crate) fn test_cache(name: &str) -> CacheRecord {

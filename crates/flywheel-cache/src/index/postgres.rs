@@ -841,7 +841,7 @@ impl Index for PostgresIndex {
                 references: get(&r, 9)?,
                 deriver: get(&r, 1)?,
                 ca: get(&r, 2)?,
-                sigs: sigs.split_whitespace().map(str::to_string).collect(),
+                sigs: super::sigs_of_column(&sigs),
             }))
         })
     }
@@ -1130,7 +1130,16 @@ fn add_path_tx(
     let inserted = db.opt(
         "INSERT INTO paths (cache, hash_part, store_path, nar_hash, deriver, ca, sigs, added_at, last_access)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) ON CONFLICT (cache, hash_part) DO NOTHING RETURNING id",
-        &[&cache_id, &hash_part, &p.store_path, &&n.nar_hash[..], &p.deriver, &p.ca, &p.sigs.join(" "), &now],
+        &[
+            &cache_id,
+            &hash_part,
+            &p.store_path,
+            &&n.nar_hash[..],
+            &p.deriver,
+            &p.ca,
+            &super::sigs_column(&p.sigs),
+            &now,
+        ],
     )?;
     let Some(r) = inserted else { return Ok(Added::Present) };
     let id: i64 = get(&r, 0)?;

@@ -694,7 +694,7 @@ impl Index for SqliteIndex {
                 references,
                 deriver,
                 ca,
-                sigs: sigs.split_whitespace().map(str::to_string).collect(),
+                sigs: super::sigs_of_column(&sigs),
             }))
         })
     }
@@ -992,7 +992,7 @@ impl SqliteIndex {
                     &n.nar_hash[..],
                     p.deriver,
                     p.ca,
-                    p.sigs.join(" "),
+                    super::sigs_column(&p.sigs),
                     now
                 ])
             })

@@ -10,6 +10,7 @@ mod listener;
 mod mapped;
 mod metrics;
 pub mod names;
+pub mod narinfo;
 mod object;
 mod rendered;
 mod routes;

@@ -15,9 +15,7 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use flywheel_nix::keys::PublicKey;
-use flywheel_nix::narinfo::{self, Compression, FileRef, NarInfo};
-use flywheel_nix::store_db::PathInfo;
-use flywheel_nix::{CAHash, NixHash};
+use flywheel_nix::NixHash;
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tower::ServiceExt;
@@ -27,7 +25,7 @@ use super::body;
 use super::names::{self, is_nix32, Item, Refused, Route};
 use super::{Cache, State};
 use crate::index::IndexLock;
-use crate::index::{IndexError, NarRecord, PathRecord, Scope, StoredFile};
+use crate::index::{IndexError, NarRecord, Scope, StoredFile};
 use crate::ingest::{self, Upload};
 use crate::storage::NarSource;
 
@@ -321,35 +319,6 @@ fn cache_info(cache: &Cache) -> Response {
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/x-nix-cache-info")], body).into_response()
 }
 
-fn nar_url(nar_hash: &[u8; 32]) -> String {
-    format!("nar/{}.nar.zst", nix_derivation::nixbase32::encode(nar_hash))
-}
-
-/// The narinfo, rendered from the index and signed with the cache's key.
-fn render(state: &State, cache: &Cache, p: &PathRecord) -> Result<Vec<u8>, String> {
-    let sd = &state.store_dir;
-    let parse = |s: &str| sd.parse_path(s.as_bytes()).map_err(|e| format!("{s}: {e}"));
-    let info = PathInfo {
-        path: parse(&p.store_path)?,
-        nar_hash: NixHash::Sha256(p.nar.nar_hash),
-        nar_size: p.nar.nar_size,
-        references: p.references.iter().map(|r| parse(r)).collect::<Result<_, _>>()?,
-        deriver: p.deriver.as_deref().map(parse).transpose()?,
-        registration_time: 0,
-        ultimate: false,
-        signatures: p.sigs.iter().filter_map(|s| s.parse().ok()).collect(),
-        ca: p.ca.as_deref().map(|c| c.parse::<CAHash>().map_err(|e| format!("CA {c}: {e}"))).transpose()?,
-    };
-    let file = FileRef {
-        url: nar_url(&p.nar.nar_hash),
-        compression: Compression::Zstd,
-        hash: Some(NixHash::Sha256(p.nar.file_hash)),
-        size: Some(p.nar.file_size),
-    };
-    let record = narinfo::signed(sd, &info, file, &cache.key).map_err(|e| e.to_string())?;
-    Ok(record.to_canonical_bytes())
-}
-
 async fn get_narinfo(state: &Arc<State>, cache: Arc<Cache>, hash: String, head: bool) -> Result<Response, Response> {
     let body = match state.rendered.get(&cache.record.name, &hash) {
         Some(body) => {
@@ -368,7 +337,8 @@ async fn get_narinfo(state: &Arc<State>, cache: Arc<Cache>, hash: String, head: 
                     return Ok(None);
                 };
                 cache.counters.narinfo_hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let body = axum::body::Bytes::from(render(s, &cache, &p).map_err(internal)?);
+                let body =
+                    axum::body::Bytes::from(super::narinfo::render(&s.store_dir, &cache.key, &p).map_err(internal)?);
                 s.rendered.insert(&cache.record.name, &hash, body.clone(), generation);
                 if let Ok(mut accessed) = s.accessed.lock() {
                     accessed.insert((cache.record.name.clone(), hash), now());
@@ -394,15 +364,8 @@ async fn put_narinfo(state: &Arc<State>, cache: Arc<Cache>, hash: String, req: R
     let bytes = body::read_all(req, limit, state.opts.limits.idle_timeout, "a narinfo").await?;
     blocking(state, move |s| {
         let bad = |why: String| text(StatusCode::BAD_REQUEST, why);
-        let info = NarInfo::parse_in(&s.store_dir, &bytes).map_err(|e| bad(format!("not a valid narinfo: {e}")))?;
-        let store_path = s.store_dir.render_path(info.store_path());
-        if !info.store_path().to_basename().starts_with(&hash) {
-            return Err(bad(format!("the narinfo is for {store_path}, not for {hash}")));
-        }
-        let NixHash::Sha256(claimed) = info.nar_hash() else {
-            return Err(bad("NarHash must be sha256".into()));
-        };
-        let url = info.url().to_string();
+        let (uploaded, info) = super::narinfo::accept(&s.store_dir, &hash, &bytes).map_err(bad)?;
+        let (store_path, url) = (uploaded.store_path.clone(), uploaded.url.clone());
         let cache_name = cache.record.name.clone();
         if let Some(key) = cache.upstream.iter().find(|k| info.has_valid_signature(&s.store_dir, std::slice::from_ref(*k)))
         {
@@ -422,29 +385,21 @@ async fn put_narinfo(state: &Arc<State>, cache: Arc<Cache>, hash: String, req: R
         // NarHash proves nothing, and the answer would tell whether it exists elsewhere.
         let nar: NarRecord = match s.index().upload(&cache_name, &url).map_err(internal)? {
             Some(n) => n,
-            None => match s.index().nar_in_cache(&cache_name, claimed).map_err(internal)? {
+            None => match s.index().nar_in_cache(&cache_name, &uploaded.nar_hash).map_err(internal)? {
                 Some((n, _)) if s.storage.contains(&n.nar_hash).map_err(internal)? => n,
                 _ => return Err(bad(format!("the NAR {url} was not uploaded to this cache: PUT it first"))),
             },
         };
-        if nar.nar_hash != *claimed || nar.nar_size != info.nar_size() {
+        if nar.nar_hash != uploaded.nar_hash || nar.nar_size != uploaded.nar_size {
             return Err(bad(format!(
                 "NAR mismatch for {store_path}: the narinfo says NarHash {} and NarSize {}, the uploaded NAR has {} and {}",
-                info.nar_hash().to_nix_nixbase32_string(),
-                info.nar_size(),
+                NixHash::Sha256(uploaded.nar_hash).to_nix_nixbase32_string(),
+                uploaded.nar_size,
                 NixHash::Sha256(nar.nar_hash).to_nix_nixbase32_string(),
                 nar.nar_size
             )));
         }
-        let references: Vec<String> = info.references().iter().map(|r| s.store_dir.render_path(r)).collect();
-        let record = PathRecord {
-            store_path: store_path.clone(),
-            nar,
-            references,
-            deriver: info.deriver().map(|d| s.store_dir.render_path(d)),
-            ca: info.content_address().map(|c| c.to_string()),
-            sigs: info.signatures().iter().map(|sig| sig.to_string()).collect(),
-        };
+        let record = uploaded.with_nar(nar);
         let added = match s.index().add_path(&cache_name, &record, Some(&url), now()) {
             Ok(added) => added,
             Err(e @ (IndexError::MissingReferences { .. } | IndexError::NarGone(_))) => return Err(bad(e.to_string())),
