@@ -5,17 +5,21 @@
 #   1. push into an empty cache (`flywheel cache push` of the closure to a fresh server, each
 #      side its own client and server);
 #   2. narinfo GETs per second on the pushed cache (wrk with bench/gc_narinfo.lua, random
-#      paths of the closure), with 1 connection and with 16;
-#   3. eight hostile uploads at once, each side's server: the peak resident memory (VmHWM) of
+#      paths of the closure), with 1 connection and with 16, and the server's CPU time per GET
+#      (from /proc: steadier than a rate on a machine the client shares);
+#   3. (with valgrind) the instructions each side's server executes per narinfo GET, counted by
+#      callgrind over 15 s of GETs on 4 connections: the same for the same binary and input,
+#      whatever else the machine does, where the rates above move by 10-20% between runs;
+#   4. eight hostile uploads at once, each side's server: the peak resident memory (VmHWM) of
 #      the server, what each upload got, and how long the eight took. Two kinds: xz whose block
-#      declares a 4 GiB dictionary, over a NAR of 512 MiB of zeros (a 40 KB upload that makes a
+#      declares a 4 GiB dictionary, over a NAR of 512 MiB of zeros (an upload under 100 KiB that makes a
 #      decoder without a memory limit fill 512 MiB of dictionary), and zstd frames with a
 #      128 MiB window over the same NAR (within the default limit, so both sides decode it);
 #      with the default ingest-jobs (one per CPU) and with ingest-jobs = 8.
 # Medians of --runs are printed with ratios (after / before). Results belong in
 # docs/benchmarks.md with the date and this command.
 #
-# usage: bench/trust.sh --before BIN [--budget-mb 500] [--runs 3] [--seconds 10]
+# usage: bench/trust.sh --before BIN [--budget-mb 500] [--runs 3] [--seconds 10] [--skip-hostile]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cmdline="bench/trust.sh $*"
@@ -24,13 +28,15 @@ before=
 budget=500
 runs=3
 seconds=10
+skip_hostile=
 while [ $# -gt 0 ]; do
   case "$1" in
     --before) before="$2"; shift 2 ;;
     --budget-mb) budget="$2"; shift 2 ;;
     --runs) runs="$2"; shift 2 ;;
     --seconds) seconds="$2"; shift 2 ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    --skip-hostile) skip_hostile=1; shift ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "bench/trust.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -81,7 +87,9 @@ start() {
 stop() { kill -TERM "$srv_pid"; wait "$srv_pid" || true; srv_pid=; }
 
 # 1 and 2.
-declare -A push q1 q16
+declare -A push q1 q16 cpu16
+# utime + stime of a process, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 for i in $(seq "$runs"); do
   order=(before after); [ $((i % 2)) = 0 ] && order=(after before)
   for side in "${order[@]}"; do
@@ -94,19 +102,45 @@ for i in $(seq "$runs"); do
     push[$side]+="$(( $(now) - t0 )) "
     host=${srv_url%/*}
     for c in 1 16; do
+      cpu0=$(cpu_ticks "$srv_pid")
       out=$(wrk -t"$(( c < 2 ? 1 : 2 ))" -c"$c" -d"${seconds}s" -s bench/gc_narinfo.lua "$host" -- "$work/hashes" main)
+      cpu1=$(cpu_ticks "$srv_pid")
       n=$(echo "$out" | awk '/^gc_narinfo:/ {print $3}')
       bad=$(echo "$out" | awk '/^gc_narinfo:/ {print $13 + $15}')
       [ "$bad" = 0 ] || { echo "bench/trust.sh: $side narinfo -c$c: $bad failed requests" >&2; exit 1; }
-      if [ "$c" = 1 ]; then q1[$side]+="$((n / seconds)) "; else q16[$side]+="$((n / seconds)) "; fi
+      # The server's CPU time per request, in microseconds (clock ticks of 1/CLK_TCK s).
+      us=$(awk -v t=$((cpu1 - cpu0)) -v hz="$(getconf CLK_TCK)" -v n="$n" 'BEGIN {printf "%.1f", t * 1e6 / hz / n}')
+      if [ "$c" = 1 ]; then q1[$side]+="$((n / seconds)) "; else q16[$side]+="$((n / seconds)) "; cpu16[$side]+="$us "; fi
     done
     stop
   done
 done
 med() { echo "$1" | tr ' ' '\n' | grep . | median; }
 
-# 3. The hostile uploads, made once.
-python3 - "$work" <<'PY'
+# 3. Instructions per narinfo GET, each side's server under callgrind on its pushed cache.
+declare -A ir_per_get
+if command -v valgrind >/dev/null && command -v callgrind_control >/dev/null; then
+  for side in before after; do
+    progress "instructions per narinfo GET: $side"
+    : > "$work/data-$side.out"
+    valgrind --tool=callgrind --callgrind-out-file="$work/cg.$side" \
+      "$work/$side" cache serve --listen 127.0.0.1:0 --config "$work/data-$side.toml" > "$work/data-$side.out" 2>> "$work/serve.log" &
+    srv_pid=$!
+    for _ in $(seq 600); do read -r srv_url _ < "$work/data-$side.out" && [ -n "$srv_url" ] && break; sleep 0.1; done
+    host=${srv_url%/*}
+    wrk -t1 -c4 -d3s -s bench/gc_narinfo.lua "$host" -- "$work/hashes" main > /dev/null
+    callgrind_control -z "$srv_pid" > /dev/null
+    out=$(wrk -t1 -c4 -d15s -s bench/gc_narinfo.lua "$host" -- "$work/hashes" main)
+    callgrind_control -d "$srv_pid" > /dev/null
+    n=$(echo "$out" | awk '/^gc_narinfo:/ {print $3}')
+    ir=$(callgrind_annotate "$work/cg.$side.1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+    ir_per_get[$side]=$((ir / n))
+    kill -TERM "$srv_pid"; wait "$srv_pid" || true; srv_pid=
+  done
+fi
+
+# 4. The hostile uploads, made once.
+[ -n "$skip_hostile" ] || python3 - "$work" <<'PY'
 import lzma, struct, sys, zlib
 work = sys.argv[1]
 size = 512 << 20
@@ -164,7 +198,7 @@ hostile() {
   printf '| %s | %s | %s | %d MiB (idle %d MiB) | %s | %.1f s |\n' "$kind" "$jobs" "$side" $((peak / 1024)) $((base / 1024)) "$codes" "$(awk -v m="$ms" 'BEGIN {print m / 1000}')"
 }
 progress "hostile uploads"
-hostile_rows=$(
+[ -z "$skip_hostile" ] && hostile_rows=$(
   for kind in xz zst; do
     for jobs in default 8; do
       for side in before after; do hostile "$side" "$kind" "$jobs"; done
@@ -177,6 +211,8 @@ echo "## bench/trust.sh, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, $(unam
 echo
 echo "Command: \`$cmdline\`; closure: ${#paths[@]} paths, $((nar_bytes >> 20)) MiB of NAR; medians of $runs runs."
 echo
+echo "Every run (before / after): push ns ${push[before]}/ ${push[after]}; narinfo/s -c1 ${q1[before]}/ ${q1[after]}; -c16 ${q16[before]}/ ${q16[after]}; server µs per GET -c16 ${cpu16[before]}/ ${cpu16[after]}"
+echo
 echo "| | before | after | after / before |"
 echo "|---|---|---|---|"
 pb=$(med "${push[before]}"); pa=$(med "${push[after]}")
@@ -185,6 +221,12 @@ for c in 1 16; do
   if [ $c = 1 ]; then b=$(med "${q1[before]}"); a=$(med "${q1[after]}"); else b=$(med "${q16[before]}"); a=$(med "${q16[after]}"); fi
   echo "| narinfo GETs/s, $c connection(s) | $b | $a | $(ratio "$a" "$b") |"
 done
+b=$(med "${cpu16[before]}"); a=$(med "${cpu16[after]}")
+echo "| server CPU per narinfo GET (16 connections) | $b µs | $a µs | $(ratio "$a" "$b") |"
+if [ -n "${ir_per_get[before]:-}" ]; then
+  echo "| server instructions per narinfo GET (callgrind) | ${ir_per_get[before]} | ${ir_per_get[after]} | $(ratio "${ir_per_get[after]}" "${ir_per_get[before]}") |"
+fi
+[ -z "$skip_hostile" ] || exit 0
 echo
 echo "Eight hostile uploads at once (each about $(( $(stat -c %s "$work/bomb.nar.xz") >> 10 )) KiB as xz, $(( $(stat -c %s "$work/bomb.nar.zst") >> 10 )) KiB as zstd; a NAR of 512 MiB):"
 echo

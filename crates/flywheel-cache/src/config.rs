@@ -17,7 +17,7 @@
 //! decoder-memory = "128MiB"        # one upload's xz dictionary or zstd window
 //! ingest-timeout = "30m"           # checking one received upload
 //! header-timeout = "30s"           # receiving a request's headers
-//! idle-timeout = "60s"             # a connection with no byte either way
+//! idle-timeout = "60s"             # a connection, body or response with no byte moving
 //! max-connections = 1024
 //! max-connections-per-client = 128
 //!

@@ -42,7 +42,7 @@ fn make_paths(tokens: &serde_json::Value) -> (String, String, String) {
     (made[0].clone(), made[1].clone(), made[2].clone())
 }
 
-fn check_upgrade(s: &Served, backend: &str, tokens: &serde_json::Value) {
+fn check_upgrade(s: &Served, w: &Path, backend: &str, tokens: &serde_json::Value) {
     let (lib, app, solo) = make_paths(tokens);
     let addr = s.addr();
     let t = &tokens[backend];
@@ -78,6 +78,15 @@ fn check_upgrade(s: &Served, backend: &str, tokens: &serde_json::Value) {
     assert_eq!(adopted, [format!("pr: {app}"), format!("pr: {lib}"), format!("secret: {solo}")], "{backend}");
     assert_eq!((report["paths"].as_u64(), report["store_paths"].as_u64()), (Some(6), Some(3)), "{backend}: {report}");
 
+    // `cache migrate` carries the rows and their marks to another index (an embedded one).
+    let copy = w.join("copy.toml");
+    std::fs::write(&copy, format!("data = \"{}\"\n", w.join("copy").display())).expect("write");
+    ok(flywheel().args(["cache", "migrate", "--json", "--from"]).arg(&s.config).arg("--to").arg(&copy));
+    let out = flywheel().args(["cache", "verify", "--json", "--config"]).arg(&copy).output().expect("verify");
+    let copied: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(copied["adopted"], report["adopted"], "{backend}: {copied}");
+    assert!(copied["problems"].as_array().is_some_and(|p| p.is_empty()), "{backend}: {copied}");
+
     // pr's writer pushes its paths: they count as missing, are sent, and replace the adopted
     // rows; the narinfos stay what they were (the same contents).
     let out = ok_str(
@@ -103,7 +112,7 @@ fn an_sqlite_data_directory_of_the_release_is_upgraded_in_place() {
     copy_dir(&release().join("sqlite"), &w.join("data"));
     let s = Served::start_on(w, None, "", CACHES);
     assert!(s.data.join("index.sqlite").exists());
-    check_upgrade(&s, "sqlite", &tokens);
+    check_upgrade(&s, w, "sqlite", &tokens);
 }
 
 #[test]
@@ -118,5 +127,5 @@ fn a_postgresql_index_of_the_release_is_upgraded_in_place() {
     std::fs::create_dir_all(w.join("data")).expect("mkdir");
     copy_dir(&release().join("postgres-nar"), &w.join("data").join("nar"));
     let s = Served::start_on(w, Some(pg), "", CACHES);
-    check_upgrade(&s, "postgres", &tokens);
+    check_upgrade(&s, w, "postgres", &tokens);
 }

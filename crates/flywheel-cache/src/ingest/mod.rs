@@ -219,4 +219,30 @@ mod tests {
         assert!(ingest(&zst, Upload::Zstd, &dir.path().join("d"), &opts()).is_err());
         assert_eq!(Upload::from_name("x.nar.bz2"), None);
     }
+
+    #[test]
+    fn a_check_past_its_deadline_is_given_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tree = dir.path().join("f");
+        std::fs::write(&tree, vec![7u8; 4 << 20]).expect("write");
+        let (plain, _) = nar::write_nar_digested(&tree, Vec::new()).expect("nar");
+        let raw = dir.path().join("up.nar");
+        std::fs::write(&raw, &plain).expect("write");
+        let late = IngestOptions { deadline: Some(std::time::Instant::now()), ..opts() };
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(matches!(ingest(&raw, Upload::None, &dir.path().join("a"), &late), Err(IngestError::TooSlow(_))));
+        // Within the NarSize bound it declared, or one byte short of it.
+        let exact = IngestOptions {
+            limits: DecodeLimits::new(DEFAULT_DECODER_MEMORY, plain.len() as u64),
+            declared: true,
+            ..opts()
+        };
+        assert!(ingest(&raw, Upload::None, &dir.path().join("b"), &exact).is_ok());
+        let short =
+            IngestOptions { limits: DecodeLimits::new(DEFAULT_DECODER_MEMORY, plain.len() as u64 - 1), ..exact };
+        assert!(matches!(
+            ingest(&raw, Upload::None, &dir.path().join("c"), &short),
+            Err(IngestError::TooLarge(DecodeError::TooLarge { declared: true, .. }))
+        ));
+    }
 }

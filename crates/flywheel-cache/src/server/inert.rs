@@ -4,22 +4,18 @@
 //! their bytes) and a Content-Security-Policy that allows no script at all: the page itself is
 //! server-rendered HTML with inline styles and SVG.
 
-use axum::extract::Request;
-use axum::http::{header, HeaderValue};
-use axum::response::Response;
+use axum::http::{header, HeaderMap, HeaderValue};
 
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; \
      base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-/// Adds the headers to every response (a middleware).
-pub(super) async fn headers(req: Request, next: axum::middleware::Next) -> Response {
-    let mut response = next.run(req).await;
-    let h = response.headers_mut();
+/// Adds the headers to a response. The listener calls it on every response as it leaves: a
+/// layer on the router would cost a boxed service clone per request (docs/benchmarks.md).
+pub(super) fn add_headers(h: &mut HeaderMap) {
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    response
 }
 
 /// The Content-Type a stored listing (`<hash>.ls`) or build log is served with.

@@ -1,9 +1,9 @@
 //! Accepting connections within bounds: a cap on open connections (more wait in the kernel's
-//! listen queue), a cap per client address (more are closed at once), a deadline for each
-//! request's headers (hyper's, which also closes a keep-alive connection that sends nothing),
-//! and a deadline for a response the client stops reading. Request bodies have their own idle
-//! deadline where handlers read them (`body`), so that a long check of an upload, with no byte
-//! moving meanwhile, is not mistaken for a dead peer.
+//! listen queue), a cap per client address (more are closed at once), deadlines for a request's
+//! headers and for a connection idle between requests (`watchdog`), and a deadline for a
+//! response the client stops reading. Request bodies have their own idle deadline where handlers
+//! read them (`body`), so that a long check of an upload, with no byte moving meanwhile, is not
+//! mistaken for a dead peer.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,11 +17,12 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ConnectInfo;
 use axum::Router;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 
+use super::watchdog::{Watchdog, Watched};
 use super::State;
 
 /// Serves `app` on `listener` until `shutdown` completes, then lets the requests in flight
@@ -37,7 +38,12 @@ pub(super) async fn serve(
     let clients = Arc::new(Clients::default());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
+    http.header_read_timeout(None).keep_alive(true);
+    let counted = state.clone();
+    let watchdog = Watchdog::new(limits.header_timeout, limits.idle_timeout, move || {
+        counted.metrics.deadline_closures.fetch_add(1, Ordering::Relaxed);
+    });
+    let ticking = tokio::spawn(watchdog.clone().run());
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -70,26 +76,58 @@ pub(super) async fn serve(
             // delayed ACK.
             tracing::debug!("TCP_NODELAY: {e}");
         }
-        let io = TokioIo::new(WriteDeadline::new(tcp, limits.idle_timeout));
+        let watched = watchdog.watch();
+        let io = TokioIo::new(Guarded::new(tcp, limits.idle_timeout, watchdog.clone(), watched.clone()));
         let app = app.clone();
+        let (dog, conn_state) = (watchdog.clone(), watched.clone());
         let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
-            app.clone().oneshot(req.map(axum::body::Body::new))
+            conn_state.busy(dog.now_ms());
+            let answered = app.clone().oneshot(req.map(axum::body::Body::new));
+            let (dog, conn_state) = (dog.clone(), conn_state.clone());
+            async move {
+                let mut response = answered.await;
+                if let Ok(r) = &mut response {
+                    super::inert::add_headers(r.headers_mut());
+                }
+                conn_state.idle(dog.now_ms());
+                response
+            }
         });
         let conn = graceful.watch(http.serve_connection(io, service));
-        state.metrics.connections.fetch_add(1, Ordering::Relaxed);
-        let metrics = state.clone();
-        tokio::spawn(async move {
+        let open = Open::new(state.clone(), (permit, slot));
+        let task = tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!("connection from {peer}: {e}");
             }
-            metrics.metrics.connections.fetch_sub(1, Ordering::Relaxed);
-            drop((permit, slot));
+            drop(open);
         });
+        watchdog.guard(&watched, task.abort_handle());
     }
     drop(listener);
     graceful.shutdown().await;
+    ticking.abort();
     Ok(())
+}
+
+/// A connection counted open, with its share of the caps, until dropped (its task may end by
+/// being aborted).
+struct Open {
+    state: Arc<State>,
+    _held: (tokio::sync::OwnedSemaphorePermit, Slot),
+}
+
+impl Open {
+    fn new(state: Arc<State>, held: (tokio::sync::OwnedSemaphorePermit, Slot)) -> Open {
+        state.metrics.connections.fetch_add(1, Ordering::Relaxed);
+        Open { state, _held: held }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.state.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Open connections by client address.
@@ -127,27 +165,32 @@ impl Drop for Slot {
     }
 }
 
-/// A connection whose writes fail once one has waited `idle` without progress: a client that
-/// stops reading a response (a NAR, most often) does not hold the connection and its slot for
-/// ever.
-struct WriteDeadline<S> {
+/// A connection's socket as the server sees it: reads and writes tell the watchdog what the
+/// connection is doing, and writes fail once one has waited `idle` without progress (a client
+/// that stops reading a response, a NAR most often, does not hold the connection for ever; the
+/// timer is armed only when a write waits).
+struct Guarded<S> {
     inner: S,
     idle: Duration,
+    dog: Arc<Watchdog>,
+    watched: Arc<Watched>,
     /// Since when writes have been waiting, without a byte taken.
     stalled_since: Option<Instant>,
     timer: Pin<Box<tokio::time::Sleep>>,
 }
 
-impl WriteDeadline<TcpStream> {
-    fn new(inner: TcpStream, idle: Duration) -> Self {
-        WriteDeadline { inner, idle, stalled_since: None, timer: Box::pin(tokio::time::sleep(idle)) }
+impl Guarded<TcpStream> {
+    fn new(inner: TcpStream, idle: Duration, dog: Arc<Watchdog>, watched: Arc<Watched>) -> Self {
+        let timer = Box::pin(tokio::time::sleep(idle));
+        Guarded { inner, idle, dog, watched, stalled_since: None, timer }
     }
 }
 
-impl<S> WriteDeadline<S> {
+impl<S> Guarded<S> {
     fn progress<T>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
         if polled.is_ready() {
             self.stalled_since = None;
+            self.watched.wrote_some(self.dog.now_ms());
             return polled;
         }
         let since = *self.stalled_since.get_or_insert_with(Instant::now);
@@ -165,13 +208,18 @@ impl<S> WriteDeadline<S> {
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
+impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.watched.read_some(self.dog.now_ms());
+        }
+        polled
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
         self.progress(cx, polled)

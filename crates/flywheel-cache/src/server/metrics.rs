@@ -25,6 +25,8 @@ pub struct Metrics {
     pub connections: AtomicU64,
     /// Connections closed at once because their client had max-connections-per-client open.
     pub connections_refused: AtomicU64,
+    /// Connections closed for missing a deadline: headers too slow, idle too long.
+    pub deadline_closures: AtomicU64,
     /// Requests refused because of a limit (413, 408): decoder memory, NAR size, time, idle.
     pub refused_by_limit: AtomicU64,
 }
@@ -113,6 +115,12 @@ impl Metrics {
             "flywheel_cache_connections_refused_total",
             "Connections closed at once: their client had max-connections-per-client open.",
             self.connections_refused.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "flywheel_cache_deadline_closures_total",
+            "Connections closed for missing a deadline: a request's headers (header-timeout), or idle between requests (idle-timeout).",
+            self.deadline_closures.load(Ordering::Relaxed),
         );
         counter(
             &mut out,

@@ -15,6 +15,7 @@ mod object;
 mod rendered;
 mod routes;
 mod status_routes;
+mod watchdog;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -149,6 +150,8 @@ pub enum ServerError {
 /// A cache with its parsed signing key.
 pub(crate) struct Cache {
     pub record: CacheRecord,
+    /// The name, shared: what per-request records (accesses) key on without a copy.
+    pub name: Arc<str>,
     pub key: SecretKey,
     /// Paths signed by one of these are declined (the config's `upstream-keys`).
     pub upstream: Vec<TrustedPublicKey>,
@@ -198,7 +201,7 @@ pub(crate) struct State {
     pub metrics: metrics::Metrics,
     /// narinfo accesses not yet written to the index ((cache, hash part) -> latest time):
     /// written in one transaction every second, so a read costs no disk write.
-    pub accessed: std::sync::Mutex<HashMap<(String, String), i64>>,
+    pub accessed: std::sync::Mutex<HashMap<(Arc<str>, String), i64>>,
     /// Signed narinfos as served, by (cache, hash part).
     pub rendered: rendered::Rendered,
     /// The status as last gathered, and when: served again for a moment.
@@ -227,7 +230,8 @@ impl State {
             .map_err(|e| IndexError::Db(format!("cache {name}: its signing key: {e}")))?;
         // Checked when the config was loaded.
         let upstream = self.opts.caches.get(name).and_then(|c| c.upstream().ok()).unwrap_or_default();
-        let cache = Arc::new(Cache { record, key, upstream, counters: CacheCounters::default() });
+        let shared: Arc<str> = Arc::from(record.name.as_str());
+        let cache = Arc::new(Cache { record, name: shared, key, upstream, counters: CacheCounters::default() });
         if let Ok(mut m) = self.caches.write() {
             m.insert(name.to_string(), cache.clone());
         }
@@ -400,7 +404,7 @@ async fn collect_garbage(state: &Arc<State>) {
             })
             .collect();
         let in_use = |cache: &str, hash: &str| {
-            s.accessed.lock().map(|m| m.contains_key(&(cache.to_string(), hash.to_string()))).unwrap_or(true)
+            s.accessed.lock().map(|m| m.contains_key(&(Arc::from(cache), hash.to_string()))).unwrap_or(true)
         };
         let log = |line: &str| tracing::info!("gc: {line}");
         let opts = crate::gc::GcOptions {
@@ -447,7 +451,10 @@ const ACCESS_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 
 async fn flush_accesses(state: &Arc<State>) {
     let batch: Vec<crate::index::Access> = match state.accessed.lock() {
-        Ok(mut m) => m.drain().map(|((cache, hash_part), at)| crate::index::Access { cache, hash_part, at }).collect(),
+        Ok(mut m) => m
+            .drain()
+            .map(|((cache, hash_part), at)| crate::index::Access { cache: cache.to_string(), hash_part, at })
+            .collect(),
         Err(_) => return,
     };
     let counters: Vec<(String, String, i64)> = match state.caches.read() {

@@ -36,7 +36,6 @@ pub fn router(state: Arc<State>) -> Router {
     Router::new()
         .fallback(dispatch)
         .layer(axum::middleware::from_fn_with_state(state.clone(), per_client))
-        .layer(axum::middleware::from_fn(super::inert::headers))
         .with_state(state)
 }
 
@@ -324,7 +323,7 @@ async fn get_narinfo(state: &Arc<State>, cache: Arc<Cache>, hash: String, head: 
         Some(body) => {
             // Nix asks for narinfos of everything it might substitute: that is the access GC counts.
             if let Ok(mut accessed) = state.accessed.lock() {
-                accessed.insert((cache.record.name.clone(), hash), now());
+                accessed.insert((cache.name.clone(), hash), now());
             }
             cache.counters.narinfo_hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Some(body)
@@ -341,7 +340,7 @@ async fn get_narinfo(state: &Arc<State>, cache: Arc<Cache>, hash: String, head: 
                     axum::body::Bytes::from(super::narinfo::render(&s.store_dir, &cache.key, &p).map_err(internal)?);
                 s.rendered.insert(&cache.record.name, &hash, body.clone(), generation);
                 if let Ok(mut accessed) = s.accessed.lock() {
-                    accessed.insert((cache.record.name.clone(), hash), now());
+                    accessed.insert((cache.name.clone(), hash), now());
                 }
                 Ok(Some(body))
             })
