@@ -39,9 +39,9 @@ pub(super) async fn serve(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.header_read_timeout(None).keep_alive(true);
-    let counted = state.clone();
+    let closed = state.metrics.deadline_closures.clone();
     let watchdog = Watchdog::new(limits.header_timeout, limits.idle_timeout, move || {
-        counted.metrics.deadline_closures.fetch_add(1, Ordering::Relaxed);
+        closed.fetch_add(1, Ordering::Relaxed);
     });
     let ticking = tokio::spawn(watchdog.clone().run());
     tokio::pin!(shutdown);

@@ -25,8 +25,10 @@ pub struct Metrics {
     pub connections: AtomicU64,
     /// Connections closed at once because their client had max-connections-per-client open.
     pub connections_refused: AtomicU64,
-    /// Connections closed for missing a deadline: headers too slow, idle too long.
-    pub deadline_closures: AtomicU64,
+    /// Connections closed for missing a deadline: headers too slow, idle too long. Shared with
+    /// the watchdog, which must not hold the server's state (it may be dropped on an async
+    /// thread, and the index may not).
+    pub deadline_closures: std::sync::Arc<AtomicU64>,
     /// Requests refused because of a limit (413, 408): decoder memory, NAR size, time, idle.
     pub refused_by_limit: AtomicU64,
 }
