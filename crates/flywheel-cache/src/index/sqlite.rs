@@ -272,6 +272,13 @@ pub(super) const MIGRATIONS: &[&str] = &[
         ON CONFLICT (cache) DO UPDATE SET paths = paths + 1, bytes = bytes + excluded.bytes;
     END;
     ",
+    // 7: a cache's paths in id (upload) order. GC reads a cache's paths and their references
+    // in this order and removes them in it, so each batch touches neighbouring pages of
+    // `paths` and `refs`; in hash order (the unique index) every batch dirtied pages all over
+    // both tables and a GC of 100k paths took half again as long.
+    "
+    CREATE INDEX paths_cache ON paths(cache);
+    ",
 ];
 
 pub struct SqliteIndex {

@@ -25,7 +25,7 @@ impl Retention for SqliteIndex {
                     .prepare(
                         "SELECT p.id, p.hash_part, n.file_size, p.last_access, p.added_at
                          FROM paths p JOIN nars n ON n.nar_hash = p.nar_hash
-                         WHERE p.cache = ?1",
+                         WHERE p.cache = ?1 ORDER BY p.id",
                     )
                     .map_err(db)?;
                 let mut rows = stmt.query([id]).map_err(db)?;
@@ -44,7 +44,10 @@ impl Retention for SqliteIndex {
             }
             {
                 let mut stmt = tx
-                    .prepare("SELECT r.path, r.reference FROM paths p JOIN refs r ON r.path = p.id WHERE p.cache = ?1")
+                    .prepare(
+                        "SELECT r.path, r.reference FROM paths p JOIN refs r ON r.path = p.id WHERE p.cache = ?1
+                         ORDER BY p.id",
+                    )
                     .map_err(db)?;
                 let mut rows = stmt.query([id]).map_err(db)?;
                 while let Some(r) = rows.next().map_err(db)? {

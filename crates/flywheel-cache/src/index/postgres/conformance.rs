@@ -558,6 +558,31 @@ fn collection_removes_what_it_may_and_records_it() {
 }
 
 #[test]
+fn the_snapshot_lists_a_caches_paths_in_the_order_they_came() {
+    // GC removes in the snapshot's order (referrers first, otherwise as listed): in id order,
+    // each batch touches neighbouring rows of `paths` and `refs`; in hash order, rows all over
+    // both tables (half again the time at 100k paths: docs/benchmarks.md).
+    on_both(|idx, t| {
+        idx.create_cache(&cache("main")).unwrap();
+        idx.create_cache(&cache("other")).unwrap();
+        for i in (1..=9).rev() {
+            let refs: Vec<usize> = if i < 9 { vec![i + 1] } else { vec![] };
+            push(idx, "main", &path(i, &refs), 100);
+            push(idx, "other", &path(i + 20, &[]), 100);
+        }
+        let (mut members, mut refs) = (Vec::new(), Vec::new());
+        idx.gc_snapshot("main", &mut |m| members.push(m), &mut |from, _| refs.push(from)).unwrap();
+        let ids: Vec<i64> = members.iter().map(|m| m.id).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "members in id order: {ids:?}");
+        assert!(refs.windows(2).all(|w| w[0] <= w[1]), "references by their path's id: {refs:?}");
+        for (k, m) in members.iter().enumerate() {
+            t.note(&format!("member {k}"), String::from_utf8_lossy(&m.hash_part));
+        }
+        t.note("references listed", refs.len());
+    });
+}
+
+#[test]
 fn the_removal_log_tells_servers_exactly_what_went_or_that_it_cannot() {
     on_both(|idx, t| {
         idx.create_cache(&cache("main")).unwrap();
