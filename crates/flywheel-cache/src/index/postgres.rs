@@ -1119,12 +1119,19 @@ fn add_path_tx(
         }
         None => Added::New,
     };
-    let (nar_size, file_size) = (i64_of(n.nar_size)?, i64_of(n.file_size)?);
-    db.exec(
-        "INSERT INTO nars (nar_hash, nar_size, file_hash, file_size, compression, stored_at)
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (nar_hash) DO NOTHING",
-        &[&&n.nar_hash[..], &nar_size, &&n.file_hash[..], &file_size, &n.compression, &now],
-    )?;
+    if !known_nar {
+        // Uploaded here, and not known a moment ago. Another push may have added it since: the
+        // (no-op) update locks that row as `known_nar` would have, so a collection cannot
+        // forget it before this path is committed. DO NOTHING would leave it unlocked: a
+        // collection removing the other push's path would take the NAR too, and the path's
+        // insert below would fail on the foreign key instead of adding the path.
+        let (nar_size, file_size) = (i64_of(n.nar_size)?, i64_of(n.file_size)?);
+        db.exec(
+            "INSERT INTO nars (nar_hash, nar_size, file_hash, file_size, compression, stored_at)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (nar_hash) DO UPDATE SET stored_at = nars.stored_at",
+            &[&&n.nar_hash[..], &nar_size, &&n.file_hash[..], &file_size, &n.compression, &now],
+        )?;
+    }
     // Two servers adding the same path to one cache: the second waits for the first's commit
     // and then finds its row (the first upload stays, as in SQLite).
     let inserted = db.opt(
