@@ -2,14 +2,11 @@
   description = "flywheel: reproducible GPU runner images, a Nix binary cache for CI, and the lane canary";
 
   # Pinned by hand in flake.lock (the machines this was written on cannot run
-  # `nix flake lock`). The revision (2025-12-29) is the one the
-  # team's infrastructure already locks through nix2container's input, where it
-  # is recorded with this same original (github:NixOS/nixpkgs, no branch), so
-  # the URL here matches flake.lock's `original` and Nix uses the lock as is.
-  # When the pin is next moved with `nix flake update`, consider
-  # "github:NixOS/nixpkgs/nixos-unstable" (a channel Hydra has built, so
-  # cache.nixos.org has its outputs) and update flake.lock's `original` with it.
-  inputs.nixpkgs.url = "github:NixOS/nixpkgs";
+  # `nix flake lock`): nixos-unstable at a799d3e (2026-06-06), whose narHash Nix
+  # computed in a public lockfile. Its rustc (1.95) is the workspace's
+  # `rust-version`, and tests/rust-version.sh fails when Cargo.lock needs a newer
+  # one; docs/nix.md says what the pin holds and how to move it.
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-unstable";
 
   outputs =
     { self, nixpkgs }:

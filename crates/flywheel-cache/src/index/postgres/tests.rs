@@ -406,7 +406,7 @@ fn concurrent_servers_adding_the_same_paths_stay_consistent() {
             r.push(i - 1);
             r.push(i / 2);
         }
-        if i % 7 == 0 {
+        if i.is_multiple_of(7) {
             r.push(i);
         }
         r.sort();
