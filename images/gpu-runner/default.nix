@@ -66,6 +66,18 @@ let
     else
       throw "images/gpu-runner: no pinned NVIDIA driver ${driverVersion} (known: ${builtins.concatStringsSep ", " (builtins.attrNames knownDrivers)}); add its hashes to knownDrivers or pass `driver`";
 
+  # The newest runner release recorded here (runner.json, docs/runner-image.md says where each
+  # value comes from and how to bump it). The image labels the runner it carries with its
+  # version, and with its release date when it is that release, so `flywheel lane check` and
+  # the canary can warn before GitHub stops queueing jobs to it.
+  runnerRelease = builtins.fromJSON (builtins.readFile ./runner.json);
+  runnerVersion = pkgs.github-runner.version;
+  runnerReleased = if runnerVersion == runnerRelease.version then runnerRelease.released else null;
+  runnerLabels = {
+    "dev.flywheel.runner.version" = runnerVersion;
+  }
+  // (if runnerReleased == null then { } else { "dev.flywheel.runner.released" = runnerReleased; });
+
   driverLayer = flywheelLib.mkDriverLayer {
     inherit flywheel system;
     driver = driverPackage;
@@ -106,7 +118,10 @@ flywheelLib.mkRunnerImage {
     flywheel
   ];
   caBundle = "${pkgs.cacert}/etc/ssl/certs/ca-bundle.crt";
-  labels = {
-    "dev.flywheel.runner.version" = pkgs.github-runner.version;
-  };
+  labels = runnerLabels;
+  # Inside the container the labels are out of reach: the canary reads these instead.
+  extraEnv = {
+    FLYWHEEL_RUNNER_VERSION = runnerVersion;
+  }
+  // (if runnerReleased == null then { } else { FLYWHEEL_RUNNER_RELEASED = runnerReleased; });
 }

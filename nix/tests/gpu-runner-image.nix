@@ -98,6 +98,31 @@ let
     canaryOnPath = builtins.any (p: builtins.match ".*flywheel-canary" p != null) spec.closureRoots;
     unknownDriverVersionThrows = throws (image { driverVersion = "1.2.3"; }).imageSpec;
     urlWithoutKeyThrows = throws (image { cacheUrl = "http://cache.honey:5480/main"; }).imageSpec;
+    # The pin's runner (2.330.0 here) is not runner.json's release: its date is not claimed.
+    runnerVersionInEnv = builtins.elem "FLYWHEEL_RUNNER_VERSION=2.330.0" spec.config.Env;
+    noReleaseDateForAnotherRelease =
+      !(spec.config.Labels ? "dev.flywheel.runner.released")
+      && !(builtins.any (e: builtins.match "FLYWHEEL_RUNNER_RELEASED=.*" e != null) spec.config.Env);
+    # runner.json's release: its date in the labels and the environment.
+    releaseDateOfTheRecordedRelease =
+      let
+        recorded = builtins.fromJSON (builtins.readFile ../../images/gpu-runner/runner.json);
+        s =
+          (import ../../images/gpu-runner {
+            pkgs = pkgs // {
+              github-runner = drv "github-runner" // {
+                inherit (recorded) version;
+              };
+            };
+            inherit flywheelLib;
+            flywheel = drv "flywheel";
+            canary = drv "flywheel-canary";
+          }).imageSpec;
+      in
+      s.config.Labels."dev.flywheel.runner.version" == recorded.version
+      && s.config.Labels."dev.flywheel.runner.released" == recorded.released
+      && builtins.elem "FLYWHEEL_RUNNER_RELEASED=${recorded.released}" s.config.Env
+      && builtins.match "[0-9]{4}-[0-9]{2}-[0-9]{2}" recorded.released != null;
   };
   failed = builtins.filter (n: !cases.${n}) (builtins.attrNames cases);
 in

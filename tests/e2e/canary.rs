@@ -151,6 +151,80 @@ fn without_a_gpu_gpu_and_cuda_fail_with_their_reasons_and_every_report_is_writte
     assert!(table.contains("gpu") && table.contains("FAIL"), "{table}");
 }
 
+#[test]
+fn bootstrap_reports_the_images_runner_and_warns_when_it_is_old_or_too_low() {
+    let t = tempdir();
+    let date = |days_ago: i64| (time::OffsetDateTime::now_utc() - time::Duration::days(days_ago)).date().to_string();
+    let run = |name: &str, env: &[(&str, String)], labels: Option<&Path>, extra: &[&str]| {
+        let dir = t.path().join(name);
+        let mut args = vec!["--report-dir".to_string(), s(&dir), "--skip".into(), "gpu,cuda,vulkan,cache,queue".into()];
+        if let Some(l) = labels {
+            args.extend(["--image-labels".to_string(), s(l)]);
+        }
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut c = canary(&args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().expect("run");
+        assert!(out.status.success(), "{}", stderr(&out));
+        let ev = events(&dir);
+        validate_events(&dir);
+        (step(&ev, "bootstrap").clone(), prom_samples(&dir))
+    };
+    let notes = |b: &Value| {
+        b["notes"]
+            .as_array()
+            .map(|n| n.iter().filter_map(Value::as_str).map(str::to_string).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+
+    // From the environment the image sets: a current runner, no warning.
+    let (b, prom) = run(
+        "fresh",
+        &[("FLYWHEEL_RUNNER_VERSION", "2.338.0".into()), ("FLYWHEEL_RUNNER_RELEASED", date(3))],
+        None,
+        &[],
+    );
+    assert_eq!(b["status"], "pass", "{b}");
+    assert_eq!(b["details"]["runner_version"], "2.338.0");
+    assert_eq!(b["details"]["runner_warnings"], serde_json::json!([]));
+    assert!(notes(&b).iter().any(|n| n.starts_with("runner 2.338.0 released") && n.contains("(3 days ago)")), "{b}");
+    assert!(prom.iter().any(|l| l.starts_with("flywheel_canary_runner_release_age_seconds{} 259200")), "{prom:#?}");
+
+    // From the labels: 40 days old, and below a minimum the lane sets: two warnings, still a pass.
+    let labels = t.path().join("labels.json");
+    fs::write(
+        &labels,
+        serde_json::json!({"config": {"Labels": {"dev.flywheel.runner.version": "2.338.0", "dev.flywheel.runner.released": date(40)}}}).to_string(),
+    )
+    .unwrap();
+    let (b, _) = run("old", &[], Some(&labels), &["--runner-min-version", "2.340.0"]);
+    assert_eq!(b["status"], "pass", "{b}");
+    let warnings = notes(&b).into_iter().filter(|n| n.starts_with("warning: ")).collect::<Vec<_>>();
+    assert_eq!(warnings.len(), 2, "{b}");
+    assert!(warnings.iter().any(|w| w.contains("below the minimum 2.340.0")), "{warnings:?}");
+    assert!(warnings.iter().any(|w| w.contains("40 days ago") && w.contains("runner.json")), "{warnings:?}");
+    // The environment wins over the labels; a shorter age from the command line.
+    let (b, _) =
+        run("env-wins", &[("FLYWHEEL_RUNNER_RELEASED", date(10))], Some(&labels), &["--runner-max-age-days", "7"]);
+    assert!(notes(&b).iter().any(|n| n.contains("10 days ago") && n.starts_with("warning: ")), "{b}");
+
+    // A version that is not one fails the step, with a remedy.
+    let (b, _) = {
+        let dir = t.path().join("bad");
+        let out = canary(&["--report-dir", &s(&dir), "--skip", "gpu,cuda,vulkan,cache,queue"])
+            .env("FLYWHEEL_RUNNER_VERSION", "latest")
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        (step(&events(&dir), "bootstrap").clone(), ())
+    };
+    assert_eq!(b["status"], "fail", "{b}");
+    assert!(b["reason"].as_str().unwrap_or_default().contains("runner version \"latest\""), "{b}");
+}
+
 /// A fresh store path, added with Nix.
 fn store_file(dir: &Path, name: &str, body: &str) -> String {
     let f = dir.join(name);
@@ -367,6 +441,8 @@ fn bad_input_gets_a_clear_error_and_writes_nothing() {
         (vec!["--cache", "ftp://x/main"], "http"),
         (vec!["--publish", "http://cache:5480/main"], "no cache name"),
         (vec!["--max-queue", "soon"], "expected a duration"),
+        (vec!["--runner-min-version", "2.x"], "MAJOR.MINOR.PATCH"),
+        (vec!["--runner-max-age-days", "0"], "--runner-max-age-days"),
     ] {
         let out = canary(&args).output().expect("run");
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));

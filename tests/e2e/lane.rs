@@ -342,6 +342,71 @@ fn lane_check_compares_the_spec_with_the_image_in_a_layout_and_in_a_registry() {
     assert!(one_line_error(&o).contains("404"), "{}", one_line_error(&o));
 }
 
+#[test]
+fn lane_check_reports_the_runner_and_warns_when_it_is_old_or_below_the_minimum() {
+    let t = tempdir();
+    let root = t.path().join("nvidia");
+    fx::host_root(&root, VERSION);
+    let tree = t.path().join("tree");
+    ok(flywheel().args(["driver", "collect", "--no-nvml", "--driver-root"]).arg(&root).arg("--out").arg(&tree));
+    let image = |name: &str, labels: &[&str]| {
+        let out = t.path().join(name);
+        let mut c = flywheel();
+        c.args(["image", "build", "--no-layer-cache", "--driver"]).arg(&tree).arg("--out").arg(&out);
+        for l in labels {
+            c.args(["--label", l]);
+        }
+        let digest = ok_str(&mut c).trim().to_string();
+        (out, digest)
+    };
+    let (labelled, digest) =
+        image("labelled", &["dev.flywheel.runner.version=2.338.0", "dev.flywheel.runner.released=2026-10-06"]);
+    let layout = labelled.to_str().unwrap();
+    let spec = spec_for(t.path(), "spec.toml", &format!("registry.example/r@{digest}"), VERSION);
+    let check = |spec: &Path, today: &str| {
+        ok_str(flywheel().args(["lane", "check"]).arg(spec).args(["--layout", layout, "--today", today]))
+    };
+    // 25 days after the release: reported, no warning.
+    let out = check(&spec, "2026-10-31");
+    assert!(out.contains("runner: 2.338.0, released 2026-10-06 (25 days ago)"), "{out}");
+    assert!(!out.contains("warning:"), "{out}");
+    // 26 days: a warning that says what to do; still exit 0.
+    let out = check(&spec, "2026-11-01");
+    assert!(
+        out.contains("warning: the runner 2.338.0 was released 26 days ago") && out.contains("runner.json"),
+        "{out}"
+    );
+    // The spec's own policy: a minimum above the image's runner, and a shorter age.
+    let strict = t.path().join("strict.toml");
+    let text = fs::read_to_string(&spec).unwrap().replace(
+        &format!("driver_version = \"{VERSION}\""),
+        &format!("driver_version = \"{VERSION}\"\nrunner_min_version = \"2.339.0\"\nrunner_max_age_days = 3"),
+    );
+    fs::write(&strict, text).unwrap();
+    let out = check(&strict, "2026-10-10");
+    assert!(out.contains("below the minimum 2.339.0") && out.contains("released 4 days ago"), "{out}");
+    // An image without the labels: said so.
+    let (bare, digest) = image("bare", &[]);
+    let spec = spec_for(t.path(), "bare.toml", &format!("registry.example/r@{digest}"), VERSION);
+    let out = ok_str(flywheel().args(["lane", "check"]).arg(&spec).args(["--layout", bare.to_str().unwrap()]));
+    assert!(out.contains("warning: the image has no dev.flywheel.runner.version label"), "{out}");
+    // Bad input: a date that is not one (usage, 2), a bad minimum in the spec (1, one line).
+    let o = flywheel()
+        .args(["lane", "check"])
+        .arg(&spec)
+        .args(["--layout", layout, "--today", "tomorrow"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let bad = t.path().join("bad.toml");
+    let text = fs::read_to_string(&strict).unwrap().replace("\"2.339.0\"", "\"2.339\"");
+    fs::write(&bad, text).unwrap();
+    let o = flywheel().args(["lane", "check"]).arg(&bad).args(["--layout", layout]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let line = one_line_error(&o);
+    assert!(line.contains("image.runner_min_version") && line.contains("MAJOR.MINOR.PATCH"), "{line}");
+}
+
 /// The hooks' environment, as a runner pod gives it: private temp and state dirs.
 struct Job {
     tmp: PathBuf,

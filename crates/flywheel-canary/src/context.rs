@@ -85,6 +85,9 @@ pub struct BootstrapOptions {
     pub max_clock_offset: Duration,
     /// Where the image keeps its driver manifest (flywheel driver collect).
     pub driver_manifest_root: PathBuf,
+    /// When the image's runner is too old or too low (from FLYWHEEL_RUNNER_VERSION and
+    /// FLYWHEEL_RUNNER_RELEASED, else the labels): a warning, not a failure.
+    pub runner: flywheel_lane::runner::RunnerPolicy,
 }
 
 impl Default for BootstrapOptions {
@@ -102,6 +105,7 @@ impl Default for BootstrapOptions {
             min_free_bytes: 5 << 30,
             max_clock_offset: Duration::from_secs(5),
             driver_manifest_root: PathBuf::from("/"),
+            runner: flywheel_lane::runner::RunnerPolicy::default(),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! `flywheel lane check`: the driver version a spec names against the image it pins, read from
 //! an OCI layout (fully: labels against the driver files in the layers) or from the registry
-//! (the config's label, by digest).
+//! (the config's label, by digest); and how current the image's runner is (its labels).
 
 use std::path::{Path, PathBuf};
 
@@ -17,15 +17,54 @@ pub enum ImageSource {
     Registry { insecure: bool, docker_config: Option<PathBuf> },
 }
 
-/// A one-line summary when the spec's driver version is the image's; the mismatch otherwise.
-pub fn check(spec: &LaneSpec, source: &ImageSource) -> Result<String, LaneError> {
+/// What `lane check` found: the driver line, and the runner's (with its warnings).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checked {
+    pub summary: String,
+    pub runner: Option<crate::runner::Freshness>,
+}
+
+impl Checked {
+    /// The lines to print: the summary, the runner, then each warning.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = vec![self.summary.clone()];
+        match &self.runner {
+            Some(r) => {
+                let age = match (&r.released, r.age_days) {
+                    (Some(d), Some(a)) => format!(", released {d} ({a} days ago)"),
+                    _ => format!(" (no {} label: its age is unknown)", crate::runner::LABEL_RELEASED),
+                };
+                out.push(format!("runner: {}{age}", r.version));
+                out.extend(r.warnings.iter().map(|w| format!("warning: {w}")));
+            }
+            None => out.push(format!(
+                "warning: the image has no {} label: its runner's version cannot be checked",
+                crate::runner::LABEL_VERSION
+            )),
+        }
+        out
+    }
+}
+
+/// The driver line when the spec's driver version is the image's, with the runner's freshness
+/// on `today` (days since 1970); the mismatch otherwise.
+pub fn check(spec: &LaneSpec, source: &ImageSource, today: i64) -> Result<Checked, LaneError> {
     let pinned = spec.image_digest().unwrap_or_default();
     let want = &spec.image.driver_version;
-    let (digest, found, what) = match source {
+    let (digest, found, what, labels) = match source {
         ImageSource::Layout(arg) => {
             let image = flywheel_oci::read::LayoutImage::open(arg).map_err(|e| LaneError::Image(e.to_string()))?;
             let user = flywheel_oci::driver::userspace_of_image(arg).map_err(|e| LaneError::Image(e.to_string()))?;
-            (image.descriptor.digest.to_string(), user.version.as_str().to_string(), format!("the OCI layout {arg}"))
+            let config = flywheel_oci::read::read_blob(&image.dir, &image.manifest.config.digest)
+                .map_err(|e| LaneError::Image(e.to_string()))?;
+            let config: flywheel_oci::oci::ImageConfig = serde_json::from_slice(&config)
+                .map_err(|e| LaneError::Image(format!("{arg}: the image config is not valid JSON: {e}")))?;
+            (
+                image.descriptor.digest.to_string(),
+                user.version.as_str().to_string(),
+                format!("the OCI layout {arg}"),
+                config.config.labels,
+            )
         }
         ImageSource::Registry { insecure, docker_config } => {
             let reference = Reference::parse(&spec.image.reference)
@@ -43,7 +82,7 @@ pub fn check(spec: &LaneSpec, source: &ImageSource) -> Result<String, LaneError>
                     flywheel_driver::LABEL_VERSION
                 ))
             })?;
-            (digest.to_string(), label, format!("the registry's {}", reference.registry))
+            (digest.to_string(), label, format!("the registry's {}", reference.registry), config.config.labels)
         }
     };
     if digest != pinned {
@@ -58,7 +97,14 @@ pub fn check(spec: &LaneSpec, source: &ImageSource) -> Result<String, LaneError>
             flywheel_driver::LABEL_VERSION
         )));
     }
-    Ok(format!("ok: {} ({what}) carries NVIDIA userspace {found}, as the spec says", spec.image.reference))
+    let policy = spec.image.runner_policy().map_err(|e| LaneError::Other(format!("image.runner_min_version: {e}")))?;
+    let runner = crate::runner::from_labels(&labels, today, &policy)
+        .transpose()
+        .map_err(|e| LaneError::ImageMismatch(format!("{}: {e}", spec.image.reference)))?;
+    Ok(Checked {
+        summary: format!("ok: {} ({what}) carries NVIDIA userspace {found}, as the spec says", spec.image.reference),
+        runner,
+    })
 }
 
 fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, LaneError> {

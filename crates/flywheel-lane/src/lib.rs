@@ -15,6 +15,7 @@ pub mod hooks;
 pub mod image_check;
 pub mod labels;
 pub mod render;
+pub mod runner;
 pub mod seed;
 pub mod spec;
 pub mod validate;

@@ -60,6 +60,27 @@ pub struct Image {
     /// The NVIDIA driver version the image's userspace is for; must equal its
     /// `dev.flywheel.driver.version` label and the nodes' kernel module.
     pub driver_version: String,
+    /// `lane check` and the canary warn when the image's runner was released more days ago
+    /// than this (default 25: GitHub's 30, less a rollout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner_max_age_days: Option<u32>,
+    /// ... or is older than this version (default 2.329.0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner_min_version: Option<String>,
+}
+
+impl Image {
+    /// The runner policy this spec sets; its version was validated.
+    pub fn runner_policy(&self) -> Result<crate::runner::RunnerPolicy, String> {
+        let mut p = crate::runner::RunnerPolicy::default();
+        if let Some(days) = self.runner_max_age_days {
+            p.max_age_days = days;
+        }
+        if let Some(v) = &self.runner_min_version {
+            p.min_version = crate::runner::RunnerVersion::parse(v)?;
+        }
+        Ok(p)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -296,7 +317,7 @@ mod tests {
             LaneSpec {
                 name, labels, capability_words, namespace, chart_version,
                 github: Github { config_url: github.0, config_secret: github.1, runner_group: github.2 },
-                image: Image { reference: image.0, driver_version: image.1 },
+                image: Image { reference: image.0, driver_version: image.1, runner_max_age_days: None, runner_min_version: None },
                 runners,
                 volumes: Volumes { nix: volumes.0, work: volumes.1, cache: volumes.2 },
                 cache: Cache { url: cache.0, name: cache.1, public_key: cache.2, push_token: cache.3 },

@@ -146,6 +146,22 @@ fn image(spec: &LaneSpec, p: &mut Problems) {
             "use the version the image's driver layer was built from, such as \"580.159.04\"",
         );
     }
+    if let Some(v) = &spec.image.runner_min_version {
+        if let Err(e) = crate::runner::RunnerVersion::parse(v) {
+            p.add(
+                "image.runner_min_version",
+                e,
+                "use a runner version such as \"2.329.0\" (GitHub's minimum: docs/runner-image.md)",
+            );
+        }
+    }
+    if spec.image.runner_max_age_days == Some(0) {
+        p.add(
+            "image.runner_max_age_days",
+            "0 would warn about every runner",
+            "leave it out (25 days), or give the days a release may age before the image is rebuilt",
+        );
+    }
 }
 
 fn runners(spec: &LaneSpec, p: &mut Problems) {

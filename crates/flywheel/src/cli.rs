@@ -807,6 +807,15 @@ pub struct CanaryArgs {
     /// The image's labels as JSON (its OCI config, or an object of labels).
     #[arg(long, value_name = "FILE")]
     pub image_labels: Option<PathBuf>,
+    /// Warn when the image's runner was released more days ago than this (GitHub stops
+    /// queueing jobs to a runner that cannot update itself 30 days after a newer release).
+    #[arg(long, value_name = "DAYS", default_value_t = flywheel_lane::runner::DEFAULT_MAX_AGE_DAYS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub runner_max_age_days: u32,
+    /// Warn when the image's runner is older than this version (GitHub's minimum).
+    #[arg(long, value_name = "VERSION", default_value = flywheel_lane::runner::DEFAULT_MIN_VERSION,
+          value_parser = flywheel_lane::runner::RunnerVersion::parse)]
+    pub runner_min_version: flywheel_lane::runner::RunnerVersion,
     /// Programs jobs need on PATH, comma-separated.
     #[arg(long, value_name = "TOOL,...", value_delimiter = ',', default_value = "nix,git,tar,gzip")]
     pub tools: Vec<String>,
@@ -930,6 +939,9 @@ pub struct LaneCheckArgs {
     /// ~/.docker/config.json).
     #[arg(long, value_name = "FILE")]
     pub docker_config: Option<PathBuf>,
+    /// The day to measure the runner's age on (YYYY-MM-DD; default today, UTC).
+    #[arg(long, value_name = "DATE", value_parser = flywheel_lane::runner::days_of)]
+    pub today: Option<i64>,
 }
 
 #[derive(Subcommand, Debug)]

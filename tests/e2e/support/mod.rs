@@ -219,6 +219,8 @@ pub fn canary(args: &[&str]) -> Command {
         "FLYWHEEL_VULKAN_LOADER",
         "FLYWHEEL_CANARY_TOKEN",
         "FLYWHEEL_LANE",
+        "FLYWHEEL_RUNNER_VERSION",
+        "FLYWHEEL_RUNNER_RELEASED",
         "NIX_CONFIG",
     ] {
         c.env_remove(var);

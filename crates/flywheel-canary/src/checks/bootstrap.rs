@@ -83,6 +83,51 @@ fn image(ctx: &Ctx, o: &mut Outcome) {
         (Some((image, _)), None) => o.note(format!("image driver {image}; no NVIDIA kernel module loaded here")),
         (None, _) => o.note("no driver version recorded for this image"),
     }
+    runner(&labels, &opts.runner, o);
+}
+
+/// The image's runner: its version and release date from the environment the image sets
+/// (FLYWHEEL_RUNNER_VERSION, FLYWHEEL_RUNNER_RELEASED) or its labels, and a warning when
+/// GitHub is about to stop queueing jobs to it. Warnings do not fail the step: the runner
+/// took this job, so it works today.
+fn runner(
+    labels: &serde_json::Map<String, serde_json::Value>,
+    policy: &flywheel_lane::runner::RunnerPolicy,
+    o: &mut Outcome,
+) {
+    use flywheel_lane::runner;
+    let from = |env: &str, label: &str| {
+        std::env::var(env)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .or_else(|| labels.get(label).and_then(|v| v.as_str()).map(str::to_string))
+    };
+    let Some(version) = from("FLYWHEEL_RUNNER_VERSION", runner::LABEL_VERSION) else {
+        o.note("runner version unknown: the image sets neither FLYWHEEL_RUNNER_VERSION nor the dev.flywheel.runner.version label");
+        return;
+    };
+    let released = from("FLYWHEEL_RUNNER_RELEASED", runner::LABEL_RELEASED);
+    match runner::assess(&version, released.as_deref(), runner::today(), policy) {
+        Ok(f) => {
+            o.detail("runner_version", &f.version);
+            o.detail("runner_released", &f.released);
+            o.detail("runner_warnings", &f.warnings);
+            match (&f.released, f.age_days) {
+                (Some(d), Some(age)) => {
+                    o.metric("runner_release_age_seconds", (age * 86_400) as f64);
+                    o.note(format!("runner {} released {d} ({age} days ago)", f.version));
+                }
+                _ => o.note(format!("runner {} (release date unknown)", f.version)),
+            }
+            for w in f.warnings {
+                o.note(format!("warning: {w}"));
+            }
+        }
+        Err(e) => o.fail(
+            format!("the image's runner: {e}"),
+            "rebuild the image: images/gpu-runner sets FLYWHEEL_RUNNER_VERSION and FLYWHEEL_RUNNER_RELEASED from runner.json",
+        ),
+    }
 }
 
 fn read_labels(path: &Path) -> Result<serde_json::Map<String, serde_json::Value>, String> {

@@ -150,6 +150,10 @@ fn options(args: &CanaryArgs) -> anyhow::Result<Options> {
         labels_file: args.image_labels.clone(),
         tools: args.tools.iter().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect(),
         min_free_bytes: (args.min_free_gib * (1u64 << 30) as f64) as u64,
+        runner: flywheel_lane::runner::RunnerPolicy {
+            max_age_days: args.runner_max_age_days,
+            min_version: args.runner_min_version,
+        },
         ..o.bootstrap
     };
     o.gpu.nvml_lib = args.nvml_lib.clone();

@@ -49,7 +49,7 @@ pub fn run(command: LaneCommand) -> anyhow::Result<()> {
 fn render_cmd(a: LaneRenderArgs) -> anyhow::Result<()> {
     let spec = LaneSpec::load(&a.spec)?;
     if let Some(layout) = a.layout {
-        image_check::check(&spec, &ImageSource::Layout(layout))?;
+        image_check::check(&spec, &ImageSource::Layout(layout), flywheel_lane::runner::today())?;
     }
     let files = render::render(&spec)?;
     render::write(&a.out, &files)?;
@@ -66,8 +66,11 @@ fn check(a: LaneCheckArgs) -> anyhow::Result<()> {
         Some(l) => ImageSource::Layout(l),
         None => ImageSource::Registry { insecure: a.insecure, docker_config: a.docker_config },
     };
-    let line = image_check::check(&spec, &source)?;
-    writeln!(std::io::stdout().lock(), "{line}")?;
+    let checked = image_check::check(&spec, &source, a.today.unwrap_or_else(flywheel_lane::runner::today))?;
+    let mut out = std::io::stdout().lock();
+    for line in checked.lines() {
+        writeln!(out, "{line}")?;
+    }
     Ok(())
 }
 
