@@ -118,6 +118,8 @@ flywheelLib.mkRunnerImage {
     flywheel
   ];
   caBundle = "${pkgs.cacert}/etc/ssl/certs/ca-bundle.crt";
+  # Linked at /usr/bin/env: `#!/usr/bin/env bash` starts most job scripts.
+  envProgram = "${pkgs.coreutils}/bin/env";
   labels = runnerLabels;
   # Inside the container the labels are out of reach: the canary reads these instead.
   extraEnv = {

@@ -623,6 +623,7 @@ let
       packages ? [ ],
       driverLayer ? null,
       caBundle ? null,
+      envProgram ? null,
       cacheUrl ? null,
       cachePublicKey ? null,
       sourceRevision ? null,
@@ -650,6 +651,7 @@ let
         "packages"
         "driverLayer"
         "caBundle"
+        "envProgram"
         "cacheUrl"
         "cachePublicKey"
         "sourceRevision"
@@ -695,6 +697,8 @@ let
           "driverLayer must be mkDriverLayer's output (or a { name; driver; } layer)"
         && check (caBundle == null || isStorePathString caBundle || isDerivation caBundle) fn
           "caBundle must be the path of a CA bundle file in the store"
+        && check (envProgram == null || isStorePathString envProgram) fn
+          "envProgram must be the path of env in the store, such as \"\${pkgs.coreutils}/bin/env\" (linked at /usr/bin/env)"
         && check ((cacheUrl == null) == (cachePublicKey == null)) fn
           "cacheUrl and cachePublicKey go together: give both or neither"
         && check (cacheUrl == null || (isString cacheUrl && match "https?://[^ ]+" cacheUrl != null)) fn
@@ -786,7 +790,20 @@ let
         { path = "${home}/hooks/job-started.sh"; text = jobStarted; mode = "0755"; }
         { path = "${home}/hooks/job-completed.sh"; text = jobCompleted; mode = "0755"; }
         { path = "${home}/hooks/seed-nix.sh"; text = seedNix; mode = "0755"; }
-      ];
+      ]
+      # `#!/usr/bin/env bash` is how most job scripts start.
+      ++ (if envProgram == null then [ ] else [ { path = "/usr/bin/env"; symlink = toString envProgram; } ])
+      # Where programs built for Debian/Ubuntu (ca-certificates) and Fedora/RHEL look for the
+      # CA bundle when SSL_CERT_FILE is not read: tools the setup-* actions download.
+      ++ (
+        if caBundle == null then
+          [ ]
+        else
+          [
+            { path = "/etc/ssl/certs/ca-certificates.crt"; symlink = toString caBundle; }
+            { path = "/etc/pki/tls/certs/ca-bundle.crt"; symlink = toString caBundle; }
+          ]
+      );
 
       tree = mkTree {
         inherit flywheel system entries;
@@ -799,6 +816,12 @@ let
           "PATH=${concatStringsSep ":" (map (p: "${p}/bin") packages)}"
           "HOME=${home}"
           "USER=${user}"
+          # The runner's own files (.runner, .credentials, _diag) and its work directory under
+          # the home ARC mounts /home/runner/_work into; its log on stdout, for kubectl logs.
+          "RUNNER_ROOT=${home}"
+          "ACTIONS_RUNNER_PRINT_LOG_TO_STDOUT=1"
+          # glibc's built-in UTF-8 locale (2.35 and later): no locale archive needed.
+          "LANG=C.UTF-8"
           "ACTIONS_RUNNER_HOOK_JOB_STARTED=${home}/hooks/job-started.sh"
           "ACTIONS_RUNNER_HOOK_JOB_COMPLETED=${home}/hooks/job-completed.sh"
         ]
@@ -824,6 +847,7 @@ let
         ]
         ++ (if flywheelRoot == null then [ ] else [ flywheelRoot ])
         ++ (if caBundle == null then [ ] else [ (rootOf caBundle) ])
+        ++ (if envProgram == null then [ ] else [ (rootOf envProgram) ])
       );
 
       image = mkImage (

@@ -99,6 +99,9 @@ let
     unknownDriverVersionThrows = throws (image { driverVersion = "1.2.3"; }).imageSpec;
     urlWithoutKeyThrows = throws (image { cacheUrl = "http://cache.honey:5480/main"; }).imageSpec;
     # The pin's runner (2.330.0 here) is not runner.json's release: its date is not claimed.
+    usrBinEnvFromCoreutils = builtins.any (
+      e: e.path == "/usr/bin/env" && e.symlink == "${pkgs.coreutils}/bin/env"
+    ) lane.runnerTree.flywheelTree;
     runnerVersionInEnv = builtins.elem "FLYWHEEL_RUNNER_VERSION=2.330.0" spec.config.Env;
     noReleaseDateForAnotherRelease =
       !(spec.config.Labels ? "dev.flywheel.runner.released")

@@ -687,6 +687,9 @@ let
           "PATH=${gitPkg}/bin:${bashPkg}/bin"
           "HOME=/home/runner"
           "USER=runner"
+          "RUNNER_ROOT=/home/runner"
+          "ACTIONS_RUNNER_PRINT_LOG_TO_STDOUT=1"
+          "LANG=C.UTF-8"
           "ACTIONS_RUNNER_HOOK_JOB_STARTED=/home/runner/hooks/job-started.sh"
           "ACTIONS_RUNNER_HOOK_JOB_COMPLETED=/home/runner/hooks/job-completed.sh"
         ];
@@ -744,6 +747,9 @@ let
         "PATH"
         "HOME"
         "USER"
+        "RUNNER_ROOT"
+        "ACTIONS_RUNNER_PRINT_LOG_TO_STDOUT"
+        "LANG"
         "ACTIONS_RUNNER_HOOK_JOB_STARTED"
         "ACTIONS_RUNNER_HOOK_JOB_COMPLETED"
         "SSL_CERT_FILE"
@@ -761,6 +767,24 @@ let
       }
       && runnerFull.imageSpec.tag == "v2"
       && runnerFull.imageSpec.compression == "gzip";
+    # Debian's and Fedora's CA bundle paths, for programs that do not read SSL_CERT_FILE.
+    runnerCaBundleAtDistroPaths =
+      let
+        link = img: path: (builtins.head (builtins.filter (e: e.path == path) img.runnerTree.flywheelTree)).symlink or null;
+      in
+      link runnerFull "/etc/ssl/certs/ca-certificates.crt" == "${caPkg}/etc/ssl/certs/ca-bundle.crt"
+      && link runnerFull "/etc/pki/tls/certs/ca-bundle.crt" == "${caPkg}/etc/ssl/certs/ca-bundle.crt"
+      && !(builtins.any (e: e.path == "/etc/ssl/certs/ca-certificates.crt") runnerPlain.runnerTree.flywheelTree);
+    # `#!/usr/bin/env bash`: /usr/bin/env when envProgram is given, and only a store path.
+    runnerUsrBinEnv =
+      let
+        withEnv = mkRunnerImage (runnerArgs // { envProgram = "${caPkg}/bin/env"; });
+      in
+      builtins.any (e: e.path == "/usr/bin/env" && e.symlink == "${caPkg}/bin/env") withEnv.runnerTree.flywheelTree
+      && !(builtins.any (e: e.path == "/usr/bin/env") runnerPlain.runnerTree.flywheelTree)
+      && builtins.elem caPkg.outPath withEnv.imageSpec.closureRoots
+      && !(builtins.elem caPkg.outPath runnerPlain.imageSpec.closureRoots)
+      && throws (mkRunnerImage (runnerArgs // { envProgram = "/usr/bin/env"; })).imageSpec;
     runnerLayersWithDriver =
       map (l: l.name) runnerFull.imageSpec.layers == [
         "nvidia-driver"

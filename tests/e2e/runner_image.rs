@@ -375,6 +375,9 @@ fn mk_runner_image_with_driver_and_cache_is_what_the_cli_builds_and_arc_can_star
             format!("PATH={git}/bin:{nixp}/bin:{bash}/bin"),
             "HOME=/home/runner".to_string(),
             "USER=runner".to_string(),
+            "RUNNER_ROOT=/home/runner".to_string(),
+            "ACTIONS_RUNNER_PRINT_LOG_TO_STDOUT=1".to_string(),
+            "LANG=C.UTF-8".to_string(),
             "ACTIONS_RUNNER_HOOK_JOB_STARTED=/home/runner/hooks/job-started.sh".to_string(),
             "ACTIONS_RUNNER_HOOK_JOB_COMPLETED=/home/runner/hooks/job-completed.sh".to_string(),
             format!("SSL_CERT_FILE={ca}"),
@@ -393,6 +396,12 @@ fn mk_runner_image_with_driver_and_cache_is_what_the_cli_builds_and_arc_can_star
     let run_text = fs::read_to_string(&run_sh).unwrap();
     assert!(run_text.starts_with(&format!("#!{bash}/bin/bash\n")), "{run_text}");
     assert!(run_text.contains(&format!("exec {runner}/bin/Runner.Listener run \"$@\"")), "{run_text}");
+    // The CA bundle where Debian- and Fedora-built programs look, and it is the image's own.
+    for at in ["etc/ssl/certs/ca-certificates.crt", "etc/pki/tls/certs/ca-bundle.crt"] {
+        assert_eq!(fs::read_link(rootfs.join(at)).unwrap(), PathBuf::from(&ca), "{at}");
+        let inside = rootfs.join(ca.trim_start_matches('/'));
+        assert!(fs::read_to_string(&inside).unwrap().contains("CA bundle fixture"), "{at}: {}", inside.display());
+    }
     let passwd = fs::read_to_string(rootfs.join("etc/passwd")).unwrap();
     assert!(passwd.lines().any(|l| l == format!("runner:x:1001:1001:runner:/home/runner:{bash}/bin/bash")), "{passwd}");
     assert!(passwd.starts_with("root:x:0:0:"), "{passwd}");
