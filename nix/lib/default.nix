@@ -720,6 +720,8 @@ let
       runnerPath = toString runner;
       uidGid = "${toString uid}:${toString gid}";
 
+      # run.sh's word for the image's own CA bundle, read by bash (none without one).
+      imageBundleWord = if caPath == null then "" else "\"$(<${caPath})\" ";
       runSh = ''
         #!${shellPath}
         # Started by actions-runner-controller (gha-runner-scale-set) with
@@ -736,6 +738,26 @@ let
           else
             echo "flywheel: nix-store is not on PATH; not registering the image's store paths"
           fi
+        fi
+        # The lane's extra CA (runners.extra_ca: a ConfigMap the pod mounts), trusted beside the
+        # image's bundle by everything that reads these variables: one bundle of both under
+        # $HOME, written whole before it is named. Bash builtins only: the image need not have
+        # coreutils on PATH.
+        if [ -n "''${FLYWHEEL_EXTRA_CA:-}" ]; then
+          extra=""
+          if [ -r "$FLYWHEEL_EXTRA_CA" ]; then extra=$(<"$FLYWHEEL_EXTRA_CA"); fi
+          case "$extra" in
+            *"-----BEGIN CERTIFICATE-----"*) ;;
+            *)
+              echo "flywheel: FLYWHEEL_EXTRA_CA=$FLYWHEEL_EXTRA_CA is not a readable PEM certificate file: fix the lane's runners.extra_ca (docs/lane.md)" >&2
+              exit 1
+              ;;
+          esac
+          bundle="$HOME/.flywheel-ca-bundle.crt"
+          printf '%s\n' ${imageBundleWord}"$extra" > "$bundle"
+          export SSL_CERT_FILE="$bundle" NIX_SSL_CERT_FILE="$bundle" GIT_SSL_CAINFO="$bundle" \
+            CURL_CA_BUNDLE="$bundle" REQUESTS_CA_BUNDLE="$bundle" NODE_EXTRA_CA_CERTS="$FLYWHEEL_EXTRA_CA"
+          echo "flywheel: trusting the lane's extra CA ($FLYWHEEL_EXTRA_CA) beside the image's bundle"
         fi
         exec ${runnerPath} run "$@"
       '';

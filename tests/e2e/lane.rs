@@ -178,6 +178,16 @@ fn the_example_spec_round_trips_and_renders_the_same_valid_bytes_every_time() {
 /// (what to change in the example spec, text the one-line refusal must hold)
 const REFUSALS: &[(&str, &str, &[&str])] = &[
     (
+        "requests = { cpu = \"4\", memory = \"16Gi\" }",
+        "requests = { cpu = \"4\", memory = \"16Gi\" }\nextra_ca = { config_map = \"Corp CA\" }",
+        &["runners.extra_ca.config_map", "Corp CA"],
+    ),
+    (
+        "requests = { cpu = \"4\", memory = \"16Gi\" }",
+        "requests = { cpu = \"4\", memory = \"16Gi\" }\nextra_ca = { config_map = \"corp-ca\", key = \"ca crt\" }",
+        &["runners.extra_ca.key", "not a ConfigMap key"],
+    ),
+    (
         "@sha256:4b1d33b4f3e1c95b3a6d0e3c4e2f5a6b7c8d9e0f1a2b3c4d5e6f708192a3b4c5",
         ":v1",
         &["image.reference", "not pinned by digest", "REGISTRY/REPOSITORY@sha256:DIGEST"],
@@ -221,6 +231,42 @@ const REFUSALS: &[(&str, &str, &[&str])] = &[
     ),
     ("name = \"honey-gpu\"", "name = \"honey-gpu", &["line 5", "honey-gpu.toml"]),
 ];
+
+#[test]
+fn an_extra_ca_is_mounted_from_its_config_map_and_named_for_run_sh() {
+    let t = tempdir();
+    let spec = t.path().join("honey-gpu.toml");
+    let text = example_spec().replacen(
+        "requests = { cpu = \"4\", memory = \"16Gi\" }",
+        "requests = { cpu = \"4\", memory = \"16Gi\" }\nextra_ca = { config_map = \"corp-ca\", key = \"root.pem\" }",
+        1,
+    );
+    fs::write(&spec, text).unwrap();
+    let out = t.path().join("out");
+    let o = render(&spec, &out);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let values = yaml_file(&out.join("values.yaml"));
+    let pod = &values["template"]["spec"];
+    assert_eq!(errors(&schema("k8s-podspec-v1.33-strict.json"), pod), Vec::<String>::new());
+    let volume = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "extra-ca").expect("the volume");
+    assert_eq!(
+        volume["configMap"],
+        serde_json::json!({"name": "corp-ca", "items": [{"key": "root.pem", "path": "ca.crt"}]})
+    );
+    let runner = &pod["containers"][0];
+    let mount = runner["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == "extra-ca").expect("the mount");
+    assert_eq!(
+        (mount["mountPath"].as_str(), mount["readOnly"].as_bool()),
+        (Some("/etc/flywheel/extra-ca"), Some(true))
+    );
+    let env = runner["env"].as_array().unwrap();
+    assert!(
+        env.iter().any(|e| e["name"] == "FLYWHEEL_EXTRA_CA" && e["value"] == "/etc/flywheel/extra-ca/ca.crt"),
+        "{env:?}"
+    );
+    // The seed container does not need it.
+    assert!(pod["initContainers"][0]["volumeMounts"].as_array().unwrap().iter().all(|m| m["name"] != "extra-ca"));
+}
 
 #[test]
 fn every_bad_spec_is_refused_in_one_line_naming_the_field_and_the_fix_and_nothing_is_rendered() {

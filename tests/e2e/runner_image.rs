@@ -299,6 +299,51 @@ echo "built: $out"
     assert_eq!(fs::read_to_string(vol.join(built.trim_start_matches("/nix/"))).unwrap(), "built\n");
 }
 
+#[test]
+fn run_sh_trusts_the_lanes_extra_ca_beside_the_images_bundle_or_refuses_to_start() {
+    let flake = RunnerFlake::new();
+    let image = flake.build(&format!("packages.{SYSTEM}.gpu-runner-image"));
+    let cacert = flake.eval_raw(&format!("packages.{SYSTEM}.cacert.outPath"));
+    let rootfs = umoci_unpack(&image, &flake.dir.join("bundle"));
+    let home = flake.dir.join("home");
+    fs::create_dir_all(&home).unwrap();
+    let pem = "-----BEGIN CERTIFICATE-----\nMIIBfixture\n-----END CERTIFICATE-----";
+    let extra = flake.dir.join("extra-ca.crt");
+    fs::write(&extra, format!("{pem}\n")).unwrap();
+    // As the pod starts it, with an empty PATH: run.sh must manage with bash's builtins.
+    let run = |ca: &Path| {
+        Command::new(rootfs.join("home/runner/run.sh"))
+            .env_clear()
+            .env("HOME", &home)
+            .env("PATH", "")
+            .env("SSL_CERT_FILE", format!("{cacert}/etc/ssl/certs/ca-bundle.crt"))
+            .env("ACTIONS_RUNNER_INPUT_JITCONFIG", "jit")
+            .env("FLYWHEEL_EXTRA_CA", ca)
+            .output()
+            .unwrap()
+    };
+    let out = run(&extra);
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    let bundle = home.join(".flywheel-ca-bundle.crt");
+    assert!(said.contains("flywheel: trusting the lane's extra CA"), "{said}");
+    assert!(said.contains(&format!("ssl={} node={}", bundle.display(), extra.display())), "{said}");
+    let image_bundle = fs::read_to_string(format!("{cacert}/etc/ssl/certs/ca-bundle.crt")).unwrap();
+    assert_eq!(fs::read_to_string(&bundle).unwrap(), format!("{}\n{pem}\n", image_bundle.trim_end_matches('\n')));
+    // Not a certificate, or not there: one line, and the runner does not start.
+    let bad = flake.dir.join("bad.crt");
+    fs::write(&bad, "not a certificate\n").unwrap();
+    for ca in [bad, flake.dir.join("missing.crt")] {
+        let out = run(&ca);
+        let said = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{said}");
+        assert!(!said.contains("Runner.Listener"), "{said}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("is not a readable PEM certificate file") && err.contains("runners.extra_ca"), "{err}");
+    }
+}
+
 fn env_of(config: &Value) -> Vec<String> {
     config["config"]["Env"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect()
 }

@@ -32,7 +32,7 @@
       # Stand-ins for nixpkgs' github-runner, bash, git, nix and cacert.
       runner = sh "github-runner-2.330.0" ''
         mkdir -p "$out/bin"
-        printf '#!/bin/sh\necho "Runner.Listener $*"\necho "jitconfig=$ACTIONS_RUNNER_INPUT_JITCONFIG"\n' > "$out/bin/Runner.Listener"
+        printf '#!/bin/sh\necho "Runner.Listener $*"\necho "jitconfig=$ACTIONS_RUNNER_INPUT_JITCONFIG"\n[ -z "$FLYWHEEL_EXTRA_CA" ] || echo "ssl=$SSL_CERT_FILE node=$NODE_EXTRA_CA_CERTS"\n' > "$out/bin/Runner.Listener"
         chmod 0755 "$out/bin/Runner.Listener"
       '' { };
       bash = sh "bash-5.2" ''

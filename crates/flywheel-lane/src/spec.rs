@@ -105,6 +105,24 @@ pub struct Runners {
     /// Extra environment for jobs. Never secrets: those come from `[cache]`'s secret sources.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// A CA the jobs trust beside the image's bundle (an internal CA), from a ConfigMap the
+    /// runner pod mounts: the image's run.sh adds it to the bundle jobs use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra_ca: Option<ExtraCa>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtraCa {
+    /// The ConfigMap, in the runners' namespace.
+    pub config_map: String,
+    /// Its key holding the PEM certificate(s).
+    #[serde(default = "default_ca_key")]
+    pub key: String,
+}
+
+fn default_ca_key() -> String {
+    "ca.crt".to_string()
 }
 
 fn default_gpu_resource() -> String {
@@ -300,9 +318,11 @@ mod tests {
                      node_selector in proptest::collection::btree_map(text(), text(), 0..3),
                      tolerations in proptest::collection::vec((text(), text(), proptest::option::of(text()), proptest::option::of(text())), 0..3),
                      requests in proptest::collection::btree_map(text(), text(), 0..3),
-                     env in proptest::collection::btree_map(text(), text(), 0..3)) -> Runners {
+                     env in proptest::collection::btree_map(text(), text(), 0..3),
+                     extra_ca in proptest::option::of((text(), text()))) -> Runners {
             let tolerations = tolerations.into_iter().map(|(key, operator, value, effect)| Toleration { key, operator, value, effect }).collect();
-            Runners { min, max, gpus, gpu_resource, runtime_class, priority_class, node_selector, tolerations, requests, env }
+            let extra_ca = extra_ca.map(|(config_map, key)| ExtraCa { config_map, key });
+            Runners { min, max, gpus, gpu_resource, runtime_class, priority_class, node_selector, tolerations, requests, env, extra_ca }
         }
     }
 

@@ -238,6 +238,20 @@ fn runners(spec: &LaneSpec, p: &mut Problems) {
             p.add(format!("runners.env.{k}"), "set by the lane itself", "set it through the spec's own fields instead");
         }
     }
+    if let Some(ca) = &r.extra_ca {
+        dns_label(p, "runners.extra_ca.config_map", &ca.config_map, 253);
+        // A ConfigMap key: letters, digits, '-', '_' and '.'.
+        if ca.key.is_empty()
+            || ca.key.len() > 253
+            || !ca.key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            p.add(
+                "runners.extra_ca.key",
+                format!("{:?} is not a ConfigMap key", ca.key),
+                "use the key that holds the PEM certificate, such as \"ca.crt\"",
+            );
+        }
+    }
 }
 
 /// A Kubernetes quantity: a decimal number with an optional binary or decimal suffix.

@@ -16,6 +16,8 @@ pub const HOOK_SEED: &str = "/home/runner/hooks/seed-nix.sh";
 pub const RUNNER_UID: u32 = 1001;
 /// Where the seed container mounts the lane's /nix volume.
 const SEED_MOUNT: &str = "/nix-volume";
+/// Where the lane's extra CA is mounted; the image's run.sh reads `FLYWHEEL_EXTRA_CA` there.
+const EXTRA_CA_MOUNT: &str = "/etc/flywheel/extra-ca";
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -129,6 +131,9 @@ pub fn values(spec: &LaneSpec) -> Values {
         plain_env("ACTIONS_RUNNER_HOOK_JOB_COMPLETED", HOOK_COMPLETED),
     ];
     env.extend(r.env.iter().map(|(k, v)| plain_env(k, v)));
+    if r.extra_ca.is_some() {
+        env.push(plain_env("FLYWHEEL_EXTRA_CA", &format!("{EXTRA_CA_MOUNT}/ca.crt")));
+    }
 
     let mut requests = serde_json::Map::new();
     for (k, v) in &r.requests {
@@ -140,12 +145,15 @@ pub fn values(spec: &LaneSpec) -> Values {
         resources["requests"] = serde_json::Value::Object(requests);
     }
 
-    let mounts: Vec<serde_json::Value> = spec
+    let mut mounts: Vec<serde_json::Value> = spec
         .volumes
         .all()
         .iter()
         .map(|(name, path, _)| serde_json::json!({ "name": name, "mountPath": path }))
         .collect();
+    if r.extra_ca.is_some() {
+        mounts.push(serde_json::json!({ "name": "extra-ca", "mountPath": EXTRA_CA_MOUNT, "readOnly": true }));
+    }
     let runner = Container {
         name: "runner".into(),
         image: spec.image.reference.clone(),
@@ -216,7 +224,17 @@ pub fn values(spec: &LaneSpec) -> Values {
                 }),
                 init_containers: vec![seed],
                 containers: vec![runner],
-                volumes: spec.volumes.all().iter().map(|(name, _, v)| volume(name, v)).collect(),
+                volumes: spec
+                    .volumes
+                    .all()
+                    .iter()
+                    .map(|(name, _, v)| volume(name, v))
+                    .chain(r.extra_ca.iter().map(|ca| {
+                        serde_json::json!({ "name": "extra-ca", "configMap": {
+                            "name": ca.config_map, "items": [{ "key": ca.key, "path": "ca.crt" }]
+                        } })
+                    }))
+                    .collect(),
             },
         },
     }
