@@ -17,6 +17,13 @@
 #   coreutils, gitMinimal                   pkgs/by-name/gi/github-runner/package.nix (callPackage args)
 #   gnutar, gzip                            pkgs/by-name/gn/gnutar/package.nix, pkgs/by-name/gz/gzip/package.nix
 #   zstd                                    pkgs/by-name/bb/bbox/package.nix (callPackage arg)
+#   curl, jq, xz (bin output first: "${p}/bin" is the programs')
+#       pkgs/by-name/cu/curlMinimal/package.nix, pkgs/by-name/jq/jq/package.nix, pkgs/by-name/xz/xz/package.nix
+#   unzip, gnugrep, findutils, diffutils, which, hostname-debian, git-lfs, file, less, coreutils
+#       pkgs/by-name/<2 letters>/<name>/package.nix
+#   gnused, gawk                            pkgs/tools/text/{gnused,gawk}/default.nix
+#   procps                                  pkgs/os-specific/linux/procps-ng/default.nix
+#   openssh                                 pkgs/tools/networking/openssh/common.nix
 #   nix                                     pkgs/top-level/all-packages.nix
 #   cacert (etc/ssl/certs/ca-bundle.crt)    pkgs/by-name/ca/cacert/package.nix
 {
@@ -112,6 +119,24 @@ flywheelLib.mkRunnerImage {
     pkgs.gnutar # actions/cache and most setup-* actions unpack with tar
     pkgs.gzip
     pkgs.zstd
+    # What jobs and actions call without asking, as the actions-runner image has them
+    # (docs/runner-image.md).
+    pkgs.curl
+    pkgs.jq
+    pkgs.unzip
+    pkgs.xz
+    pkgs.gnugrep
+    pkgs.gnused
+    pkgs.gawk
+    pkgs.findutils
+    pkgs.diffutils
+    pkgs.which
+    pkgs.procps
+    pkgs.hostname-debian
+    pkgs.git-lfs
+    pkgs.openssh
+    pkgs.file
+    pkgs.less
     pkgs.nix
     pkgs.cacert
     canary

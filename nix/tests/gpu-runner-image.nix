@@ -27,6 +27,25 @@ let
     "usePersistenced"
     "useSettings"
   ];
+  # The tools jobs call without asking (docs/runner-image.md).
+  tools = [
+    "curl"
+    "jq"
+    "unzip"
+    "xz"
+    "gnugrep"
+    "gnused"
+    "gawk"
+    "findutils"
+    "diffutils"
+    "which"
+    "procps"
+    "hostname-debian"
+    "git-lfs"
+    "openssh"
+    "file"
+    "less"
+  ];
   pkgs = {
     stdenv.hostPlatform.system = "x86_64-linux";
     github-runner = drv "github-runner";
@@ -38,6 +57,14 @@ let
     zstd = drv "zstd";
     nix = drv "nix";
     cacert = drv "cacert";
+  }
+  // builtins.listToAttrs (
+    map (n: {
+      name = n;
+      value = drv n;
+    }) tools
+  )
+  // {
     linuxPackages.nvidiaPackages.mkDriver =
       args:
       assert builtins.all (a: builtins.elem a driverArgs) (builtins.attrNames args);
@@ -99,6 +126,12 @@ let
     unknownDriverVersionThrows = throws (image { driverVersion = "1.2.3"; }).imageSpec;
     urlWithoutKeyThrows = throws (image { cacheUrl = "http://cache.honey:5480/main"; }).imageSpec;
     # The pin's runner (2.330.0 here) is not runner.json's release: its date is not claimed.
+    toolsOnPath =
+      let
+        path = builtins.head (builtins.filter (e: builtins.substring 0 5 e == "PATH=") spec.config.Env);
+        dirs = builtins.filter builtins.isString (builtins.split ":" (builtins.substring 5 (-1) path));
+      in
+      builtins.all (n: builtins.elem "${pkgs.${n}}/bin" dirs) tools;
     usrBinEnvFromCoreutils = builtins.any (
       e: e.path == "/usr/bin/env" && e.symlink == "${pkgs.coreutils}/bin/env"
     ) lane.runnerTree.flywheelTree;
