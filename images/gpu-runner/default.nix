@@ -24,6 +24,9 @@
 #   gnused, gawk                            pkgs/tools/text/{gnused,gawk}/default.nix
 #   procps                                  pkgs/os-specific/linux/procps-ng/default.nix
 #   openssh                                 pkgs/tools/networking/openssh/common.nix
+#   nix-ld (libexec/nix-ld)                 nixpkgs' nix-ld package (postInstall links libexec/nix-ld)
+#   stdenv.cc.bintools.dynamicLinker, stdenv.cc.cc, zlib, zstd, openssl, attr, libssh, bzip2,
+#   libxml2, acl, libsodium, util-linux     nixos/modules/programs/nix-ld.nix (baseLibraries, NIX_LD)
 #   nix                                     pkgs/top-level/all-packages.nix
 #   cacert (etc/ssl/certs/ca-bundle.crt)    pkgs/by-name/ca/cacert/package.nix
 {
@@ -85,6 +88,29 @@ let
   }
   // (if runnerReleased == null then { } else { "dev.flywheel.runner.released" = runnerReleased; });
 
+  # Binaries built elsewhere (what setup-node, setup-python, setup-go and the tool cache
+  # download) ask for /lib64/ld-linux-x86-64.so.2 and find their libraries in /lib, /usr/lib.
+  # nix-ld answers at the loader's path and runs them with nixpkgs' glibc and the libraries in
+  # NIX_LD_LIBRARY_PATH, which Nix-built programs never see (docs/runner-image.md says why
+  # nix-ld rather than glibc at the FHS paths). The set is NixOS' programs.nix-ld default
+  # without systemd.
+  fhsLibraries = with pkgs; [
+    stdenv.cc.cc
+    zlib
+    zstd
+    curl
+    openssl
+    attr
+    libssh
+    bzip2
+    libxml2
+    acl
+    libsodium
+    util-linux
+    xz
+  ];
+  libDir = p: "${p.lib or p.out or p}/lib";
+
   driverLayer = flywheelLib.mkDriverLayer {
     inherit flywheel system;
     driver = driverPackage;
@@ -145,10 +171,14 @@ flywheelLib.mkRunnerImage {
   caBundle = "${pkgs.cacert}/etc/ssl/certs/ca-bundle.crt";
   # Linked at /usr/bin/env: `#!/usr/bin/env bash` starts most job scripts.
   envProgram = "${pkgs.coreutils}/bin/env";
+  fhsLoader = "${pkgs.nix-ld}/libexec/nix-ld";
+  extraClosure = map libDir fhsLibraries ++ [ pkgs.stdenv.cc.bintools.dynamicLinker ];
   labels = runnerLabels;
   # Inside the container the labels are out of reach: the canary reads these instead.
   extraEnv = {
     FLYWHEEL_RUNNER_VERSION = runnerVersion;
+    NIX_LD = pkgs.stdenv.cc.bintools.dynamicLinker;
+    NIX_LD_LIBRARY_PATH = builtins.concatStringsSep ":" (map libDir fhsLibraries);
   }
   // (if runnerReleased == null then { } else { FLYWHEEL_RUNNER_RELEASED = runnerReleased; });
 }

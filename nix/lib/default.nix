@@ -624,6 +624,8 @@ let
       driverLayer ? null,
       caBundle ? null,
       envProgram ? null,
+      fhsLoader ? null,
+      extraClosure ? [ ],
       cacheUrl ? null,
       cachePublicKey ? null,
       sourceRevision ? null,
@@ -652,6 +654,8 @@ let
         "driverLayer"
         "caBundle"
         "envProgram"
+        "fhsLoader"
+        "extraClosure"
         "cacheUrl"
         "cachePublicKey"
         "sourceRevision"
@@ -680,6 +684,9 @@ let
             driver = driverLayer;
           };
       home = "/home/runner";
+      # The ELF interpreter path programs built for other distributions carry.
+      fhsLoaderPath =
+        if system == "aarch64-linux" then "/lib/ld-linux-aarch64.so.1" else "/lib64/ld-linux-x86-64.so.2";
       flywheelExe = flywheelExecutable fn flywheel;
       # The flywheel the hooks run: in the image when it is a store path.
       flywheelRoot = if isDerivation flywheel then flywheel.outPath else storeRootOf flywheelExe;
@@ -697,6 +704,10 @@ let
           "driverLayer must be mkDriverLayer's output (or a { name; driver; } layer)"
         && check (caBundle == null || isStorePathString caBundle || isDerivation caBundle) fn
           "caBundle must be the path of a CA bundle file in the store"
+        && check (isList extraClosure && all (p: isDerivation p || isStorePathString p) extraClosure) fn
+          "extraClosure must be a list of derivations or store paths (in the image, not on PATH)"
+        && check (fhsLoader == null || isStorePathString fhsLoader) fn
+          "fhsLoader must be the path of a loader in the store, such as \"\${pkgs.nix-ld}/libexec/nix-ld\" (linked at ${fhsLoaderPath})"
         && check (envProgram == null || isStorePathString envProgram) fn
           "envProgram must be the path of env in the store, such as \"\${pkgs.coreutils}/bin/env\" (linked at /usr/bin/env)"
         && check ((cacheUrl == null) == (cachePublicKey == null)) fn
@@ -815,6 +826,8 @@ let
       ]
       # `#!/usr/bin/env bash` is how most job scripts start.
       ++ (if envProgram == null then [ ] else [ { path = "/usr/bin/env"; symlink = toString envProgram; } ])
+      # Where binaries built elsewhere (what setup-* actions download) ask for their loader.
+      ++ (if fhsLoader == null then [ ] else [ { path = fhsLoaderPath; symlink = toString fhsLoader; } ])
       # Where programs built for Debian/Ubuntu (ca-certificates) and Fedora/RHEL look for the
       # CA bundle when SSL_CERT_FILE is not read: tools the setup-* actions download.
       ++ (
@@ -870,6 +883,8 @@ let
         ++ (if flywheelRoot == null then [ ] else [ flywheelRoot ])
         ++ (if caBundle == null then [ ] else [ (rootOf caBundle) ])
         ++ (if envProgram == null then [ ] else [ (rootOf envProgram) ])
+        ++ (if fhsLoader == null then [ ] else [ (rootOf fhsLoader) ])
+        ++ map rootOf extraClosure
       );
 
       image = mkImage (

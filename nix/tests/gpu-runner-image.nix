@@ -46,8 +46,27 @@ let
     "file"
     "less"
   ];
+  # The libraries nix-ld offers binaries built elsewhere; openssl with a `lib` output, as in
+  # nixpkgs' multiple-output packages.
+  fhsLibs = [
+    "zlib"
+    "attr"
+    "libssh"
+    "bzip2"
+    "libxml2"
+    "acl"
+    "libsodium"
+    "util-linux"
+  ];
+  glibc = drv "glibc";
   pkgs = {
     stdenv.hostPlatform.system = "x86_64-linux";
+    stdenv.cc.cc = drv "gcc-cc";
+    stdenv.cc.bintools.dynamicLinker = "${glibc}/lib/ld-linux-x86-64.so.2";
+    nix-ld = drv "nix-ld";
+    openssl = drv "openssl" // {
+      lib = drv "openssl-lib";
+    };
     github-runner = drv "github-runner";
     bashInteractive = drv "bash";
     coreutils = drv "coreutils";
@@ -62,7 +81,7 @@ let
     map (n: {
       name = n;
       value = drv n;
-    }) tools
+    }) (tools ++ fhsLibs)
   )
   // {
     linuxPackages.nvidiaPackages.mkDriver =
@@ -132,6 +151,22 @@ let
         dirs = builtins.filter builtins.isString (builtins.split ":" (builtins.substring 5 (-1) path));
       in
       builtins.all (n: builtins.elem "${pkgs.${n}}/bin" dirs) tools;
+    fhsLoaderIsNixLd =
+      builtins.any (
+        e: e.path == "/lib64/ld-linux-x86-64.so.2" && e.symlink == "${pkgs.nix-ld}/libexec/nix-ld"
+      ) lane.runnerTree.flywheelTree
+      && builtins.elem pkgs.nix-ld.outPath spec.closureRoots;
+    nixLdFindsItsLibrariesInTheImage =
+      let
+        libPath = builtins.head (builtins.filter (e: builtins.substring 0 20 e == "NIX_LD_LIBRARY_PATH=") spec.config.Env);
+        dirs = builtins.filter builtins.isString (builtins.split ":" (builtins.substring 20 (-1) libPath));
+        wanted = map (n: "${pkgs.${n}}/lib") fhsLibs ++ [ "${pkgs.openssl.lib}/lib" "${pkgs.stdenv.cc.cc}/lib" ];
+      in
+      builtins.all (d: builtins.elem d dirs) wanted
+      && builtins.all (n: builtins.elem pkgs.${n}.outPath spec.closureRoots) fhsLibs
+      && builtins.elem pkgs.openssl.lib.outPath spec.closureRoots
+      && builtins.elem "NIX_LD=${glibc}/lib/ld-linux-x86-64.so.2" spec.config.Env
+      && builtins.elem glibc.outPath spec.closureRoots;
     usrBinEnvFromCoreutils = builtins.any (
       e: e.path == "/usr/bin/env" && e.symlink == "${pkgs.coreutils}/bin/env"
     ) lane.runnerTree.flywheelTree;

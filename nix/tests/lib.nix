@@ -785,6 +785,27 @@ let
       && builtins.elem caPkg.outPath withEnv.imageSpec.closureRoots
       && !(builtins.elem caPkg.outPath runnerPlain.imageSpec.closureRoots)
       && throws (mkRunnerImage (runnerArgs // { envProgram = "/usr/bin/env"; })).imageSpec;
+    # The loader binaries built elsewhere ask for, at the system's path, in the image.
+    runnerFhsLoader =
+      let
+        x86 = mkRunnerImage (runnerArgs // { fhsLoader = "${caPkg}/libexec/nix-ld"; });
+        arm = mkRunnerImage (runnerArgs // { fhsLoader = "${caPkg}/libexec/nix-ld"; system = "aarch64-linux"; });
+        at = img: path: builtins.filter (e: e.path == path) img.runnerTree.flywheelTree;
+      in
+      (builtins.head (at x86 "/lib64/ld-linux-x86-64.so.2")).symlink == "${caPkg}/libexec/nix-ld"
+      && (builtins.head (at arm "/lib/ld-linux-aarch64.so.1")).symlink == "${caPkg}/libexec/nix-ld"
+      && builtins.elem caPkg.outPath x86.imageSpec.closureRoots
+      && at runnerPlain "/lib64/ld-linux-x86-64.so.2" == [ ]
+      # Libraries for it: in the image, not on PATH.
+      && (
+        let
+          withLibs = mkRunnerImage (runnerArgs // { extraClosure = [ "${caPkg}/lib" ]; });
+        in
+        builtins.elem caPkg.outPath withLibs.imageSpec.closureRoots
+        && (runnerCfg withLibs).Env == (runnerCfg runnerPlain).Env
+      )
+      && throws (mkRunnerImage (runnerArgs // { extraClosure = [ "/usr/lib" ]; })).imageSpec
+      && throws (mkRunnerImage (runnerArgs // { fhsLoader = "/lib64/ld-linux-x86-64.so.2"; })).imageSpec;
     runnerLayersWithDriver =
       map (l: l.name) runnerFull.imageSpec.layers == [
         "nvidia-driver"
