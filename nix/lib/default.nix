@@ -770,7 +770,47 @@ let
             CURL_CA_BUNDLE="$bundle" REQUESTS_CA_BUNDLE="$bundle" NODE_EXTRA_CA_CERTS="$FLYWHEEL_EXTRA_CA"
           echo "flywheel: trusting the lane's extra CA ($FLYWHEEL_EXTRA_CA) beside the image's bundle"
         fi
-        exec ${runnerPath} run "$@"
+        # The listener's exit codes, as actions/runner's run.sh and run-helper.sh treat them,
+        # so ARC sees what the actions-runner image gives it: 0 when the listener is done (its
+        # job ran, it was told to stop, another session took over), and the listener started
+        # again after a retryable error. An update request fails instead: an image's runner
+        # cannot update itself. TERM and INT go on to the listener as TERM (a background job of a
+        # non-interactive shell ignores INT), and it ends its job cleanly.
+        listener=""
+        trap '[ -z "$listener" ] || kill -TERM "$listener" 2>/dev/null' TERM INT
+        while :; do
+          ${runnerPath} run "$@" &
+          listener=$!
+          code=0
+          wait "$listener" || code=$?
+          # A signal ends `wait` early: wait again for the listener's own exit code.
+          while kill -0 "$listener" 2>/dev/null; do
+            code=0
+            wait "$listener" || code=$?
+          done
+          case "$code" in
+            0) exit 0 ;;
+            1) echo "flywheel: the runner's listener stopped (exit 1, terminated): no retry"; exit 0 ;;
+            2)
+              echo "flywheel: the runner's listener hit a retryable error (exit 2): starting it again in 5 s"
+              read -r -t 5 <> <(:) || true
+              ;;
+            3 | 4)
+              echo "flywheel: the runner's listener asked to update itself (exit $code), which an image's runner cannot: rebuild the image with a newer runner (docs/runner-image.md)" >&2
+              exit 1
+              ;;
+            5) echo "flywheel: the runner's listener lost its session to another (exit 5): no retry"; exit 0 ;;
+            7)
+              if [ "''${ACTIONS_RUNNER_RETURN_VERSION_DEPRECATED_EXIT_CODE:-}" = 1 ]; then
+                echo "flywheel: the runner's version is deprecated (exit 7): rebuild the image with a newer runner (docs/runner-image.md)" >&2
+                exit 7
+              fi
+              echo "flywheel: the runner's listener exited with unknown code 7"
+              exit 0
+              ;;
+            *) echo "flywheel: the runner's listener exited with unknown code $code"; exit 0 ;;
+          esac
+        done
       '';
 
       # The hooks are `flywheel lane hook` (docs/lane.md): one line each in the job log.

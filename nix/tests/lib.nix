@@ -333,7 +333,7 @@ let
         gid = 2001;
       };
     runnerRunShLoadsTheNixDb =
-      builtins.match ''.*if \[ ! -e /nix/var/nix/db/db.sqlite ] && \[ -e /nix/.flywheel-registration ]; then.*command -v nix-store.*nix-store --load-db < /nix/.flywheel-registration.*exec [^ ]*/bin/Runner.Listener run.*''
+      builtins.match ''.*if \[ ! -e /nix/var/nix/db/db.sqlite ] && \[ -e /nix/.flywheel-registration ]; then.*command -v nix-store.*nix-store --load-db < /nix/.flywheel-registration.*[^ ]*/bin/Runner.Listener run "\$@" &.*''
         (runnerTreeText runnerPlain "/home/runner/run.sh") != null;
     rejectsUnknownArchitecture = throws (mkImageSpec {
       name = "x";
@@ -730,8 +730,8 @@ let
     runnerHookWithoutDriverSkips =
       builtins.match ".*exec /opt/flywheel lane hook job-started --no-driver\n" (runnerTreeText runnerPlain "/home/runner/hooks/job-started.sh")
       != null;
-    runnerRunShExecsTheRunner =
-      builtins.elem "exec ${runnerPkg}/bin/Runner.Listener run \"$@\"" (lines (runnerTreeText runnerPlain "/home/runner/run.sh"))
+    runnerRunShStartsTheRunner =
+      builtins.elem "  ${runnerPkg}/bin/Runner.Listener run \"$@\" &" (lines (runnerTreeText runnerPlain "/home/runner/run.sh"))
       && builtins.substring 0 2 (runnerTreeText runnerPlain "/home/runner/run.sh") == "#!";
     runnerPasswd =
       lines (runnerTreeText runnerPlain "/etc/passwd") == [

@@ -344,6 +344,77 @@ fn run_sh_trusts_the_lanes_extra_ca_beside_the_images_bundle_or_refuses_to_start
     }
 }
 
+#[test]
+fn run_sh_gives_arc_the_exit_codes_the_actions_runner_image_gives_and_passes_on_term() {
+    let flake = RunnerFlake::new();
+    // (The gzip one: Debian's umoci predates zstd layers.)
+    let image = flake.build(&format!("packages.{SYSTEM}.gpu-runner-image"));
+    let rootfs = umoci_unpack(&image, &flake.dir.join("bundle"));
+    let codes = flake.dir.join("codes");
+    let run = |exits: &str, env: &[(&str, &str)]| {
+        fs::write(&codes, exits).unwrap();
+        let mut c = Command::new(rootfs.join("home/runner/run.sh"));
+        c.env_clear().env("PATH", "/usr/bin:/bin").env("HOME", &flake.dir).env("FIXTURE_EXITS", &codes);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let starts = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).matches("Runner.Listener run").count();
+    // The listener's code -> what run.sh exits with, and the line it says (as actions/runner's
+    // run-helper.sh: done, terminated and session conflicts are 0 for ARC).
+    for (code, exit, said) in [
+        ("0", 0, ""),
+        ("1", 0, "terminated): no retry"),
+        ("5", 0, "lost its session"),
+        ("7", 0, "unknown code 7"),
+        ("42", 0, "unknown code 42"),
+    ] {
+        let o = run(code, &[]);
+        assert_eq!(o.status.code(), Some(exit), "{code}: {}", text(&o));
+        assert!(text(&o).contains(said), "{code}: {}", text(&o));
+        assert_eq!(starts(&o), 1, "{code}: {}", text(&o));
+    }
+    // A retryable error: the listener again (after 5 s), then done.
+    let o = run("2 0", &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(starts(&o), 2, "{}", text(&o));
+    assert!(text(&o).contains("retryable error (exit 2): starting it again"), "{}", text(&o));
+    // An update request, and a deprecated version where the lane asked for its code: failures
+    // that say to rebuild the image.
+    for (exits, env, exit) in [
+        ("3", &[][..], 1),
+        ("4", &[][..], 1),
+        ("7", &[("ACTIONS_RUNNER_RETURN_VERSION_DEPRECATED_EXIT_CODE", "1")][..], 7),
+    ] {
+        let o = run(exits, env);
+        assert_eq!(o.status.code(), Some(exit), "{exits}: {}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("rebuild the image with a newer runner"), "{exits}: {err}");
+        assert_eq!(starts(&o), 1);
+    }
+    // TERM to run.sh (the container's PID 1 when the pod goes) reaches the listener.
+    fs::write(&codes, "wait").unwrap();
+    let out_file = flake.dir.join("term.out");
+    let mut child = Command::new(rootfs.join("home/runner/run.sh"))
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", &flake.dir)
+        .env("FIXTURE_EXITS", &codes)
+        .stdout(fs::File::create(&out_file).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !fs::read_to_string(&out_file).unwrap().contains("listener waiting") {
+        assert!(std::time::Instant::now() < deadline, "the listener did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    ok(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", fs::read_to_string(&out_file).unwrap());
+    assert!(fs::read_to_string(&out_file).unwrap().contains("listener got TERM"));
+}
+
 fn env_of(config: &Value) -> Vec<String> {
     config["config"]["Env"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect()
 }
@@ -440,7 +511,7 @@ fn mk_runner_image_with_driver_and_cache_is_what_the_cli_builds_and_arc_can_star
     assert!(fs::metadata(&run_sh).unwrap().permissions().mode() & 0o111 != 0, "run.sh is executable");
     let run_text = fs::read_to_string(&run_sh).unwrap();
     assert!(run_text.starts_with(&format!("#!{bash}/bin/bash\n")), "{run_text}");
-    assert!(run_text.contains(&format!("exec {runner}/bin/Runner.Listener run \"$@\"")), "{run_text}");
+    assert!(run_text.contains(&format!("{runner}/bin/Runner.Listener run \"$@\" &")), "{run_text}");
     // The CA bundle where Debian- and Fedora-built programs look, and it is the image's own.
     for at in ["etc/ssl/certs/ca-certificates.crt", "etc/pki/tls/certs/ca-bundle.crt"] {
         assert_eq!(fs::read_link(rootfs.join(at)).unwrap(), PathBuf::from(&ca), "{at}");

@@ -32,7 +32,23 @@
       # Stand-ins for nixpkgs' github-runner, bash, git, nix and cacert.
       runner = sh "github-runner-2.330.0" ''
         mkdir -p "$out/bin"
-        printf '#!/bin/sh\necho "Runner.Listener $*"\necho "jitconfig=$ACTIONS_RUNNER_INPUT_JITCONFIG"\n[ -z "$FLYWHEEL_EXTRA_CA" ] || echo "ssl=$SSL_CERT_FILE node=$NODE_EXTRA_CA_CERTS"\n' > "$out/bin/Runner.Listener"
+        # Says how it was started; FIXTURE_EXITS names a file of exit codes, used one per start.
+        cat > "$out/bin/Runner.Listener" <<'EOF'
+        #!/bin/sh
+        echo "Runner.Listener $*"
+        echo "jitconfig=$ACTIONS_RUNNER_INPUT_JITCONFIG"
+        [ -z "$FLYWHEEL_EXTRA_CA" ] || echo "ssl=$SSL_CERT_FILE node=$NODE_EXTRA_CA_CERTS"
+        if [ -n "$FIXTURE_EXITS" ]; then
+          read -r code rest < "$FIXTURE_EXITS"
+          echo "$rest" > "$FIXTURE_EXITS"
+          if [ "$code" = wait ]; then
+            trap 'echo "listener got TERM"; exit 0' TERM
+            echo "listener waiting"
+            while :; do sleep 0.1; done
+          fi
+          exit "$code"
+        fi
+        EOF
         chmod 0755 "$out/bin/Runner.Listener"
       '' { };
       bash = sh "bash-5.2" ''
