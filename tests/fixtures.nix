@@ -25,6 +25,74 @@
       // env
     );
 
+  # Debian's loader and the libraries the given host programs load, copied into one store path
+  # with each library's RUNPATH set to $ORIGIN: the stand-in for nixpkgs' glibc (and libgcc,
+  # libtinfo). Programs copied from the host are patched to it with `selfContained`, so an image
+  # holds everything its programs load, as it would with nixpkgs' builds.
+  hostLibs =
+    programs:
+    derivation {
+      name = "debian-libs";
+      inherit system;
+      builder = "/bin/sh";
+      PATH = "/usr/bin:/bin";
+      fixtureTag = tag;
+      inherit programs;
+      args = [
+        "-e"
+        "-c"
+        ''
+          mkdir -p "$out/lib"
+          for p in $programs; do
+            ldd "$p" | while read -r first arrow path rest; do
+              case "$first" in
+                /*) cp -L "$first" "$out/lib/$(basename "$first")" ;;
+              esac
+              case "$path" in
+                /*) cp -L "$path" "$out/lib/$first" ;;
+              esac
+            done
+          done
+          chmod u+w "$out"/lib/*
+          for l in "$out"/lib/*; do
+            case "$l" in
+              */ld-linux*) ;;
+              *)
+                patchelf --set-rpath '$ORIGIN' "$l"
+                # libc.so.6 is a program too: its interpreter, as in nixpkgs' glibc, beside it.
+                if interp=$(patchelf --print-interpreter "$l" 2>/dev/null); then
+                  patchelf --set-interpreter "$out/lib/$(basename "$interp")" "$l"
+                fi
+                ;;
+            esac
+          done
+        ''
+      ];
+    };
+
+  # A host program copied to $out/bin/NAME, its interpreter and RUNPATH set to `libs`.
+  selfContained =
+    name: program: libs:
+    let
+      loader = if system == "aarch64-linux" then "ld-linux-aarch64.so.1" else "ld-linux-x86-64.so.2";
+    in
+    derivation {
+      inherit name system;
+      builder = "/bin/sh";
+      PATH = "/usr/bin:/bin";
+      fixtureTag = tag;
+      args = [
+        "-e"
+        "-c"
+        ''
+          mkdir -p "$out/bin"
+          cp -L ${program} "$out/bin/${baseNameOf (toString program)}"
+          chmod u+w "$out/bin/${baseNameOf (toString program)}"
+          patchelf --set-interpreter ${libs}/lib/${loader} --set-rpath ${libs}/lib "$out/bin/${baseNameOf (toString program)}"
+        ''
+      ];
+    };
+
   # A stand-in for nixpkgs' NVIDIA driver package (580.159.04), with its `out` and `bin`
   # outputs: this machine's libz (`templateLibrary`) dressed up as the driver's libraries by
   # Debian's patchelf.

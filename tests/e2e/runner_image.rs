@@ -76,9 +76,8 @@ impl RunnerFlake {
         fs::write(dir.join("settings.json"), settings.to_string()).unwrap();
         let input = work.path().join("flywheel-input");
         fs::create_dir_all(input.join("bin")).unwrap();
-        let wrapper = input.join("bin/flywheel");
-        fs::write(&wrapper, format!("#!/bin/sh\nexec {} \"$@\"\n", env!("CARGO_BIN_EXE_flywheel"))).unwrap();
-        fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        // The binary itself: the flake copies it into the store with its loader and libraries.
+        fs::copy(env!("CARGO_BIN_EXE_flywheel"), input.join("bin/flywheel")).unwrap();
         RunnerFlake { _work: work, dir, input }
     }
 
@@ -123,6 +122,110 @@ impl RunnerFlake {
         assert_eq!(listing(&out), listing(&built), "{name}: the same blobs");
         built
     }
+}
+
+/// `path` (absolute, as the image sees it) inside `rootfs`, following symlinks as the image
+/// would: an absolute target is taken from the image's root, never the host's.
+fn resolve_in(rootfs: &Path, path: &str) -> Option<PathBuf> {
+    let mut at = PathBuf::from("/");
+    let mut parts: Vec<String> = path.split('/').filter(|p| !p.is_empty()).map(str::to_string).rev().collect();
+    let mut hops = 0;
+    while let Some(part) = parts.pop() {
+        match part.as_str() {
+            "." => continue,
+            ".." => {
+                at.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let next = at.join(&part);
+        let host = rootfs.join(next.strip_prefix("/").unwrap());
+        let meta = fs::symlink_metadata(&host).ok()?;
+        if meta.file_type().is_symlink() {
+            hops += 1;
+            if hops > 40 {
+                return None;
+            }
+            let target = fs::read_link(&host).ok()?;
+            let target = target.to_string_lossy().to_string();
+            if target.starts_with('/') {
+                at = PathBuf::from("/");
+            }
+            parts.extend(target.split('/').filter(|p| !p.is_empty()).map(str::to_string).rev());
+        } else {
+            at = next;
+        }
+    }
+    let host = rootfs.join(at.strip_prefix("/").unwrap());
+    host.exists().then_some(host)
+}
+
+/// Every ELF in the unpacked image asks for a loader and libraries the image holds (through
+/// its interpreter, RUNPATH and, where it has either, each NEEDED library), and every script's
+/// `#!` names a program in the image: nothing resolves from the host. Returns the ELFs checked.
+fn assert_nothing_outside(rootfs: &Path) -> usize {
+    let mut problems = Vec::new();
+    let mut elfs = 0;
+    let mut stack = vec![rootfs.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(e.path());
+                continue;
+            }
+            if !ft.is_file() {
+                continue;
+            }
+            let host = e.path();
+            let inside = format!("/{}", host.strip_prefix(rootfs).unwrap().display());
+            let mut head = [0u8; 256];
+            let n = std::io::Read::read(&mut fs::File::open(&host).unwrap(), &mut head).unwrap_or(0);
+            let head = &head[..n];
+            if head.starts_with(b"#!") {
+                let line = String::from_utf8_lossy(head).lines().next().unwrap_or("").to_string();
+                let program = line[2..].split_whitespace().next().unwrap_or("").to_string();
+                if resolve_in(rootfs, &program).is_none() {
+                    problems.push(format!("{inside}: #!{program} is not in the image"));
+                }
+                continue;
+            }
+            if !head.starts_with(b"\x7fELF") {
+                continue;
+            }
+            elfs += 1;
+            let patchelf = |arg: &str| {
+                let o = Command::new("patchelf").arg(arg).arg(&host).output().unwrap();
+                o.status.success().then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            };
+            let interp = patchelf("--print-interpreter").filter(|i| !i.is_empty());
+            let rpath = patchelf("--print-rpath").unwrap_or_default();
+            let origin = Path::new(&inside).parent().unwrap().display().to_string();
+            let dirs: Vec<String> =
+                rpath.split(':').filter(|d| !d.is_empty()).map(|d| d.replace("$ORIGIN", &origin)).collect();
+            if let Some(i) = &interp {
+                if !i.starts_with("/nix/store/") || resolve_in(rootfs, i).is_none() {
+                    problems.push(format!("{inside}: interpreter {i} is not in the image's store"));
+                }
+            }
+            for d in &dirs {
+                if !d.starts_with("/nix/store/") || resolve_in(rootfs, d).is_none() {
+                    problems.push(format!("{inside}: RUNPATH {d} is not in the image's store"));
+                }
+            }
+            if interp.is_some() || !dirs.is_empty() {
+                for lib in patchelf("--print-needed").unwrap_or_default().lines() {
+                    if !dirs.iter().any(|d| resolve_in(rootfs, &format!("{d}/{lib}")).is_some()) {
+                        problems.push(format!("{inside}: {lib} is not in its RUNPATH ({rpath}) in the image"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{} references outside the image:\n{}", problems.len(), problems.join("\n"));
+    elfs
 }
 
 /// `umoci unpack --rootless` of the layout's `latest` image into `bundle`; returns its rootfs.
@@ -507,6 +610,20 @@ fn mk_runner_image_with_driver_and_cache_is_what_the_cli_builds_and_arc_can_star
 
     // The filesystem, as umoci unpacks it.
     let rootfs = umoci_unpack(&image, &flake.dir.join("bundle"));
+    // Self-contained: bash, flywheel and Debian's loader and libraries at least.
+    let elfs = assert_nothing_outside(&rootfs);
+    assert!(elfs >= 4, "{elfs} ELF files");
+    // And they run with the image as their whole world (chroot: no host path to fall back on).
+    let flywheel_in_image = format!("{}/bin/flywheel", flake.eval_raw(&format!("packages.{SYSTEM}.flywheel.outPath")));
+    let chroot = ["/usr/sbin/chroot", "/usr/bin/chroot"].into_iter().find(|p| Path::new(p).exists()).expect("chroot");
+    let o = Command::new(chroot)
+        .arg(&rootfs)
+        .args(["/bin/sh", "-c", "echo \"bash $BASH_VERSION\"; \"$0\" --version", &flywheel_in_image])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "in a chroot of the image: {}", text(&o));
+    assert!(text(&o).starts_with("bash 5.") && text(&o).contains("flywheel "), "{}", text(&o));
     let run_sh = rootfs.join("home/runner/run.sh");
     assert!(fs::metadata(&run_sh).unwrap().permissions().mode() & 0o111 != 0, "run.sh is executable");
     let run_text = fs::read_to_string(&run_sh).unwrap();

@@ -8,8 +8,8 @@
   description = "flywheel runner image tests: mkRunnerImage with fixture derivations";
 
   # The flywheel the builders and the hooks run: a folder with bin/flywheel, always given with
-  # `--override-input flywheel path:DIR` (the tests and ./quickstart pass a bin/flywheel that
-  # runs the cargo-built binary).
+  # `--override-input flywheel path:DIR` (the tests and ./quickstart pass a copy of the
+  # cargo-built binary, which the flake patches to its own loader and libraries).
   inputs.flywheel = {
     url = "path:/nonexistent/override-with--override-input-flywheel";
     flake = false;
@@ -18,7 +18,6 @@
   outputs =
     { self, flywheel }:
     let
-      flywheelBin = "${flywheel}/bin/flywheel";
       settings = builtins.fromJSON (builtins.readFile ./settings.json);
       inherit (settings) system;
       flywheelLib = import ./lib;
@@ -28,6 +27,16 @@
         inherit (settings) templateLibrary tag;
       };
       inherit (fixtures) sh;
+
+      # The host's programs the image carries (bash, and flywheel for the hooks and builders),
+      # copied into the store with Debian's loader and libraries beside them: nothing in the
+      # image resolves from the host, as with nixpkgs' builds.
+      libs = fixtures.hostLibs [
+        "/bin/bash"
+        "${flywheel}/bin/flywheel"
+      ];
+      flywheelPkg = fixtures.selfContained "flywheel" "${flywheel}/bin/flywheel" libs;
+      flywheelBin = "${flywheelPkg}/bin/flywheel";
 
       # Stand-ins for nixpkgs' github-runner, bash, git, nix and cacert.
       runner = sh "github-runner-2.330.0" ''
@@ -51,11 +60,7 @@
         EOF
         chmod 0755 "$out/bin/Runner.Listener"
       '' { };
-      bash = sh "bash-5.2" ''
-        mkdir -p "$out/bin"
-        cp /bin/bash "$out/bin/bash"
-        chmod 0755 "$out/bin/bash"
-      '' { };
+      bash = fixtures.selfContained "bash-5.2" "/bin/bash" libs;
       git = sh "git-2.50.0" ''
         mkdir -p "$out/bin"
         printf '#!/bin/sh\necho "git (fixture %s) $*"\n' "$fixtureTag" > "$out/bin/git"
@@ -128,6 +133,8 @@
           plain-runner-image
           ;
         gpu-runner-tree = gpu-runner-image.runnerTree;
+        flywheel = flywheelPkg;
+        debian-libs = libs;
         default = gpu-runner-image;
       };
       # The specs, for `nix eval --json` and `flywheel image build --spec`.
