@@ -518,6 +518,64 @@ fn run_sh_gives_arc_the_exit_codes_the_actions_runner_image_gives_and_passes_on_
     assert!(fs::read_to_string(&out_file).unwrap().contains("listener got TERM"));
 }
 
+/// runc (Debian's) from the image's own config, as uid 1001 with the mounts ARC gives a runner
+/// pod: the /nix volume the init container seeds, the work volume, a tmpfs /tmp. Returns what
+/// the container printed and its status.
+fn runc_run(bundle: &Path, id: &str, args: &[&str], env: &[&str], mounts: &[(&Path, &str)]) -> std::process::Output {
+    let (config_path, original) = (bundle.join("config.json"), bundle.join("config.image.json"));
+    if !original.exists() {
+        fs::copy(&config_path, &original).unwrap();
+    }
+    let mut config: Value = serde_json::from_slice(&fs::read(&original).unwrap()).unwrap();
+    let process = &mut config["process"];
+    process["terminal"] = Value::Bool(false);
+    process["args"] = serde_json::json!(args);
+    let mut vars: Vec<Value> = process["env"].as_array().cloned().unwrap_or_default();
+    vars.extend(env.iter().map(|e| Value::String(e.to_string())));
+    process["env"] = Value::Array(vars);
+    assert_eq!(process["user"], serde_json::json!({"uid": 1001, "gid": 1001}), "the image's own user");
+    let list = config["mounts"].as_array_mut().unwrap();
+    list.retain(|m| m["destination"] != "/tmp");
+    list.push(serde_json::json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]}));
+    for (source, destination) in mounts {
+        list.push(serde_json::json!({"destination": destination, "type": "bind", "source": source, "options": ["rbind", "rw"]}));
+    }
+    fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    Command::new("runc").args(["run", "--bundle"]).arg(bundle).arg(id).output().unwrap()
+}
+
+#[test]
+fn the_image_runs_in_runc_as_the_runner_with_the_pods_mounts() {
+    let flake = RunnerFlake::new();
+    let image = flake.build(&format!("packages.{SYSTEM}.gpu-runner-image"));
+    // As root: the image's owners (the runner's home and store are uid 1001's) as it says.
+    let bundle = flake.dir.join("runc");
+    ok(Command::new("umoci").args(["unpack", "--image"]).arg(format!("{}:latest", image.display())).arg(&bundle));
+    let rootfs = bundle.join("rootfs");
+    let pod = flake.dir.join("pod");
+    let (vol, work) = (pod.join("nix"), pod.join("work"));
+    fsgroup_volume(&vol);
+    fsgroup_volume(&work);
+    seed_as_runner(&rootfs, &vol);
+    let id = format!("flywheel-e2e-{}", std::process::id());
+    let mounts = [(vol.as_path(), "/nix"), (work.as_path(), "/home/runner/_work")];
+    let o = runc_run(&bundle, &id, &["/home/runner/run.sh"], &["ACTIONS_RUNNER_INPUT_JITCONFIG=jit"], &mounts);
+    let said = text(&o);
+    assert!(o.status.success(), "{said}");
+    assert!(said.contains("Runner.Listener run\njitconfig=jit"), "{said}");
+    // Inside: the runner user, its home, the seeded store, flywheel from it; the host's /usr is
+    // not there.
+    let script = "echo \"uid=$UID home=$HOME\"; [ -e /usr/bin/id ] && echo host-usr; \
+                  echo x > /home/runner/_work/written && echo work-ok; echo y > /tmp/t && echo tmp-ok; \
+                  /home/runner/hooks/seed-nix.sh --help | { read -r first; echo \"seed: $first\"; }";
+    let o = runc_run(&bundle, &format!("{id}-job"), &["/bin/sh", "-c", script], &[], &mounts);
+    let said = text(&o);
+    assert!(o.status.success(), "{said}");
+    assert!(said.contains("uid=1001 home=/home/runner") && !said.contains("host-usr"), "{said}");
+    assert!(said.contains("work-ok") && said.contains("tmp-ok") && said.contains("seed: "), "{said}");
+    assert_eq!(fs::read_to_string(work.join("written")).unwrap(), "x\n");
+}
+
 fn env_of(config: &Value) -> Vec<String> {
     config["config"]["Env"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect()
 }
