@@ -200,7 +200,8 @@ fn bootstrap_reports_the_images_runner_and_warns_when_it_is_old_or_too_low() {
         serde_json::json!({"config": {"Labels": {"dev.flywheel.runner.version": "2.338.0", "dev.flywheel.runner.released": date(40)}}}).to_string(),
     )
     .unwrap();
-    let (b, _) = run("old", &[], Some(&labels), &["--runner-min-version", "2.340.0"]);
+    // The minimum as a lane's pod gives it (FLYWHEEL_RUNNER_MIN_VERSION, from the spec).
+    let (b, _) = run("old", &[("FLYWHEEL_RUNNER_MIN_VERSION", "2.340.0".into())], Some(&labels), &[]);
     assert_eq!(b["status"], "pass", "{b}");
     let warnings = notes(&b).into_iter().filter(|n| n.starts_with("warning: ")).collect::<Vec<_>>();
     assert_eq!(warnings.len(), 2, "{b}");

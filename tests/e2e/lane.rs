@@ -264,6 +264,8 @@ fn an_extra_ca_is_mounted_from_its_config_map_and_named_for_run_sh() {
         env.iter().any(|e| e["name"] == "FLYWHEEL_EXTRA_CA" && e["value"] == "/etc/flywheel/extra-ca/ca.crt"),
         "{env:?}"
     );
+    // The spec's runner policy reaches the canary in these pods only when the spec sets it.
+    assert!(!env.iter().any(|e| e["name"] == "FLYWHEEL_RUNNER_MIN_VERSION"), "{env:?}");
     // The seed container does not need it.
     assert!(pod["initContainers"][0]["volumeMounts"].as_array().unwrap().iter().all(|m| m["name"] != "extra-ca"));
 }
@@ -431,6 +433,15 @@ fn lane_check_reports_the_runner_and_warns_when_it_is_old_or_below_the_minimum()
     fs::write(&strict, text).unwrap();
     let out = check(&strict, "2026-10-10");
     assert!(out.contains("below the minimum 2.339.0") && out.contains("released 4 days ago"), "{out}");
+    // The same policy goes to the lane's pods, where the canary reads it.
+    let rendered = t.path().join("strict-out");
+    let o = render(&strict, &rendered);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let values = yaml_file(&rendered.join("values.yaml"));
+    let env = values["template"]["spec"]["containers"][0]["env"].as_array().unwrap().clone();
+    for (name, value) in [("FLYWHEEL_RUNNER_MIN_VERSION", "2.339.0"), ("FLYWHEEL_RUNNER_MAX_AGE_DAYS", "3")] {
+        assert!(env.iter().any(|e| e["name"] == name && e["value"] == value), "{name}: {env:?}");
+    }
     // An image without the labels: said so.
     let (bare, digest) = image("bare", &[]);
     let spec = spec_for(t.path(), "bare.toml", &format!("registry.example/r@{digest}"), VERSION);

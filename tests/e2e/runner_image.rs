@@ -102,6 +102,13 @@ impl RunnerFlake {
         ok_str(self.nix(&["eval"]).args(["--raw", &self.attr(attr)]))
     }
 
+    /// The GPU runner image (gzip layers: Debian's umoci predates zstd), built and unpacked
+    /// rootless under `bundle`; returns its rootfs.
+    fn gpu_rootfs(&self) -> PathBuf {
+        let image = self.build(&format!("packages.{SYSTEM}.gpu-runner-image"));
+        umoci_unpack(&image, &self.dir.join("bundle"))
+    }
+
     /// Builds `packages.SYSTEM.NAME` and checks that `flywheel image build --spec` gives the same
     /// image, digest for digest, from the spec the derivation carries.
     fn build_and_compare(&self, name: &str) -> PathBuf {
@@ -336,9 +343,8 @@ fn seed_as_runner(rootfs: &Path, vol: &Path) {
 #[test]
 fn a_lane_pod_seeds_nix_registers_the_store_builds_as_the_runner_and_pushes_what_it_built() {
     let flake = RunnerFlake::new();
-    let image = flake.build(&format!("packages.{SYSTEM}.gpu-runner-image"));
+    let rootfs = flake.gpu_rootfs();
     let bash = flake.eval_raw(&format!("packages.{SYSTEM}.bash.outPath"));
-    let rootfs = umoci_unpack(&image, &flake.dir.join("bundle"));
     let pod = flake.dir.join("pod");
     let vol = pod.join("nix");
     fsgroup_volume(&vol);
@@ -405,9 +411,8 @@ echo "built: $out"
 #[test]
 fn run_sh_trusts_the_lanes_extra_ca_beside_the_images_bundle_or_refuses_to_start() {
     let flake = RunnerFlake::new();
-    let image = flake.build(&format!("packages.{SYSTEM}.gpu-runner-image"));
+    let rootfs = flake.gpu_rootfs();
     let cacert = flake.eval_raw(&format!("packages.{SYSTEM}.cacert.outPath"));
-    let rootfs = umoci_unpack(&image, &flake.dir.join("bundle"));
     let home = flake.dir.join("home");
     fs::create_dir_all(&home).unwrap();
     let pem = "-----BEGIN CERTIFICATE-----\nMIIBfixture\n-----END CERTIFICATE-----";
@@ -450,19 +455,16 @@ fn run_sh_trusts_the_lanes_extra_ca_beside_the_images_bundle_or_refuses_to_start
 #[test]
 fn run_sh_gives_arc_the_exit_codes_the_actions_runner_image_gives_and_passes_on_term() {
     let flake = RunnerFlake::new();
-    // (The gzip one: Debian's umoci predates zstd layers.)
-    let image = flake.build(&format!("packages.{SYSTEM}.gpu-runner-image"));
-    let rootfs = umoci_unpack(&image, &flake.dir.join("bundle"));
+    let rootfs = flake.gpu_rootfs();
     let codes = flake.dir.join("codes");
-    let run = |exits: &str, env: &[(&str, &str)]| {
+    // run.sh with the stand-in listener exiting with `exits`, one code per start.
+    let run_sh = |exits: &str| {
         fs::write(&codes, exits).unwrap();
         let mut c = Command::new(rootfs.join("home/runner/run.sh"));
         c.env_clear().env("PATH", "/usr/bin:/bin").env("HOME", &flake.dir).env("FIXTURE_EXITS", &codes);
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        c.output().unwrap()
+        c
     };
+    let run = |exits: &str, env: &[(&str, &str)]| run_sh(exits).envs(env.iter().copied()).output().unwrap();
     let starts = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).matches("Runner.Listener run").count();
     // The listener's code -> what run.sh exits with, and the line it says (as actions/runner's
     // run-helper.sh: done, terminated and session conflicts are 0 for ARC).
@@ -497,16 +499,8 @@ fn run_sh_gives_arc_the_exit_codes_the_actions_runner_image_gives_and_passes_on_
         assert_eq!(starts(&o), 1);
     }
     // TERM to run.sh (the container's PID 1 when the pod goes) reaches the listener.
-    fs::write(&codes, "wait").unwrap();
     let out_file = flake.dir.join("term.out");
-    let mut child = Command::new(rootfs.join("home/runner/run.sh"))
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("HOME", &flake.dir)
-        .env("FIXTURE_EXITS", &codes)
-        .stdout(fs::File::create(&out_file).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = run_sh("wait").stdout(fs::File::create(&out_file).unwrap()).spawn().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !fs::read_to_string(&out_file).unwrap().contains("listener waiting") {
         assert!(std::time::Instant::now() < deadline, "the listener did not start");

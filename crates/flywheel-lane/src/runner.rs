@@ -15,26 +15,33 @@ pub const LABEL_RELEASED: &str = "dev.flywheel.runner.released";
 /// Warn at this age: GitHub's 30 days, less time to build, test and roll out a new image.
 pub const DEFAULT_MAX_AGE_DAYS: u32 = 25;
 /// The oldest runner GitHub accepted when this was written (docs/runner-image.md).
-pub const DEFAULT_MIN_VERSION: &str = "2.329.0";
+pub const DEFAULT_MIN_VERSION: RunnerVersion = RunnerVersion(2, 329, 0);
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RunnerError {
+    #[error("runner version {0:?}: expected MAJOR.MINOR.PATCH, such as 2.338.0")]
+    Version(String),
+    #[error("runner release date {date:?}: expected YYYY-MM-DD ({why})")]
+    Date { date: String, why: String },
+}
 
 /// A runner version, `MAJOR.MINOR.PATCH`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RunnerVersion(pub u32, pub u32, pub u32);
 
 impl RunnerVersion {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let t = text.trim().trim_start_matches('v');
-        let parts: Vec<&str> = t.split('.').collect();
+    pub fn parse(text: &str) -> Result<Self, RunnerError> {
+        let bad = || RunnerError::Version(text.to_string());
+        // At most 9 digits: always a u32.
         let number = |s: &str| {
-            if s.is_empty() || s.len() > 9 || !s.bytes().all(|b| b.is_ascii_digit()) {
-                Err(format!("runner version {text:?}: expected MAJOR.MINOR.PATCH, such as 2.338.0"))
-            } else {
-                s.parse::<u32>().map_err(|e| format!("runner version {text:?}: {e}"))
-            }
+            (!s.is_empty() && s.len() <= 9 && s.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| s.parse::<u32>().ok())
+                .flatten()
+                .ok_or_else(bad)
         };
-        match parts.as_slice() {
+        match text.trim().trim_start_matches('v').split('.').collect::<Vec<_>>().as_slice() {
             [a, b, c] => Ok(RunnerVersion(number(a)?, number(b)?, number(c)?)),
-            _ => Err(format!("runner version {text:?}: expected MAJOR.MINOR.PATCH, such as 2.338.0")),
+            _ => Err(bad()),
         }
     }
 }
@@ -54,7 +61,7 @@ pub struct RunnerPolicy {
 
 impl Default for RunnerPolicy {
     fn default() -> Self {
-        RunnerPolicy { max_age_days: DEFAULT_MAX_AGE_DAYS, min_version: RunnerVersion(2, 329, 0) }
+        RunnerPolicy { max_age_days: DEFAULT_MAX_AGE_DAYS, min_version: DEFAULT_MIN_VERSION }
     }
 }
 
@@ -71,10 +78,10 @@ pub struct Freshness {
 }
 
 /// Days since 1970-01-01 of a `YYYY-MM-DD` date.
-pub fn days_of(date: &str) -> Result<i64, String> {
+pub fn days_of(date: &str) -> Result<i64, RunnerError> {
     let format = time::macros::format_description!("[year]-[month]-[day]");
     let d = time::Date::parse(date.trim(), &format)
-        .map_err(|e| format!("runner release date {date:?}: expected YYYY-MM-DD ({e})"))?;
+        .map_err(|e| RunnerError::Date { date: date.to_string(), why: e.to_string() })?;
     // 2440588 is the Julian day number of 1970-01-01.
     Ok(i64::from(d.to_julian_day()) - 2_440_588)
 }
@@ -87,7 +94,12 @@ pub fn today() -> i64 {
 }
 
 /// Assesses a runner `version` released on `released` (if known) on day `today`.
-pub fn assess(version: &str, released: Option<&str>, today: i64, policy: &RunnerPolicy) -> Result<Freshness, String> {
+pub fn assess(
+    version: &str,
+    released: Option<&str>,
+    today: i64,
+    policy: &RunnerPolicy,
+) -> Result<Freshness, RunnerError> {
     let v = RunnerVersion::parse(version)?;
     let mut warnings = Vec::new();
     if v < policy.min_version {
@@ -117,7 +129,7 @@ pub fn from_labels(
     labels: &std::collections::BTreeMap<String, String>,
     today: i64,
     policy: &RunnerPolicy,
-) -> Option<Result<Freshness, String>> {
+) -> Option<Result<Freshness, RunnerError>> {
     let version = labels.get(LABEL_VERSION)?;
     Some(assess(version, labels.get(LABEL_RELEASED).map(String::as_str), today, policy))
 }
@@ -155,10 +167,10 @@ mod tests {
     fn bad_versions_and_dates_are_refused_with_what_was_expected() {
         let p = RunnerPolicy::default();
         for bad in ["", "2.338", "2.338.0.1", "2.x.0", "2.338.-1", "2.338.0 beta"] {
-            let e = assess(bad, None, 0, &p).unwrap_err();
+            let e = assess(bad, None, 0, &p).unwrap_err().to_string();
             assert!(e.contains("MAJOR.MINOR.PATCH"), "{bad:?}: {e}");
         }
-        assert!(assess("2.338.0", Some("yesterday"), 0, &p).unwrap_err().contains("YYYY-MM-DD"));
+        assert!(assess("2.338.0", Some("yesterday"), 0, &p).unwrap_err().to_string().contains("YYYY-MM-DD"));
     }
 
     proptest! {

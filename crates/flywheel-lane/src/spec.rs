@@ -71,7 +71,7 @@ pub struct Image {
 
 impl Image {
     /// The runner policy this spec sets; its version was validated.
-    pub fn runner_policy(&self) -> Result<crate::runner::RunnerPolicy, String> {
+    pub fn runner_policy(&self) -> Result<crate::runner::RunnerPolicy, crate::runner::RunnerError> {
         let mut p = crate::runner::RunnerPolicy::default();
         if let Some(days) = self.runner_max_age_days {
             p.max_age_days = days;

@@ -150,7 +150,7 @@ fn image(spec: &LaneSpec, p: &mut Problems) {
         if let Err(e) = crate::runner::RunnerVersion::parse(v) {
             p.add(
                 "image.runner_min_version",
-                e,
+                e.to_string(),
                 "use a runner version such as \"2.329.0\" (GitHub's minimum: docs/runner-image.md)",
             );
         }

@@ -808,12 +808,16 @@ pub struct CanaryArgs {
     #[arg(long, value_name = "FILE")]
     pub image_labels: Option<PathBuf>,
     /// Warn when the image's runner was released more days ago than this (GitHub stops
-    /// queueing jobs to a runner that cannot update itself 30 days after a newer release).
-    #[arg(long, value_name = "DAYS", default_value_t = flywheel_lane::runner::DEFAULT_MAX_AGE_DAYS,
+    /// queueing jobs to a runner that cannot update itself 30 days after a newer release). A
+    /// lane's runner pods set it from the spec's image.runner_max_age_days.
+    #[arg(long, value_name = "DAYS", env = "FLYWHEEL_RUNNER_MAX_AGE_DAYS",
+          default_value_t = flywheel_lane::runner::DEFAULT_MAX_AGE_DAYS,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub runner_max_age_days: u32,
-    /// Warn when the image's runner is older than this version (GitHub's minimum).
-    #[arg(long, value_name = "VERSION", default_value = flywheel_lane::runner::DEFAULT_MIN_VERSION,
+    /// Warn when the image's runner is older than this version (GitHub's minimum). A lane's
+    /// runner pods set it from the spec's image.runner_min_version.
+    #[arg(long, value_name = "VERSION", env = "FLYWHEEL_RUNNER_MIN_VERSION",
+          default_value_t = flywheel_lane::runner::DEFAULT_MIN_VERSION,
           value_parser = flywheel_lane::runner::RunnerVersion::parse)]
     pub runner_min_version: flywheel_lane::runner::RunnerVersion,
     /// Programs jobs need on PATH, comma-separated.

@@ -221,6 +221,8 @@ pub fn canary(args: &[&str]) -> Command {
         "FLYWHEEL_LANE",
         "FLYWHEEL_RUNNER_VERSION",
         "FLYWHEEL_RUNNER_RELEASED",
+        "FLYWHEEL_RUNNER_MAX_AGE_DAYS",
+        "FLYWHEEL_RUNNER_MIN_VERSION",
         "NIX_CONFIG",
     ] {
         c.env_remove(var);

@@ -134,6 +134,13 @@ pub fn values(spec: &LaneSpec) -> Values {
     if r.extra_ca.is_some() {
         env.push(plain_env("FLYWHEEL_EXTRA_CA", &format!("{EXTRA_CA_MOUNT}/ca.crt")));
     }
+    // The spec's runner policy, for the canary that runs in these pods (as `lane check` uses it).
+    if let Some(days) = spec.image.runner_max_age_days {
+        env.push(plain_env("FLYWHEEL_RUNNER_MAX_AGE_DAYS", &days.to_string()));
+    }
+    if let Some(v) = &spec.image.runner_min_version {
+        env.push(plain_env("FLYWHEEL_RUNNER_MIN_VERSION", v));
+    }
 
     let mut requests = serde_json::Map::new();
     for (k, v) in &r.requests {
