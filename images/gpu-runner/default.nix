@@ -109,7 +109,8 @@ let
     util-linux
     xz
   ];
-  libDir = p: "${p.lib or p.out or p}/lib";
+  # Each library's lib/ (its `lib` output where it has one).
+  fhsLibDirs = map (p: "${p.lib or p.out or p}/lib") fhsLibraries;
 
   driverLayer = flywheelLib.mkDriverLayer {
     inherit flywheel system;
@@ -172,13 +173,13 @@ flywheelLib.mkRunnerImage {
   # Linked at /usr/bin/env: `#!/usr/bin/env bash` starts most job scripts.
   envProgram = "${pkgs.coreutils}/bin/env";
   fhsLoader = "${pkgs.nix-ld}/libexec/nix-ld";
-  extraClosure = map libDir fhsLibraries ++ [ pkgs.stdenv.cc.bintools.dynamicLinker ];
+  extraClosure = fhsLibDirs ++ [ pkgs.stdenv.cc.bintools.dynamicLinker ];
   labels = runnerLabels;
   # Inside the container the labels are out of reach: the canary reads these instead.
   extraEnv = {
     FLYWHEEL_RUNNER_VERSION = runnerVersion;
     NIX_LD = pkgs.stdenv.cc.bintools.dynamicLinker;
-    NIX_LD_LIBRARY_PATH = builtins.concatStringsSep ":" (map libDir fhsLibraries);
+    NIX_LD_LIBRARY_PATH = builtins.concatStringsSep ":" fhsLibDirs;
   }
   // (if runnerReleased == null then { } else { FLYWHEEL_RUNNER_RELEASED = runnerReleased; });
 }

@@ -805,9 +805,7 @@ let
                 echo "flywheel: the runner's version is deprecated (exit 7): rebuild the image with a newer runner (docs/runner-image.md)" >&2
                 exit 7
               fi
-              echo "flywheel: the runner's listener exited with unknown code 7"
-              exit 0
-              ;;
+              ;& # otherwise an unknown code, as below
             *) echo "flywheel: the runner's listener exited with unknown code $code"; exit 0 ;;
           esac
         done
