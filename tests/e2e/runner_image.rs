@@ -59,6 +59,11 @@ struct RunnerFlake {
 
 impl RunnerFlake {
     fn new() -> Self {
+        Self::with_settings(serde_json::json!({}))
+    }
+
+    /// With more settings (`cacheUrl` and `cachePublicKey`: the cache the image's nix.conf names).
+    fn with_settings(extra: Value) -> Self {
         let work = tempdir();
         let dir = work.path().join("flake");
         fs::create_dir_all(dir.join("lib")).unwrap();
@@ -68,11 +73,12 @@ impl RunnerFlake {
             let e = e.unwrap();
             fs::copy(e.path(), dir.join("lib").join(e.file_name())).unwrap();
         }
-        let settings = serde_json::json!({
+        let mut settings = serde_json::json!({
             "system": SYSTEM,
             "tag": format!("runner-e2e-{}", std::process::id()),
             "templateLibrary": support::driver_root::template_library(),
         });
+        settings.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         fs::write(dir.join("settings.json"), settings.to_string()).unwrap();
         let input = work.path().join("flywheel-input");
         fs::create_dir_all(input.join("bin")).unwrap();
@@ -512,62 +518,234 @@ fn run_sh_gives_arc_the_exit_codes_the_actions_runner_image_gives_and_passes_on_
     assert!(fs::read_to_string(&out_file).unwrap().contains("listener got TERM"));
 }
 
-/// runc (Debian's) from the image's own config, as uid 1001 with the mounts ARC gives a runner
-/// pod: the /nix volume the init container seeds, the work volume, a tmpfs /tmp. Returns what
-/// the container printed and its status.
-fn runc_run(bundle: &Path, id: &str, args: &[&str], env: &[&str], mounts: &[(&Path, &str)]) -> std::process::Output {
-    let (config_path, original) = (bundle.join("config.json"), bundle.join("config.image.json"));
-    if !original.exists() {
-        fs::copy(&config_path, &original).unwrap();
-    }
-    let mut config: Value = serde_json::from_slice(&fs::read(&original).unwrap()).unwrap();
-    let process = &mut config["process"];
-    process["terminal"] = Value::Bool(false);
-    process["args"] = serde_json::json!(args);
-    let mut vars: Vec<Value> = process["env"].as_array().cloned().unwrap_or_default();
-    vars.extend(env.iter().map(|e| Value::String(e.to_string())));
-    process["env"] = Value::Array(vars);
-    assert_eq!(process["user"], serde_json::json!({"uid": 1001, "gid": 1001}), "the image's own user");
-    let list = config["mounts"].as_array_mut().unwrap();
-    list.retain(|m| m["destination"] != "/tmp");
-    list.push(serde_json::json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]}));
-    for (source, destination) in mounts {
-        list.push(serde_json::json!({"destination": destination, "type": "bind", "source": source, "options": ["rbind", "rw"]}));
-    }
-    fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
-    Command::new("runc").args(["run", "--bundle"]).arg(bundle).arg(id).output().unwrap()
+/// `openssl s_server -WWW` on 127.0.0.1 (a free port), serving `dir` with a certificate for
+/// IP 127.0.0.1 signed by a CA of its own; stopped when dropped.
+struct HttpsServer {
+    child: std::process::Child,
+    url: String,
+    ca: PathBuf,
 }
 
+impl HttpsServer {
+    fn start(dir: &Path, certs: &Path) -> Self {
+        fs::create_dir_all(certs).unwrap();
+        let c = |f: &str| certs.join(f);
+        let openssl = |args: &[&str]| ok(Command::new("openssl").args(args).current_dir(certs));
+        let ec = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
+        let req = |more: &str| -> Vec<String> { format!("req {ec} {more}").split(' ').map(str::to_string).collect() };
+        let ca = req("-x509 -days 2 -keyout ca.key -out ca.crt -subj");
+        let mut ca: Vec<&str> = ca.iter().map(String::as_str).collect();
+        ca.push("/CN=flywheel e2e lane CA");
+        openssl(&ca);
+        let csr = req("-keyout server.key -out server.csr -subj /CN=127.0.0.1");
+        openssl(&csr.iter().map(String::as_str).collect::<Vec<_>>());
+        fs::write(c("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-days",
+            "2",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.crt",
+        ]);
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new("openssl")
+            .args(["s_server", "-quiet", "-WWW", "-accept", &format!("127.0.0.1:{port}"), "-cert"])
+            .arg(c("server.crt"))
+            .arg("-key")
+            .arg(c("server.key"))
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "openssl s_server did not start");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        HttpsServer { child, url: format!("https://127.0.0.1:{port}"), ca: c("ca.crt") }
+    }
+}
+
+impl Drop for HttpsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The job a CI workflow would run, as the runner runs a step's script: git, HTTPS through the
+/// lane's CA, a tool downloaded into the tool cache and run from there, `nix-build`, a pull from
+/// the lane's cache, and the canary.
+const JOB: &str = r#"#!/usr/bin/env bash
+set -euo pipefail
+echo "job: first step at $(date +%s.%N)"
+echo "job: uid=$(id -u) home=$HOME root=$RUNNER_ROOT lang=$LANG pwd=$PWD"
+[ ! -e /usr/bin/id ] || echo "job: the host's /usr is here"
+
+# What actions/checkout does, locally: a repository, a commit, a clone.
+up="$RUNNER_TEMP/upstream"
+git init -q "$up"
+printf 'hello from git\n' > "$up/README"
+git -C "$up" add README
+git -C "$up" -c user.name=ci -c user.email=ci@lane.invalid commit -q -m "first commit"
+git clone -q "file://$up" "$GITHUB_WORKSPACE/src"
+echo "job: git: $(git -C "$GITHUB_WORKSPACE/src" log --format=%s) / $(cat "$GITHUB_WORKSPACE/src/README")"
+
+# HTTPS to a server whose certificate the lane's extra CA signed, and not without it.
+echo "job: https: $(curl -sSf --max-time 20 "$JOB_HTTPS/hello.txt")"
+if CURL_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt curl -sSf --max-time 20 "$JOB_HTTPS/hello.txt" 2>/dev/null; then
+  echo "job: the image's own bundle trusted the lane's CA"
+  exit 9
+fi
+
+# What setup-* actions do: a tarball into the tool cache, its binary (built for Debian, its
+# loader /lib64/ld-linux-x86-64.so.2) run from there.
+tool="$RUNNER_TOOL_CACHE/xz/5.4.1/x64"
+mkdir -p "$tool"
+curl -sSf --max-time 20 "$JOB_HTTPS/xz.tar.gz" | tar -xz -C "$tool"
+touch "$tool.complete"
+echo "job: tool: $("$tool/bin/xz" --version | head -n 1), round trip: $(printf 'through xz\n' | "$tool/bin/xz" | "$tool/bin/xz" -d)"
+
+# A build as the runner, with the image's nix.conf; ./result for the completed hook.
+printf '%s\n' 'derivation { name = "built-by-the-job"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo built in the container > $out" ]; }' > default.nix
+nix-build --quiet default.nix >/dev/null
+echo "job: built $(readlink result): $(cat result)"
+
+# A path only the lane's cache holds, substituted through the image's nix.conf.
+nix-store --realise "$JOB_CACHED" >/dev/null
+echo "job: pulled $JOB_CACHED: $(cat "$JOB_CACHED")"
+
+flywheel canary --require bootstrap,cache,cleanup --skip gpu,cuda,vulkan,queue --min-free-gib 1 \
+  --report-dir "$GITHUB_WORKSPACE/canary-report"
+echo "job: canary passed"
+"#;
+
+/// The image the quickstart builds, started by runc from its own config as ARC starts a runner
+/// pod (images/runc-pod.sh, which the quickstart prints): `run.sh` with the stand-in listener, which runs a job between the job hooks as the
+/// runner does. The job lives in the image: /usr/bin/env, git, curl with the lane's extra CA, a
+/// downloaded binary through the FHS loader (nix-ld), nix-build, a pull from the lane's cache,
+/// and the canary; the completed hook pushes what the job built.
 #[test]
-fn the_image_runs_in_runc_as_the_runner_with_the_pods_mounts() {
-    let flake = RunnerFlake::new();
+fn the_image_runs_a_job_in_runc_as_arc_starts_it() {
+    // The cache first: the image's nix.conf names it.
+    let dir = tempdir();
+    let data = dir.path().join("cache-data");
+    let server = support::server::Server::start(&data, &[]);
+    let key = server.keys.iter().find(|(c, _)| c == "main").map(|(_, k)| k.clone()).unwrap();
+    let token = ok_str(
+        flywheel().args(["cache", "token", "create", "--cache", "main", "--scope", "write", "--data"]).arg(&data),
+    );
+    let token = token.trim();
+    let flake = RunnerFlake::with_settings(serde_json::json!({"cacheUrl": server.url("main"), "cachePublicKey": key}));
     let image = flake.build(&format!("packages.{SYSTEM}.gpu-runner-image"));
-    // As root: the image's owners (the runner's home and store are uid 1001's) as it says.
-    let bundle = flake.dir.join("runc");
-    ok(Command::new("umoci").args(["unpack", "--image"]).arg(format!("{}:latest", image.display())).arg(&bundle));
-    let rootfs = bundle.join("rootfs");
+    // As root (the image's owners: the runner's home and store are uid 1001's): unpacked, the
+    // /nix volume seeded as the init container does, the work volume.
     let pod = flake.dir.join("pod");
-    let (vol, work) = (pod.join("nix"), pod.join("work"));
-    fsgroup_volume(&vol);
-    fsgroup_volume(&work);
-    seed_as_runner(&rootfs, &vol);
-    let id = format!("flywheel-e2e-{}", std::process::id());
-    let mounts = [(vol.as_path(), "/nix"), (work.as_path(), "/home/runner/_work")];
-    let o = runc_run(&bundle, &id, &["/home/runner/run.sh"], &["ACTIONS_RUNNER_INPUT_JITCONFIG=jit"], &mounts);
+    fsgroup_volume(&pod);
+    let runc_pod = repo().join("images/runc-pod.sh");
+    let o = Command::new(&runc_pod).arg("unpack").arg(&image).arg(&pod).output().unwrap();
+    assert!(o.status.success() && text(&o).starts_with("flywheel: seeded "), "{}", text(&o));
+    let rootfs = pod.join("bundle/rootfs");
+    assert!(assert_nothing_outside(&rootfs) > 0);
+
+    // A path only the cache holds: added to this machine's store and pushed.
+    let cached_file = dir.path().join(format!("from-the-cache-{}", std::process::id()));
+    fs::write(&cached_file, format!("pushed before the job {:?}\n", std::time::SystemTime::now())).unwrap();
+    let cached = ok_str(nix_store().arg("--add").arg(&cached_file)).trim().to_string();
+    ok(flywheel().args(["cache", "push", "--to", &server.url("main"), "--token", token]).arg(&cached));
+
+    // The rest of the pod: the lane's extra CA as its ConfigMap, the node's kernel module
+    // version; the job's script where the runner writes one, and what the HTTPS server serves.
+    let work = pod.join("work");
+    let served = pod.join("served");
+    fs::create_dir_all(served.join("tool/bin")).unwrap();
+    fs::write(served.join("hello.txt"), "hello over TLS\n").unwrap();
+    fs::copy("/usr/bin/xz", served.join("tool/bin/xz")).unwrap();
+    ok(Command::new("tar").arg("-czf").arg(served.join("xz.tar.gz")).arg("-C").arg(served.join("tool")).arg("bin"));
+    let https = HttpsServer::start(&served, &pod.join("certs"));
+    let (ca_map, node) = (pod.join("extra-ca"), pod.join("node"));
+    fs::create_dir_all(&ca_map).unwrap();
+    fs::copy(&https.ca, ca_map.join("ca.crt")).unwrap();
+    fs::create_dir_all(&node).unwrap();
+    fs::write(node.join("version"), support::driver_root::kernel_version_text("580.159.04")).unwrap();
+    // This machine cannot reach cache.nixos.org, the substituter the image's nix.conf keeps
+    // beside the lane's: the runner's own nix.conf leaves only the lane's.
+    let user_conf = rootfs.join("home/runner/.config/nix");
+    fs::create_dir_all(&user_conf).unwrap();
+    fs::write(user_conf.join("nix.conf"), format!("substituters = {}\n", server.url("main"))).unwrap();
+    ok(Command::new("chown").args(["-R", "1001:1001"]).arg(rootfs.join("home/runner/.config")));
+    let temp = work.join("_temp");
+    fs::create_dir_all(&temp).unwrap();
+    fs::write(temp.join("job.sh"), JOB).unwrap();
+    fs::set_permissions(temp.join("job.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    ok(Command::new("chown").args(["-R", "1001:1001"]).arg(&temp));
+
+    let env = [
+        "ACTIONS_RUNNER_INPUT_JITCONFIG=jit".to_string(),
+        "FIXTURE_JOB=/home/runner/_work/_temp/job.sh".to_string(),
+        "FLYWHEEL_EXTRA_CA=/etc/flywheel/extra-ca/ca.crt".to_string(),
+        "FLYWHEEL_KERNEL_VERSION_FILE=/node/version".to_string(),
+        "FLYWHEEL_GPU_DEVICES=/node/no-gpu".to_string(),
+        format!("FLYWHEEL_CACHE_TOKEN={token}"),
+        format!("JOB_HTTPS={}", https.url),
+        format!("JOB_CACHED={cached}"),
+    ];
+    let mut run = Command::new(&runc_pod);
+    run.arg("run").arg(&pod).args(["--name", &format!("flywheel-e2e-{}", std::process::id())]);
+    for e in &env {
+        run.args(["--env", e]);
+    }
+    for (source, dest) in [(&ca_map, "/etc/flywheel/extra-ca"), (&node, "/node")] {
+        run.arg("--mount").arg(format!("{}:{dest}:ro", source.display()));
+    }
+    let started = std::time::SystemTime::now();
+    let o = run.output().unwrap();
     let said = text(&o);
     assert!(o.status.success(), "{said}");
-    assert!(said.contains("Runner.Listener run\njitconfig=jit"), "{said}");
-    // Inside: the runner user, its home, the seeded store, flywheel from it; the host's /usr is
-    // not there.
-    let script = "echo \"uid=$UID home=$HOME\"; [ -e /usr/bin/id ] && echo host-usr; \
-                  echo x > /home/runner/_work/written && echo work-ok; echo y > /tmp/t && echo tmp-ok; \
-                  /home/runner/hooks/seed-nix.sh --help | { read -r first; echo \"seed: $first\"; }";
-    let o = runc_run(&bundle, &format!("{id}-job"), &["/bin/sh", "-c", script], &[], &mounts);
-    let said = text(&o);
-    assert!(o.status.success(), "{said}");
-    assert!(said.contains("uid=1001 home=/home/runner") && !said.contains("host-usr"), "{said}");
-    assert!(said.contains("work-ok") && said.contains("tmp-ok") && said.contains("seed: "), "{said}");
-    assert_eq!(fs::read_to_string(work.join("written")).unwrap(), "x\n");
+    let cached_line = format!("job: pulled {cached}: pushed before the job");
+    for line in [
+        "flywheel: registering the image's store paths with Nix",
+        "flywheel: trusting the lane's extra CA (/etc/flywheel/extra-ca/ca.crt)",
+        "Runner.Listener run\njitconfig=jit",
+        "flywheel: job-started: NVIDIA userspace 580.159.04 matches the kernel module; cache ",
+        "job: uid=1001 home=/home/runner root=/home/runner lang=C.UTF-8 pwd=/home/runner/_work/repo/repo",
+        "job: git: first commit / hello from git",
+        "job: https: hello over TLS",
+        "job: tool: xz (XZ Utils) ",
+        "round trip: through xz",
+        "job: built /nix/store/",
+        "-built-by-the-job: built in the container",
+        &cached_line,
+        "job: canary passed",
+        "listener: job exited 0",
+        "flywheel: job-completed: pushed ",
+    ] {
+        assert!(said.contains(line), "no {line:?} in:\n{said}");
+    }
+    assert!(!said.contains("host's /usr") && !said.contains("load-db failed"), "{said}");
+    let first: f64 = said.lines().find_map(|l| l.strip_prefix("job: first step at ")).unwrap().trim().parse().unwrap();
+    let start = started.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    eprintln!("{said}\nrunc run to the job's first step: {:.2} s", first - start);
+
+    // The canary's reports, in the workspace: every required step passed.
+    let junit = fs::read_to_string(work.join("repo/repo/canary-report/junit.xml")).unwrap();
+    assert!(junit.contains("failures=\"0\"") && junit.contains("name=\"bootstrap\""), "{junit}");
+    // What the job built is in the cache, signed by the server, as the completed hook pushed it.
+    let built = said.lines().find_map(|l| l.strip_prefix("job: built ")).unwrap().split(':').next().unwrap();
+    let hash = built.trim_start_matches("/nix/store/").split('-').next().unwrap();
+    let narinfo = ok_str(Command::new("curl").args(["-sf", &format!("{}/{hash}.narinfo", server.url("main"))]));
+    assert!(narinfo.contains(&format!("StorePath: {built}")) && narinfo.contains("Sig: main-"), "{narinfo}");
 }
 
 fn env_of(config: &Value) -> Vec<String> {
@@ -639,11 +817,15 @@ fn mk_runner_image_with_driver_and_cache_is_what_the_cli_builds_and_arc_can_star
     let bash = flake.eval_raw(&format!("packages.{SYSTEM}.bash.outPath"));
     let cacert = flake.eval_raw(&format!("packages.{SYSTEM}.cacert.outPath"));
     let runner = flake.eval_raw(&format!("packages.{SYSTEM}.runner.outPath"));
+    let coreutils = flake.eval_raw(&format!("packages.{SYSTEM}.coreutils.outPath"));
+    let curl = flake.eval_raw(&format!("packages.{SYSTEM}.curl.outPath"));
+    let fw = flake.eval_raw(&format!("packages.{SYSTEM}.flywheel.outPath"));
+    let libs = flake.eval_raw(&format!("packages.{SYSTEM}.debian-libs.outPath"));
     let ca = format!("{cacert}/etc/ssl/certs/ca-bundle.crt");
     assert_eq!(
         env_of(&cfg),
         vec![
-            format!("PATH={git}/bin:{nixp}/bin:{bash}/bin"),
+            format!("PATH={git}/bin:{nixp}/bin:{bash}/bin:{coreutils}/bin:{curl}/bin:{fw}/bin"),
             "HOME=/home/runner".to_string(),
             "USER=runner".to_string(),
             "RUNNER_ROOT=/home/runner".to_string(),
@@ -655,6 +837,9 @@ fn mk_runner_image_with_driver_and_cache_is_what_the_cli_builds_and_arc_can_star
             format!("NIX_SSL_CERT_FILE={ca}"),
             format!("GIT_SSL_CAINFO={ca}"),
             format!("FLYWHEEL_CACHE_URL={CACHE_URL}"),
+            format!("NIX_CONFIG=build-hook = {nixp}/libexec/nix/build-remote"),
+            format!("NIX_LD={libs}/lib/ld-linux-x86-64.so.2"),
+            format!("NIX_LD_LIBRARY_PATH={libs}/lib"),
             "RUNNER_ALLOW_RUNASROOT=0".to_string(),
         ]
     );

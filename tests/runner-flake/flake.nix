@@ -28,13 +28,23 @@
       };
       inherit (fixtures) sh;
 
-      # The host's programs the image carries (bash, and flywheel for the hooks and builders),
-      # copied into the store with Debian's loader and libraries beside them: nothing in the
-      # image resolves from the host, as with nixpkgs' builds.
-      libs = fixtures.hostLibs [
-        "/bin/bash"
-        "${flywheel}/bin/flywheel"
+      # The host's programs the image carries (bash, the tools jobs expect, real git, curl and
+      # Nix, and flywheel for the hooks and builders), copied into the store with Debian's loader
+      # and libraries beside them: nothing in the image resolves from the host, as with nixpkgs'
+      # builds. Debian keeps them all in /usr/bin (merged /usr).
+      tools = [
+        "env" "cat" "mkdir" "ls" "cp" "mv" "rm" "chmod" "ln" "id" "head" "tail" "tr" "wc" "sort"
+        "date" "uname" "readlink" "dirname" "basename" "mktemp" "touch" "sleep" "tee"
+        "sha256sum" "tar" "gzip" "xz" "grep" "sed"
       ];
+      hostPath = p: "/usr/bin/${p}";
+      libs = fixtures.hostLibs (
+        [
+          "/bin/bash"
+          "${flywheel}/bin/flywheel"
+        ]
+        ++ map hostPath (tools ++ [ "git" "curl" "nix" ])
+      );
       flywheelPkg = fixtures.selfContained "flywheel" "${flywheel}/bin/flywheel" libs;
       flywheelBin = "${flywheelPkg}/bin/flywheel";
 
@@ -47,6 +57,21 @@
         echo "Runner.Listener $*"
         echo "jitconfig=$ACTIONS_RUNNER_INPUT_JITCONFIG"
         [ -z "$FLYWHEEL_EXTRA_CA" ] || echo "ssl=$SSL_CERT_FILE node=$NODE_EXTRA_CA_CERTS"
+        # FIXTURE_JOB names a job's script: run as the runner runs a job, between its hooks, in
+        # the directories the runner gives a job under $RUNNER_ROOT/_work.
+        if [ -n "$FIXTURE_JOB" ]; then
+          work="$RUNNER_ROOT/_work"
+          export GITHUB_WORKSPACE="$work/repo/repo" RUNNER_TEMP="$work/_temp" \
+            RUNNER_TOOL_CACHE="$work/_tool" GITHUB_EVENT_NAME=push
+          mkdir -p "$GITHUB_WORKSPACE" "$RUNNER_TEMP" "$RUNNER_TOOL_CACHE"
+          cd "$GITHUB_WORKSPACE"
+          "$ACTIONS_RUNNER_HOOK_JOB_STARTED" || { echo "listener: job-started hook failed: job not run"; exit 0; }
+          code=0
+          "$FIXTURE_JOB" || code=$?
+          echo "listener: job exited $code"
+          "$ACTIONS_RUNNER_HOOK_JOB_COMPLETED"
+          exit 0
+        fi
         if [ -n "$FIXTURE_EXITS" ]; then
           read -r code rest < "$FIXTURE_EXITS"
           echo "$rest" > "$FIXTURE_EXITS"
@@ -61,16 +86,17 @@
         chmod 0755 "$out/bin/Runner.Listener"
       '' { };
       bash = fixtures.selfContained "bash-5.2" "/bin/bash" libs;
-      git = sh "git-2.50.0" ''
-        mkdir -p "$out/bin"
-        printf '#!/bin/sh\necho "git (fixture %s) $*"\n' "$fixtureTag" > "$out/bin/git"
-        chmod 0755 "$out/bin/git"
-      '' { };
-      nix = sh "nix-2.28.0" ''
-        mkdir -p "$out/bin"
-        printf '#!/bin/sh\necho "nix (fixture %s) $*"\n' "$fixtureTag" > "$out/bin/nix"
-        chmod 0755 "$out/bin/nix"
-      '' { };
+      # Debian's git (upload-pack as git runs it for local clones), curl, and Nix with the names
+      # its one binary answers to.
+      git = fixtures.hostTools "git-2.39" [ (hostPath "git") ] [ "git-upload-pack=git" "git-receive-pack=git" ] libs;
+      curl = fixtures.hostTools "curl-7.88" [ (hostPath "curl") ] [ ] libs;
+      nix = fixtures.hostTools "nix-2.8" [ (hostPath "nix") ] (
+        map (n: "${n}=nix") [ "nix-build" "nix-store" "nix-instantiate" "nix-env" "nix-hash" ]
+        ++ [ "../libexec/nix/build-remote=../../bin/nix" ]
+      ) libs;
+      coreutils = fixtures.hostTools "coreutils-9.1" (map hostPath tools) [ ] libs;
+      # nix-ld's stand-in, and the loader and libraries it gives programs built elsewhere.
+      nixLd = fixtures.nixLd;
       cacert = sh "cacert-3.100" ''
         mkdir -p "$out/etc/ssl/certs"
         printf '# a CA bundle fixture %s\n' "$fixtureTag" > "$out/etc/ssl/certs/ca-bundle.crt"
@@ -95,7 +121,11 @@
           git
           nix
           bash
+          coreutils
+          curl
+          flywheelPkg
         ];
+        envProgram = "${coreutils}/bin/env";
       };
 
       # The GPU runner: driver layer, CA bundle, the lane's cache.
@@ -109,7 +139,17 @@
           cachePublicKey = settings.cachePublicKey or "lane-1:Z2F0ZXdheS1maXh0dXJlLWtleS1ub3QtYS1yZWFsLW9uZQ==";
           sourceRevision = "0123456789abcdef0123456789abcdef01234567";
           labels."org.example.purpose" = "e2e";
-          extraEnv.RUNNER_ALLOW_RUNASROOT = "0";
+          extraEnv = {
+            RUNNER_ALLOW_RUNASROOT = "0";
+            NIX_LD = "${libs}/lib/ld-linux-x86-64.so.2";
+            NIX_LD_LIBRARY_PATH = "${libs}/lib";
+            # Debian's Nix looks for its build hook at /usr/libexec/nix/build-remote, outside
+            # the image (nixpkgs' Nix finds its own in the store).
+            NIX_CONFIG = "build-hook = ${nix}/libexec/nix/build-remote";
+          };
+          # nix-ld's stand-in is x86-64 code.
+          fhsLoader = if system == "x86_64-linux" then "${nixLd}/libexec/nix-ld" else null;
+          extraClosure = [ libs ];
           sourceDateEpoch = 1767028467;
           # umoci 0.4 (Debian 12), which the test unpacks it with, predates zstd layers.
           compression = "gzip";
@@ -126,6 +166,9 @@
           bash
           git
           nix
+          curl
+          coreutils
+          nixLd
           cacert
           fakeDriver
           driverLayer
