@@ -29,6 +29,8 @@
 #   libxml2, acl, libsodium, util-linux     nixos/modules/programs/nix-ld.nix (baseLibraries, NIX_LD)
 #   nix                                     pkgs/top-level/all-packages.nix
 #   cacert (etc/ssl/certs/ca-bundle.crt)    pkgs/by-name/ca/cacert/package.nix
+#   runCommand, fetchurl                    pkgs/build-support/trivial-builders/default.nix,
+#                                           pkgs/build-support/fetchurl/default.nix
 {
   pkgs,
   flywheelLib,
@@ -87,6 +89,23 @@ let
     "dev.flywheel.runner.version" = runnerVersion;
   }
   // (if runnerReleased == null then { } else { "dev.flywheel.runner.released" = runnerReleased; });
+
+  # ARC's container hooks for kubernetes mode (a lane's runners.container_mode), the release
+  # runner.json records, unpacked as the actions-runner image unpacks them (/home/runner/k8s,
+  # index.js at its top). The runner runs index.js with its own Node.
+  hooksRelease = runnerRelease.containerHooks;
+  containerHooks =
+    pkgs.runCommand "runner-container-hooks-k8s-${hooksRelease.version}"
+      {
+        nativeBuildInputs = [ pkgs.unzip ];
+        src = pkgs.fetchurl { inherit (hooksRelease) url sha256; };
+        passthru.version = hooksRelease.version;
+      }
+      ''
+        mkdir -p "$out"
+        unzip -q "$src" -d "$out"
+        test -f "$out/index.js"
+      '';
 
   # Binaries built elsewhere (what setup-node, setup-python, setup-go and the tool cache
   # download) ask for /lib64/ld-linux-x86-64.so.2 and find their libraries in /lib, /usr/lib.
@@ -173,6 +192,7 @@ flywheelLib.mkRunnerImage {
   # Linked at /usr/bin/env: `#!/usr/bin/env bash` starts most job scripts.
   envProgram = "${pkgs.coreutils}/bin/env";
   fhsLoader = "${pkgs.nix-ld}/libexec/nix-ld";
+  inherit containerHooks;
   extraClosure = fhsLibDirs ++ [ pkgs.stdenv.cc.bintools.dynamicLinker ];
   labels = runnerLabels;
   # Inside the container the labels are out of reach: the canary reads these instead.

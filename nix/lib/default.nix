@@ -626,6 +626,7 @@ let
       envProgram ? null,
       fhsLoader ? null,
       extraClosure ? [ ],
+      containerHooks ? null,
       cacheUrl ? null,
       cachePublicKey ? null,
       sourceRevision ? null,
@@ -656,6 +657,7 @@ let
         "envProgram"
         "fhsLoader"
         "extraClosure"
+        "containerHooks"
         "cacheUrl"
         "cachePublicKey"
         "sourceRevision"
@@ -708,6 +710,8 @@ let
           "extraClosure must be a list of derivations or store paths (in the image, not on PATH)"
         && check (fhsLoader == null || isStorePathString fhsLoader) fn
           "fhsLoader must be the path of a loader in the store, such as \"\${pkgs.nix-ld}/libexec/nix-ld\" (linked at ${fhsLoaderPath})"
+        && check (containerHooks == null || isDerivation containerHooks || isStorePathString containerHooks) fn
+          "containerHooks must be the directory of ARC's container hooks in the store (index.js in it), such as the unpacked actions-runner-hooks-k8s release (linked at /home/runner/k8s)"
         && check (envProgram == null || isStorePathString envProgram) fn
           "envProgram must be the path of env in the store, such as \"\${pkgs.coreutils}/bin/env\" (linked at /usr/bin/env)"
         && check ((cacheUrl == null) == (cachePublicKey == null)) fn
@@ -862,6 +866,9 @@ let
         { path = "${home}/hooks/job-completed.sh"; text = jobCompleted; mode = "0755"; }
         { path = "${home}/hooks/seed-nix.sh"; text = seedNix; mode = "0755"; }
       ]
+      # ARC's kubernetes mode runs ACTIONS_RUNNER_CONTAINER_HOOKS=/home/runner/k8s/index.js,
+      # where the actions-runner image keeps them.
+      ++ (if containerHooks == null then [ ] else [ { path = "${home}/k8s"; symlink = toString containerHooks; } ])
       # `#!/usr/bin/env bash` is how most job scripts start.
       ++ (if envProgram == null then [ ] else [ { path = "/usr/bin/env"; symlink = toString envProgram; } ])
       # Where binaries built elsewhere (what setup-* actions download) ask for their loader.
@@ -922,6 +929,7 @@ let
         ++ (if caBundle == null then [ ] else [ (rootOf caBundle) ])
         ++ (if envProgram == null then [ ] else [ (rootOf envProgram) ])
         ++ (if fhsLoader == null then [ ] else [ (rootOf fhsLoader) ])
+        ++ (if containerHooks == null then [ ] else [ (rootOf containerHooks) ])
         ++ map rootOf extraClosure
       );
 
@@ -969,6 +977,13 @@ let
             Labels =
               (if sourceRevision == null then { } else { "org.opencontainers.image.revision" = sourceRevision; })
               // { "dev.flywheel.runner.user" = user; }
+              # `flywheel lane check` looks for it when a lane runs in kubernetes mode.
+              // (
+                if containerHooks == null then
+                  { }
+                else
+                  { "dev.flywheel.runner.container-hooks" = containerHooks.version or "unversioned"; }
+              )
               // labels;
           };
         }

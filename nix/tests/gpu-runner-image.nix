@@ -76,6 +76,15 @@ let
     zstd = drv "zstd";
     nix = drv "nix";
     cacert = drv "cacert";
+    # As nixpkgs': fetchurl of a URL with its SHA-256; runCommand NAME ENV SCRIPT, with ENV's
+    # passthru on the result.
+    fetchurl =
+      args:
+      assert builtins.attrNames args == [ "sha256" "url" ];
+      drv (baseNameOf args.url) // { inherit (args) url sha256; };
+    runCommand =
+      name: env: script:
+      drv name // (env.passthru or { }) // { inherit env script; };
   }
   // builtins.listToAttrs (
     map (n: {
@@ -174,6 +183,17 @@ let
     noReleaseDateForAnotherRelease =
       !(spec.config.Labels ? "dev.flywheel.runner.released")
       && !(builtins.any (e: builtins.match "FLYWHEEL_RUNNER_RELEASED=.*" e != null) spec.config.Env);
+    # ARC's container hooks, the release runner.json records, at /home/runner/k8s and labelled.
+    containerHooksFromRunnerJson =
+      let
+        recorded = (builtins.fromJSON (builtins.readFile ../../images/gpu-runner/runner.json)).containerHooks;
+        link = builtins.head (builtins.filter (e: e.path == "/home/runner/k8s") lane.runnerTree.flywheelTree);
+        hooks = builtins.filter (p: builtins.match ".*-runner-container-hooks-k8s-.*" p != null) spec.closureRoots;
+      in
+      spec.config.Labels."dev.flywheel.runner.container-hooks" == recorded.version
+      && hooks == [ link.symlink ]
+      && builtins.match "https://github[.]com/actions/runner-container-hooks/releases/download/v${recorded.version}/actions-runner-hooks-k8s-${recorded.version}[.]zip" recorded.url != null
+      && builtins.match "[0-9a-f]{64}" recorded.sha256 != null;
     # runner.json's release: its date in the labels and the environment.
     releaseDateOfTheRecordedRelease =
       let

@@ -806,6 +806,21 @@ let
       )
       && throws (mkRunnerImage (runnerArgs // { extraClosure = [ "/usr/lib" ]; })).imageSpec
       && throws (mkRunnerImage (runnerArgs // { fhsLoader = "/lib64/ld-linux-x86-64.so.2"; })).imageSpec;
+    # ARC's container hooks where kubernetes mode looks for them, labelled for `lane check`.
+    runnerContainerHooks =
+      let
+        hooks = fx "runner-container-hooks-k8s" // { version = "0.8.1"; };
+        withHooks = mkRunnerImage (runnerArgs // { containerHooks = hooks; });
+        at = img: builtins.filter (e: e.path == "/home/runner/k8s") img.runnerTree.flywheelTree;
+        label = img: (runnerCfg img).Labels."dev.flywheel.runner.container-hooks" or null;
+      in
+      (builtins.head (at withHooks)).symlink == hooks.outPath
+      && builtins.elem hooks.outPath withHooks.imageSpec.closureRoots
+      && label withHooks == "0.8.1"
+      && label (mkRunnerImage (runnerArgs // { containerHooks = "${caPkg}"; })) == "unversioned"
+      && at runnerPlain == [ ]
+      && label runnerPlain == null
+      && throws (mkRunnerImage (runnerArgs // { containerHooks = "/home/runner/k8s"; })).imageSpec;
     runnerLayersWithDriver =
       map (l: l.name) runnerFull.imageSpec.layers == [
         "nvidia-driver"

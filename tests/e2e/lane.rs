@@ -179,6 +179,16 @@ fn the_example_spec_round_trips_and_renders_the_same_valid_bytes_every_time() {
 const REFUSALS: &[(&str, &str, &[&str])] = &[
     (
         "requests = { cpu = \"4\", memory = \"16Gi\" }",
+        "requests = { cpu = \"4\", memory = \"16Gi\" }\ncontainer_mode = \"docker\"",
+        &["unknown variant `docker`", "expected `kubernetes`", "line "],
+    ),
+    (
+        "requests = { cpu = \"4\", memory = \"16Gi\" }",
+        "requests = { cpu = \"4\", memory = \"16Gi\" }\nenv = { ACTIONS_RUNNER_CONTAINER_HOOKS = \"/x.js\" }",
+        &["runners.env.ACTIONS_RUNNER_CONTAINER_HOOKS", "set by the lane itself"],
+    ),
+    (
+        "requests = { cpu = \"4\", memory = \"16Gi\" }",
         "requests = { cpu = \"4\", memory = \"16Gi\" }\nextra_ca = { config_map = \"Corp CA\" }",
         &["runners.extra_ca.config_map", "Corp CA"],
     ),
@@ -268,6 +278,115 @@ fn an_extra_ca_is_mounted_from_its_config_map_and_named_for_run_sh() {
     assert!(!env.iter().any(|e| e["name"] == "FLYWHEEL_RUNNER_MIN_VERSION"), "{env:?}");
     // The seed container does not need it.
     assert!(pod["initContainers"][0]["volumeMounts"].as_array().unwrap().iter().all(|m| m["name"] != "extra-ca"));
+}
+
+/// The example spec in ARC's kubernetes container mode.
+fn kubernetes_spec(text: &str) -> String {
+    text.replacen(
+        "requests = { cpu = \"4\", memory = \"16Gi\" }",
+        "requests = { cpu = \"4\", memory = \"16Gi\" }\ncontainer_mode = \"kubernetes\"",
+        1,
+    )
+}
+
+#[test]
+fn kubernetes_container_mode_names_the_images_hooks_and_the_work_claim_and_needs_a_storage_class() {
+    let t = tempdir();
+    let spec = t.path().join("honey-gpu.toml");
+    fs::write(&spec, kubernetes_spec(&example_spec())).unwrap();
+    let out = t.path().join("out");
+    let o = render(&spec, &out);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let values = yaml_file(&out.join("values.yaml"));
+    assert_eq!(
+        values["containerMode"],
+        serde_json::json!({"type": "kubernetes", "kubernetesModeWorkVolumeClaim": {
+            "accessModes": ["ReadWriteOnce"], "storageClassName": "local-path",
+            "resources": {"requests": {"storage": "40Gi"}}
+        }})
+    );
+    let pod = &values["template"]["spec"];
+    assert_eq!(errors(&schema("k8s-podspec-v1.33-strict.json"), pod), Vec::<String>::new());
+    let env = pod["containers"][0]["env"].as_array().unwrap();
+    let find = |name: &str| env.iter().find(|e| e["name"] == name).cloned().unwrap_or(Value::Null);
+    assert_eq!(find("ACTIONS_RUNNER_CONTAINER_HOOKS")["value"], "/home/runner/k8s/index.js");
+    assert_eq!(find("ACTIONS_RUNNER_POD_NAME")["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name");
+    assert_eq!(find("ACTIONS_RUNNER_REQUIRE_JOB_CONTAINER")["value"], "false");
+    let readme = fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(readme.contains("Container mode `kubernetes`"), "{readme}");
+    // The spec's own choice of job containers wins, and appears once.
+    let required = t.path().join("required.toml");
+    let text = kubernetes_spec(&example_spec()).replacen(
+        "container_mode = \"kubernetes\"",
+        "container_mode = \"kubernetes\"\nenv = { ACTIONS_RUNNER_REQUIRE_JOB_CONTAINER = \"true\" }",
+        1,
+    );
+    fs::write(&required, text).unwrap();
+    let out2 = t.path().join("out2");
+    assert!(render(&required, &out2).status.success());
+    let values = yaml_file(&out2.join("values.yaml"));
+    let env = values["template"]["spec"]["containers"][0]["env"].as_array().unwrap().clone();
+    let set: Vec<&Value> = env.iter().filter(|e| e["name"] == "ACTIONS_RUNNER_REQUIRE_JOB_CONTAINER").collect();
+    assert_eq!(set.len(), 1, "{env:?}");
+    assert_eq!(set[0]["value"], "true");
+    // Without it, none of this is rendered.
+    let plain = t.path().join("plain");
+    let example = t.path().join("example.toml");
+    fs::write(&example, example_spec()).unwrap();
+    assert!(render(&example, &plain).status.success());
+    let values = yaml_file(&plain.join("values.yaml"));
+    assert!(values.get("containerMode").is_none());
+    assert!(!fs::read_to_string(plain.join("values.yaml")).unwrap().contains("ACTIONS_RUNNER_CONTAINER_HOOKS"));
+    // An emptyDir work volume cannot be mounted into the job's pods: refused in one line.
+    let no_class = t.path().join("no-class.toml");
+    let text = kubernetes_spec(&example_spec()).replacen(
+        "[volumes.work]\nsize = \"40Gi\"\nstorage_class = \"local-path\"",
+        "[volumes.work]\nsize = \"40Gi\"",
+        1,
+    );
+    fs::write(&no_class, text).unwrap();
+    let o = render(&no_class, &t.path().join("out3"));
+    assert_eq!(o.status.code(), Some(1));
+    let line = one_line_error(&o);
+    assert!(line.contains("runners.container_mode") && line.contains("volumes.work.storage_class"), "{line}");
+    assert!(!t.path().join("out3").exists());
+}
+
+#[test]
+fn lane_check_in_kubernetes_mode_needs_an_image_with_container_hooks() {
+    let t = tempdir();
+    let root = t.path().join("nvidia");
+    fx::host_root(&root, VERSION);
+    let tree = t.path().join("tree");
+    ok(flywheel().args(["driver", "collect", "--no-nvml", "--driver-root"]).arg(&root).arg("--out").arg(&tree));
+    let image = |name: &str, labels: &[&str]| {
+        let out = t.path().join(name);
+        let mut c = flywheel();
+        c.args(["image", "build", "--no-layer-cache", "--driver"]).arg(&tree).arg("--out").arg(&out);
+        for l in labels {
+            c.args(["--label", l]);
+        }
+        (out, ok_str(&mut c).trim().to_string())
+    };
+    let check = |layout: &Path, digest: &str| {
+        let spec = spec_for(t.path(), &format!("{digest}.toml"), &format!("registry.example/r@{digest}"), VERSION);
+        fs::write(&spec, kubernetes_spec(&fs::read_to_string(&spec).unwrap())).unwrap();
+        flywheel().args(["lane", "check"]).arg(&spec).arg("--layout").arg(layout).output().unwrap()
+    };
+    let (with, digest) = image("with", &["dev.flywheel.runner.container-hooks=0.8.1"]);
+    let o = check(&with, &digest);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (without, digest) = image("without", &[]);
+    let o = check(&without, &digest);
+    assert_eq!(o.status.code(), Some(1));
+    let line = one_line_error(&o);
+    assert!(
+        line.contains("runners.container_mode")
+            && line.contains("/home/runner/k8s/index.js")
+            && line.contains("dev.flywheel.runner.container-hooks")
+            && line.contains("containerHooks"),
+        "{line}"
+    );
 }
 
 #[test]

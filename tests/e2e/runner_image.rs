@@ -592,6 +592,7 @@ set -euo pipefail
 echo "job: first step at $(date +%s.%N)"
 echo "job: uid=$(id -u) home=$HOME root=$RUNNER_ROOT lang=$LANG pwd=$PWD"
 [ ! -e /usr/bin/id ] || echo "job: the host's /usr is here"
+[ ! -f /home/runner/k8s/index.js ] || echo "job: container hooks at /home/runner/k8s/index.js"
 
 # What actions/checkout does, locally: a repository, a commit, a clone.
 up="$RUNNER_TEMP/upstream"
@@ -720,6 +721,7 @@ fn the_image_runs_a_job_in_runc_as_arc_starts_it() {
         "Runner.Listener run\njitconfig=jit",
         "flywheel: job-started: NVIDIA userspace 580.159.04 matches the kernel module; cache ",
         "job: uid=1001 home=/home/runner root=/home/runner lang=C.UTF-8 pwd=/home/runner/_work/repo/repo",
+        "job: container hooks at /home/runner/k8s/index.js",
         "job: git: first commit / hello from git",
         "job: https: hello over TLS",
         "job: tool: xz (XZ Utils) ",
@@ -812,6 +814,7 @@ fn mk_runner_image_with_driver_and_cache_is_what_the_cli_builds_and_arc_can_star
     assert_eq!(labels["dev.flywheel.runner.user"], "runner");
     assert_eq!(labels["org.example.purpose"], "e2e");
     assert_eq!(labels["dev.flywheel.driver.version"], "580.159.04", "mkImage labels the driver");
+    assert_eq!(labels["dev.flywheel.runner.container-hooks"], "0.8.1", "the container hooks' version");
     let git = flake.eval_raw(&format!("packages.{SYSTEM}.git.outPath"));
     let nixp = flake.eval_raw(&format!("packages.{SYSTEM}.nix.outPath"));
     let bash = flake.eval_raw(&format!("packages.{SYSTEM}.bash.outPath"));

@@ -95,6 +95,11 @@
         ++ [ "../libexec/nix/build-remote=../../bin/nix" ]
       ) libs;
       coreutils = fixtures.hostTools "coreutils-9.1" (map hostPath tools) [ ] libs;
+      # ARC's container hooks for kubernetes mode: an index.js the runner would run with its Node.
+      containerHooks = sh "runner-container-hooks-k8s-0.8.1" ''
+        mkdir -p "$out"
+        printf '// a stand-in for actions/runner-container-hooks (k8s) %s\n' "$fixtureTag" > "$out/index.js"
+      '' { } // { version = "0.8.1"; };
       # nix-ld's stand-in, and the loader and libraries it gives programs built elsewhere.
       nixLd = fixtures.nixLd;
       cacert = sh "cacert-3.100" ''
@@ -150,6 +155,7 @@
           # nix-ld's stand-in is x86-64 code.
           fhsLoader = if system == "x86_64-linux" then "${nixLd}/libexec/nix-ld" else null;
           extraClosure = [ libs ];
+          inherit containerHooks;
           sourceDateEpoch = 1767028467;
           # umoci 0.4 (Debian 12), which the test unpacks it with, predates zstd layers.
           compression = "gzip";
@@ -169,6 +175,7 @@
           curl
           coreutils
           nixLd
+          containerHooks
           cacert
           fakeDriver
           driverLayer

@@ -8,6 +8,9 @@ use flywheel_oci::registry::reference::Reference;
 
 use crate::{LaneError, LaneSpec};
 
+/// The label mkRunnerImage puts on an image that carries container hooks: their version.
+pub const LABEL_CONTAINER_HOOKS: &str = "dev.flywheel.runner.container-hooks";
+
 /// Where the pinned image is read from.
 #[derive(Clone, Debug)]
 pub enum ImageSource {
@@ -95,6 +98,15 @@ pub fn check(spec: &LaneSpec, source: &ImageSource, today: i64) -> Result<Checke
             "image.driver_version: the spec says {want}, but the image {} carries NVIDIA userspace {found} (label {}); set driver_version = \"{found}\", or pin the image built for {want} (one image per driver version)",
             spec.image.reference,
             flywheel_driver::LABEL_VERSION
+        )));
+    }
+    if spec.runners.container_mode == Some(crate::spec::ContainerMode::Kubernetes)
+        && !labels.contains_key(LABEL_CONTAINER_HOOKS)
+    {
+        return Err(LaneError::ImageMismatch(format!(
+            "runners.container_mode: kubernetes mode runs the image's container hooks ({}), but {} has no {LABEL_CONTAINER_HOOKS} label: build it with mkRunnerImage's containerHooks (images/gpu-runner does), or leave container_mode out",
+            crate::render::values::CONTAINER_HOOKS,
+            spec.image.reference
         )));
     }
     let policy = spec.image.runner_policy().map_err(|e| LaneError::Other(format!("image.runner_min_version: {e}")))?;

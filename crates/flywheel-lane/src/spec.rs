@@ -109,6 +109,17 @@ pub struct Runners {
     /// runner pod mounts: the image's run.sh adds it to the bundle jobs use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extra_ca: Option<ExtraCa>,
+    /// ARC's container mode. `kubernetes`: a job's `container:` and services run in pods of their
+    /// own, made by the container hooks the image carries at /home/runner/k8s/index.js
+    /// (mkRunnerImage's containerHooks); absent: steps run in the runner container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_mode: Option<ContainerMode>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerMode {
+    Kubernetes,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -319,10 +330,12 @@ mod tests {
                      tolerations in proptest::collection::vec((text(), text(), proptest::option::of(text()), proptest::option::of(text())), 0..3),
                      requests in proptest::collection::btree_map(text(), text(), 0..3),
                      env in proptest::collection::btree_map(text(), text(), 0..3),
-                     extra_ca in proptest::option::of((text(), text()))) -> Runners {
+                     extra_ca in proptest::option::of((text(), text())),
+                     kubernetes in any::<bool>()) -> Runners {
             let tolerations = tolerations.into_iter().map(|(key, operator, value, effect)| Toleration { key, operator, value, effect }).collect();
             let extra_ca = extra_ca.map(|(config_map, key)| ExtraCa { config_map, key });
-            Runners { min, max, gpus, gpu_resource, runtime_class, priority_class, node_selector, tolerations, requests, env, extra_ca }
+            let container_mode = kubernetes.then_some(ContainerMode::Kubernetes);
+            Runners { min, max, gpus, gpu_resource, runtime_class, priority_class, node_selector, tolerations, requests, env, extra_ca, container_mode }
         }
     }
 

@@ -234,9 +234,22 @@ fn runners(spec: &LaneSpec, p: &mut Problems) {
         {
             p.add(format!("runners.env.{k}"), "not an environment variable name", "use letters, digits and '_'");
         }
-        if k.starts_with("FLYWHEEL_") || k.starts_with("ACTIONS_RUNNER_HOOK_") || k == "NIX_CONFIG" {
+        if k.starts_with("FLYWHEEL_")
+            || k.starts_with("ACTIONS_RUNNER_HOOK_")
+            || k == "NIX_CONFIG"
+            || k == "ACTIONS_RUNNER_CONTAINER_HOOKS"
+            || k == "ACTIONS_RUNNER_POD_NAME"
+        {
             p.add(format!("runners.env.{k}"), "set by the lane itself", "set it through the spec's own fields instead");
         }
+    }
+    // The hooks mount the runner's work volume claim into each job pod: an emptyDir cannot be.
+    if r.container_mode == Some(crate::spec::ContainerMode::Kubernetes) && spec.volumes.work.storage_class.is_none() {
+        p.add(
+            "runners.container_mode",
+            "\"kubernetes\" needs volumes.work.storage_class: the job's pods mount the runner's work volume claim",
+            "give volumes.work a storage_class (a ReadWriteOnce class on the GPU nodes), or leave container_mode out",
+        );
     }
     if let Some(ca) = &r.extra_ca {
         dns_label(p, "runners.extra_ca.config_map", &ca.config_map, 253);

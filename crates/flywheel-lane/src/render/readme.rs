@@ -77,7 +77,7 @@ with NVIDIA userspace {driver}. The canary (`{workflow}`) proves it healthy ever
 - runtimeClass `{rc}`{pc}; node selector {ns_sel}; {tol} toleration(s).\n\
 - Volumes: {vols}. An init container copies the image's /nix into the /nix volume before the runner starts.\n\
 - Cache: `{url}` as a Nix substituter (`NIX_CONFIG`), its public key from the secret; the job-completed hook pushes what the job built, never for pull requests.\n\
-- Hooks: job-started checks the image's driver against the node's kernel module and refuses the job on a mismatch; job-completed pushes, removes the job's temporary files and checks the GPU is free. Each prints one line to the job log.\n\n",
+- Hooks: job-started checks the image's driver against the node's kernel module and refuses the job on a mismatch; job-completed pushes, removes the job's temporary files and checks the GPU is free. Each prints one line to the job log.\n{kube}\n",
         version = spec.chart_version,
         min = r.min,
         max = r.max,
@@ -91,6 +91,14 @@ with NVIDIA userspace {driver}. The canary (`{workflow}`) proves it healthy ever
         tol = r.tolerations.len(),
         vols = volumes.join(", "),
         url = spec.cache.url,
+        kube = if r.container_mode == Some(crate::spec::ContainerMode::Kubernetes) {
+            format!(
+                "- Container mode `kubernetes`: a job's `container:` and `services:` run in pods of their own, made by the image's container hooks (`{}`) through the service account the chart makes; they mount the runner's work volume claim, and get no GPU unless a hook template asks for one. Other steps run on the runner.\n",
+                super::values::CONTAINER_HOOKS
+            )
+        } else {
+            String::new()
+        },
     );
     s.push_str("## Who owns what\n\n| Part | Owner | Proven by |\n|---|---|---|\n");
     for (part, who) in spec.owners.all() {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::spec::{LaneSpec, SecretSource, Volume};
+use crate::spec::{ContainerMode, LaneSpec, SecretSource, Volume};
 
 /// Where the image keeps the hooks (nix/lib's mkRunnerImage).
 pub const HOOK_STARTED: &str = "/home/runner/hooks/job-started.sh";
@@ -18,6 +18,9 @@ pub const RUNNER_UID: u32 = 1001;
 const SEED_MOUNT: &str = "/nix-volume";
 /// Where the lane's extra CA is mounted; the image's run.sh reads `FLYWHEEL_EXTRA_CA` there.
 const EXTRA_CA_MOUNT: &str = "/etc/flywheel/extra-ca";
+/// Where the image keeps the container hooks for kubernetes mode (mkRunnerImage's
+/// containerHooks), as the actions-runner image does.
+pub const CONTAINER_HOOKS: &str = "/home/runner/k8s/index.js";
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -33,7 +36,19 @@ pub struct Values {
     scale_set_labels: Vec<String>,
     min_runners: u32,
     max_runners: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container_mode: Option<ContainerModeValues>,
     template: Template,
+}
+
+/// ARC's `containerMode`: with `kubernetes`, the chart gives the runner pods a service account
+/// allowed to make the job's pods, and the hooks mount the work volume's claim into them.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ContainerModeValues {
+    #[serde(rename = "type")]
+    kind: String,
+    kubernetes_mode_work_volume_claim: serde_json::Value,
 }
 
 #[derive(Serialize)]
@@ -134,6 +149,20 @@ pub fn values(spec: &LaneSpec) -> Values {
     if r.extra_ca.is_some() {
         env.push(plain_env("FLYWHEEL_EXTRA_CA", &format!("{EXTRA_CA_MOUNT}/ca.crt")));
     }
+    // Kubernetes mode, as ARC's docs set it for a runner container of one's own: the hooks, the
+    // pod they make job pods beside, and steps outside a `container:` still on the runner
+    // (unless the spec's env says otherwise).
+    let kubernetes = r.container_mode == Some(ContainerMode::Kubernetes);
+    if kubernetes {
+        env.push(plain_env("ACTIONS_RUNNER_CONTAINER_HOOKS", CONTAINER_HOOKS));
+        env.push(serde_json::json!({
+            "name": "ACTIONS_RUNNER_POD_NAME",
+            "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } }
+        }));
+        if !r.env.contains_key("ACTIONS_RUNNER_REQUIRE_JOB_CONTAINER") {
+            env.push(plain_env("ACTIONS_RUNNER_REQUIRE_JOB_CONTAINER", "false"));
+        }
+    }
     // The spec's runner policy, for the canary that runs in these pods (as `lane check` uses it).
     if let Some(days) = spec.image.runner_max_age_days {
         env.push(plain_env("FLYWHEEL_RUNNER_MAX_AGE_DAYS", &days.to_string()));
@@ -218,6 +247,14 @@ pub fn values(spec: &LaneSpec) -> Values {
         scale_set_labels: spec.labels.iter().skip(1).cloned().collect(),
         min_runners: r.min,
         max_runners: r.max,
+        container_mode: kubernetes.then(|| ContainerModeValues {
+            kind: "kubernetes".into(),
+            kubernetes_mode_work_volume_claim: serde_json::json!({
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": spec.volumes.work.storage_class.clone().unwrap_or_default(),
+                "resources": { "requests": { "storage": spec.volumes.work.size } }
+            }),
+        }),
         template: Template {
             metadata: Metadata { labels, annotations },
             spec: PodSpec {
