@@ -815,6 +815,15 @@ fn mk_runner_image_with_driver_and_cache_is_what_the_cli_builds_and_arc_can_star
     assert_eq!(labels["org.example.purpose"], "e2e");
     assert_eq!(labels["dev.flywheel.driver.version"], "580.159.04", "mkImage labels the driver");
     assert_eq!(labels["dev.flywheel.runner.container-hooks"], "0.8.1", "the container hooks' version");
+    // What jobs rely on beyond PATH is in the SBOM too: nix-ld, its libraries, the hooks.
+    let index = read_json(&image.join("index.json"));
+    let sbom_manifest =
+        read_json(&blob(&image, index["manifests"][0]["annotations"]["dev.flywheel.sbom.manifest"].as_str().unwrap()));
+    let sbom = read_json(&blob(&image, sbom_manifest["layers"][0]["digest"].as_str().unwrap()));
+    let names: Vec<&str> = sbom["packages"].as_array().unwrap().iter().filter_map(|p| p["name"].as_str()).collect();
+    for want in ["nix-ld-standin", "debian-libs", "runner-container-hooks-k8s", "coreutils", "curl"] {
+        assert!(names.contains(&want), "{want} not in the SBOM: {names:?}");
+    }
     let git = flake.eval_raw(&format!("packages.{SYSTEM}.git.outPath"));
     let nixp = flake.eval_raw(&format!("packages.{SYSTEM}.nix.outPath"));
     let bash = flake.eval_raw(&format!("packages.{SYSTEM}.bash.outPath"));
