@@ -53,6 +53,12 @@
               esac
             done
           done
+          # What glibc's own lib folder holds besides: libraries that dlopen'd ones (the NVIDIA
+          # driver's) link, found by nixpkgs' loader in that folder.
+          libdir=$(dirname "$(readlink -f "$(ldd /bin/sh | awk '/libc[.]so[.]6/ {print $3}')")")
+          for l in libdl.so.2 libpthread.so.0 librt.so.1 libm.so.6; do
+            cp -L "$libdir/$l" "$out/lib/$l"
+          done
           chmod u+w "$out"/lib/*
           for l in "$out"/lib/*; do
             case "$l" in
@@ -71,7 +77,7 @@
     };
 
   # Host programs copied to $out/bin (each under its own name, `aliases` as "LINK=TARGET"
-  # symlinks, LINK relative to $out/bin), their interpreter and RUNPATH set to `libs`: a stand-in for a
+  # symlinks, LINK relative to $out/bin), their interpreter and RPATH set to `libs` (as `selfContained`): a stand-in for a
   # nixpkgs package of several programs (coreutils, nix with nix-build and nix-store).
   hostTools =
     name: programs: aliases: libs:
@@ -92,7 +98,7 @@
             b="$out/bin/$(basename "$p")"
             cp -L "$p" "$b"
             chmod u+w "$b"
-            patchelf --set-interpreter ${libs}/lib/${loader} --set-rpath ${libs}/lib "$b"
+            patchelf --set-interpreter ${libs}/lib/${loader} --force-rpath --set-rpath ${libs}/lib "$b"
           done
           for a in $aliases; do
             mkdir -p "$(dirname "$out/bin/''${a%%=*}")"
@@ -185,7 +191,10 @@
     ];
   };
 
-  # A host program copied to $out/bin/NAME, its interpreter and RUNPATH set to `libs`.
+  # A host program copied to $out/bin/NAME, its interpreter and RPATH set to `libs`: DT_RPATH,
+  # not RUNPATH, because the executable's DT_RPATH also serves the libraries it loads and
+  # dlopens, as nixpkgs' loader serves them from glibc's folder (its default path), where
+  # Debian's loader would look in /lib and /usr/lib, which the image does not have.
   selfContained =
     name: program: libs:
     let
@@ -203,7 +212,7 @@
           mkdir -p "$out/bin"
           cp -L ${program} "$out/bin/${baseNameOf (toString program)}"
           chmod u+w "$out/bin/${baseNameOf (toString program)}"
-          patchelf --set-interpreter ${libs}/lib/${loader} --set-rpath ${libs}/lib "$out/bin/${baseNameOf (toString program)}"
+          patchelf --set-interpreter ${libs}/lib/${loader} --force-rpath --set-rpath ${libs}/lib "$out/bin/${baseNameOf (toString program)}"
         ''
       ];
     };
