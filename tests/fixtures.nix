@@ -111,7 +111,8 @@
   # A stand-in for nixpkgs' nix-ld, compiled from the C below by the host's gcc: the ELF
   # interpreter programs built for other distributions name, which runs them with the loader
   # NIX_LD names and the libraries of NIX_LD_LIBRARY_PATH. Static and without libc, so it needs
-  # nothing outside the image. x86_64-linux only.
+  # nothing outside the image. x86_64-linux only. Stripped: the symbol table would name the
+  # source's store path, and so pull the source into the image's closure.
   nixLd = derivation {
     name = "nix-ld-standin";
     inherit system;
@@ -185,7 +186,7 @@
       "-c"
       ''
         mkdir -p "$out/libexec"
-        gcc -O2 -nostdlib -static-pie -fPIE -ffreestanding -fno-stack-protector -fno-builtin \
+        gcc -O2 -s -nostdlib -static-pie -fPIE -ffreestanding -fno-stack-protector -fno-builtin \
           -o "$out/libexec/nix-ld" "$source"
       ''
     ];
