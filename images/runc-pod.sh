@@ -8,10 +8,13 @@
 #       image unpacked by umoci with its owners, DIR/nix the /nix volume seeded by the image's
 #       own hooks/seed-nix.sh as the runner user (the pod's init container), DIR/work the
 #       /home/runner/_work volume.
-#   images/runc-pod.sh run DIR [--env NAME=VALUE]... [--mount SRC:DEST[:ro]]... [--name ID] [-- ARGS...]
+#   images/runc-pod.sh run DIR [--env NAME=VALUE]... [--mount SRC:DEST[:ro]]... [--gpus] [--name ID] [-- ARGS...]
 #       runc runs the image's entrypoint (/home/runner/run.sh), or ARGS, as the image's user with
 #       the pod's mounts (/nix, /home/runner/_work, a tmpfs /tmp) and the ones given, in this
 #       machine's network namespace (the pod's cluster network: servers on 127.0.0.1 answer).
+#       --env replaces a variable the image sets. --gpus gives the container this machine's
+#       /dev/nvidia* devices, as the NVIDIA device plugin gives a pod its GPUs (the image's
+#       driver layer must match the kernel module: its job-started hook checks).
 #       Give the runner its registration as ARC does: --env ACTIONS_RUNNER_INPUT_JITCONFIG=...
 #
 # Needs umoci, runc and python3 (Debian: apt-get install umoci runc python3).
@@ -25,6 +28,12 @@ die() {
   echo "runc-pod: $*" >&2
   exit 1
 }
+case "${1:-}" in
+  -h | --help)
+    sed -n '2,/^# Needs/p' "$0" | sed 's/^# \{0,1\}//'
+    exit 0
+    ;;
+esac
 [ "$(id -u)" = 0 ] || die "run me as root (runc, and the image's owners)"
 for tool in umoci runc python3; do
   command -v "$tool" >/dev/null || die "$tool is not installed (Debian: apt-get install $tool)"
@@ -65,6 +74,7 @@ case "$cmd" in
     envs=()
     mounts=()
     args=()
+    gpus=0
     id="flywheel-runner-$$"
     while [ $# -gt 0 ]; do
       case "$1" in
@@ -77,6 +87,10 @@ case "$cmd" in
           [ $# -ge 2 ] && [[ "$2" == /*:/* ]] || die "--mount takes SRC:DEST[:ro], both absolute"
           mounts+=("$2")
           shift 2
+          ;;
+        --gpus)
+          gpus=1
+          shift
           ;;
         --name)
           [ $# -ge 2 ] || usage
@@ -94,10 +108,13 @@ case "$cmd" in
     bundle=$(cd "$dir/bundle" && pwd)
     [ -f "$bundle/config.image.json" ] || cp "$bundle/config.json" "$bundle/config.image.json"
     # The image's own config, with the pod's mounts and this run's additions.
-    python3 - "$bundle" "$(cd "$dir" && pwd)" "${#envs[@]}" "${envs[@]}" "${#mounts[@]}" "${mounts[@]}" "${args[@]}" <<'EOF'
-import json, sys
-bundle, pod = sys.argv[1], sys.argv[2]
-rest = sys.argv[3:]
+    if [ "$gpus" = 1 ] && ! compgen -G '/dev/nvidia[0-9]*' >/dev/null; then
+      die "--gpus: this machine has no /dev/nvidia0 (no NVIDIA GPU, or its kernel module is not loaded)"
+    fi
+    python3 - "$bundle" "$(cd "$dir" && pwd)" "$gpus" "${#envs[@]}" "${envs[@]}" "${#mounts[@]}" "${mounts[@]}" "${args[@]}" <<'EOF'
+import glob, json, os, stat, sys
+bundle, pod, gpus = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+rest = sys.argv[4:]
 n = int(rest[0]); envs = rest[1:1 + n]; rest = rest[1 + n:]
 n = int(rest[0]); mounts = rest[1:1 + n]; args = rest[1 + n:]
 config = json.load(open(f"{bundle}/config.image.json"))
@@ -105,7 +122,8 @@ process = config["process"]
 process["terminal"] = False
 if args:
     process["args"] = args
-process["env"] = process.get("env", []) + envs
+names = {e.split("=", 1)[0] for e in envs}
+process["env"] = [e for e in process.get("env", []) if e.split("=", 1)[0] not in names] + envs
 config["linux"]["namespaces"] = [ns for ns in config["linux"]["namespaces"] if ns["type"] != "network"]
 m = [x for x in config["mounts"] if x["destination"] != "/tmp"]
 m.append({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]})
@@ -116,6 +134,16 @@ for spec in mounts:
     mode = "ro" if len(parts) == 3 and parts[2] == "ro" else "rw"
     m.append({"destination": parts[1], "type": "bind", "source": parts[0], "options": ["rbind", mode]})
 config["mounts"] = m
+if gpus:
+    linux = config["linux"]
+    devices, allow = linux.setdefault("devices", []), linux.setdefault("resources", {}).setdefault("devices", [])
+    for path in sorted(glob.glob("/dev/nvidia*") + glob.glob("/dev/nvidia-caps/*")):
+        st = os.stat(path)
+        if not stat.S_ISCHR(st.st_mode):
+            continue
+        major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
+        devices.append({"path": path, "type": "c", "major": major, "minor": minor, "fileMode": 0o666, "uid": 0, "gid": 0})
+        allow.append({"allow": True, "type": "c", "major": major, "minor": minor, "access": "rwm"})
 with open(f"{bundle}/config.json.partial", "w") as f:
     json.dump(config, f, indent=2)
 EOF

@@ -740,6 +740,21 @@ fn the_image_runs_a_job_in_runc_as_arc_starts_it() {
     let start = started.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
     eprintln!("{said}\nrunc run to the job's first step: {:.2} s", first - start);
 
+    // runc-pod.sh's --env replaces what the image sets; --gpus wants this machine's GPUs.
+    let o = Command::new(&runc_pod)
+        .arg("run")
+        .arg(&pod)
+        .args(["--env", "HOME=/tmp", "--", "/usr/bin/env", "bash", "-c", "echo \"$HOME $(env | grep -c '^HOME=')\""])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "/tmp 1", "{}", text(&o));
+    if !Path::new("/dev/nvidia0").exists() {
+        let o = Command::new(&runc_pod).arg("run").arg(&pod).arg("--gpus").output().unwrap();
+        assert_eq!(o.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.lines().count() == 1 && err.contains("--gpus: this machine has no /dev/nvidia0"), "{err}");
+    }
+
     // The canary's reports, in the workspace: every required step passed.
     let junit = fs::read_to_string(work.join("repo/repo/canary-report/junit.xml")).unwrap();
     assert!(junit.contains("failures=\"0\"") && junit.contains("name=\"bootstrap\""), "{junit}");
