@@ -151,6 +151,61 @@ fn without_a_gpu_gpu_and_cuda_fail_with_their_reasons_and_every_report_is_writte
     assert!(table.contains("gpu") && table.contains("FAIL"), "{table}");
 }
 
+/// A driver library that is there but links one that is not (as the 580 driver's link libdl,
+/// libpthread and librt): the steps name the missing library and say to add it, not that the
+/// driver is missing.
+#[test]
+fn a_driver_library_whose_dependency_is_missing_is_reported_by_that_dependency() {
+    let t = tempdir();
+    let dir = t.path().join("report");
+    let libs = t.path().join("lib");
+    fs::create_dir_all(&libs).expect("lib dir");
+    // NVML's step reads the library's exports before it opens it: a stub that has them.
+    let stub = t.path().join("nvml.c");
+    let exports = ["nvmlInit_v2", "nvmlShutdown", "nvmlSystemGetDriverVersion", "nvmlDeviceGetCount_v2"];
+    let body: String = exports
+        .iter()
+        .chain(["nvmlDeviceGetHandleByIndex_v2"].iter())
+        .map(|f| format!("int {f}(void) {{ return 0; }}\n"))
+        .collect();
+    fs::write(&stub, body).expect("write the stub");
+    ok(Command::new("gcc").args(["-shared", "-fPIC", "-o"]).arg(libs.join("libnvidia-ml.so.1")).arg(&stub));
+    fs::copy(support::driver_root::template_library(), libs.join("libcuda.so.1")).expect("copy the template library");
+    for name in ["libcuda.so.1", "libnvidia-ml.so.1"] {
+        ok(Command::new("patchelf").args(["--add-needed", "libflywheel-e2e-missing.so.1"]).arg(libs.join(name)));
+    }
+    let out = canary(&[
+        "--report-dir",
+        &s(&dir),
+        "--require",
+        "gpu,cuda",
+        "--skip",
+        "bootstrap,vulkan,cache,queue,cleanup",
+        "--cuda-lib",
+        &s(&libs.join("libcuda.so.1")),
+    ])
+    .env("LD_LIBRARY_PATH", &libs)
+    .output()
+    .expect("run");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let ev = events(&dir);
+    let cuda = step(&ev, "cuda");
+    let reason = cuda["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("libcuda.so.1 is there but cannot be loaded: it needs libflywheel-e2e-missing.so.1"),
+        "{cuda}"
+    );
+    assert!(cuda["remedy"].as_str().unwrap_or_default().contains("lacks libflywheel-e2e-missing.so.1"), "{cuda}");
+    let gpu = step(&ev, "gpu");
+    let reason = gpu["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("libnvidia-ml.so.1 is there but cannot be loaded: it needs libflywheel-e2e-missing.so.1"),
+        "{gpu}"
+    );
+    assert!(gpu["remedy"].as_str().unwrap_or_default().contains("lacks libflywheel-e2e-missing.so.1"), "{gpu}");
+    validate_events(&dir);
+}
+
 #[test]
 fn bootstrap_reports_the_images_runner_and_warns_when_it_is_old_or_too_low() {
     let t = tempdir();

@@ -231,12 +231,16 @@ fn open_error(e: InitError, opts: &GpuOptions, located: Option<&Path>) -> ProbeE
     };
     match e {
         NvmlError::LibloadingError(le) => {
+            let error = le.to_string();
+            let dependency = crate::libs::missing_dependency(DEFAULT_LIB, &error);
             let reason = match &opts.nvml_lib {
-                None => format!("{DEFAULT_LIB} not found ({le})"),
+                None => crate::libs::open_failure(DEFAULT_LIB, &error),
                 Some(p) if !p.exists() => format!("{DEFAULT_LIB} not found: {} does not exist", p.display()),
                 Some(p) => format!("{} could not be loaded ({le})", p.display()),
             };
-            let remedy = if opts.nvml_lib.is_some() {
+            let remedy = if let Some(dep) = dependency {
+                crate::libs::missing_dependency_remedy(&dep)
+            } else if opts.nvml_lib.is_some() {
                 format!("{DRIVER_REMEDY}; or fix the NVML library path")
             } else {
                 DRIVER_REMEDY.to_string()

@@ -219,7 +219,7 @@ pub enum LoadError {
 impl fmt::Display for LoadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            LoadError::Open { name, error } => write!(f, "{name} not found ({error})"),
+            LoadError::Open { name, error } => f.write_str(&crate::libs::open_failure(name, error)),
             LoadError::Symbol { name, symbol, error } => {
                 write!(f, "{name} has no {symbol}: not CUDA's driver library, or one too old ({error})")
             }
