@@ -748,6 +748,31 @@ fn the_image_runs_a_job_in_runc_as_arc_starts_it() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "/tmp 1", "{}", text(&o));
+    // Bad input: one line, exit 1 (2 for usage), and the pod left as it was.
+    for (args, code, want) in [
+        (vec!["run", "POD", "--env", "FOO"], 1, "--env takes NAME=VALUE"),
+        (vec!["run", "POD", "--mount", "relative:/x"], 1, "--mount takes SRC:DEST[:ro], both absolute"),
+        (vec!["unpack", "IMAGE", "POD"], 1, "bundle exists: remove it first"),
+        (vec!["unpack", "/nonexistent", "POD"], 1, "is not an OCI layout"),
+        (vec!["frobnicate", "POD"], 2, "Starts a runner image"),
+    ] {
+        let mut c = Command::new(&runc_pod);
+        for a in args {
+            match a {
+                "POD" => c.arg(&pod),
+                "IMAGE" => c.arg(&image),
+                other => c.arg(other),
+            };
+        }
+        let o = c.output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(code), "{err}");
+        assert!(err.contains(want), "{want}: {err}");
+        if code == 1 {
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
+    }
+    assert!(pod.join("bundle/rootfs/home/runner/run.sh").exists());
     if !Path::new("/dev/nvidia0").exists() {
         let o = Command::new(&runc_pod).arg("run").arg(&pod).arg("--gpus").output().unwrap();
         assert_eq!(o.status.code(), Some(1));
