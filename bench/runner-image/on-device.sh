@@ -19,7 +19,9 @@
 #     the job-completed hook. Every output line is stamped with the seconds since the runtime was
 #     started.
 #  6. only if the gpu or cuda step did not pass: the same again with one more layer, glibc's
-#     compatibility libraries (PREP_DIR/glibc-compat) where the image's loader looks.
+#     compatibility libraries (PREP_DIR/glibc-compat) where the image's loader looks;
+#  7. where runc runs: the same image through images/runc-pod.sh, as a user tries one (unpack,
+#     then run --gpus: nvidia-smi and the canary's gpu and cuda steps), and once without --gpus.
 # usage: bench/runner-image/on-device.sh PREP_DIR OUT_DIR   (PREP_DIR from prepare.sh)
 # Runs as root. DRIVER_ROOT (default /usr/local/nvidia), RUNTIME (auto, runc or chroot) and, for a
 # dry run without a GPU (bench/runner-image/local-test.sh), COLLECT_ARGS (e.g. --no-nvml),
@@ -270,6 +272,27 @@ if ! gpu_and_cuda_passed "$out/image/events.jsonl" 2>/dev/null; then
   digest2=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["manifests"][0]["digest"])' "$work/image-compat/index.json")
   unpack "$work/image-compat" "$work/bundle-compat" || exit 1
   pod "$work/bundle-compat" "$digest2" image-compat
+fi
+
+# What a user runs to try an image on a GPU machine: images/runc-pod.sh with --gpus (runc and
+# umoci from PATH, here the carried ones).
+if [ "$runtime" = runc ]; then
+  step "7. images/runc-pod.sh unpack, then run --gpus: nvidia-smi and the canary's gpu and cuda steps"
+  mkdir -p "$work/pathbin"
+  printf '#!/bin/sh\nLD_LIBRARY_PATH=%s exec %s "$@"\n' "$work/lib" "$work/bin/runc" > "$work/pathbin/runc"
+  ln -sf "$work/bin/umoci" "$work/pathbin/umoci"
+  chmod 755 "$work/pathbin/runc"
+  runc_pod=$here/../../images/runc-pod.sh
+  t=$EPOCHREALTIME
+  PATH=$work/pathbin:$PATH "$runc_pod" unpack "$work/image" "$work/runc-pod" 2>&1
+  echo "(unpack and seed: $(since "$t"))"
+  t=$EPOCHREALTIME
+  PATH=$work/pathbin:$PATH timeout 300 "$runc_pod" run "$work/runc-pod" --gpus --name "runc-pod-$$" -- \
+    /usr/bin/env bash -c 'echo "first line at $EPOCHREALTIME"; ls /dev | tr "\n" " "; echo; /usr/bin/nvidia-smi -L; flywheel canary --require gpu,cuda --skip bootstrap,vulkan,cache,queue,cleanup --report-dir /tmp/report' 2>&1
+  echo "(runc-pod.sh run --gpus: exit $?, $(since "$t") in all, started at $t)"
+  PATH=$work/pathbin:$PATH "$runc_pod" run "$work/runc-pod" --name "runc-pod-nogpu-$$" -- \
+    /usr/bin/env bash -c 'ls /dev | tr "\n" " "; echo' 2>&1
+  echo "(the same without --gpus: exit $?)"
 fi
 
 step "after"
