@@ -5,7 +5,7 @@
   templateLibrary,
   tag,
 }:
-{
+rec {
   # A derivation built by /bin/sh running `script` (with /usr/bin and /bin on PATH), with `env`
   # as extra attributes; fixtureTag makes every test run's paths its own.
   sh =
@@ -77,7 +77,7 @@
     };
 
   # Host programs copied to $out/bin (each under its own name, `aliases` as "LINK=TARGET"
-  # symlinks, LINK relative to $out/bin), their interpreter and RPATH set to `libs` (as `selfContained`): a stand-in for a
+  # symlinks, LINK relative to $out/bin), their interpreter and RPATH set to `libs` (DT_RPATH: see `selfContained`): a stand-in for a
   # nixpkgs package of several programs (coreutils, nix with nix-build and nix-store).
   hostTools =
     name: programs: aliases: libs:
@@ -196,27 +196,7 @@
   # not RUNPATH, because the executable's DT_RPATH also serves the libraries it loads and
   # dlopens, as nixpkgs' loader serves them from glibc's folder (its default path), where
   # Debian's loader would look in /lib and /usr/lib, which the image does not have.
-  selfContained =
-    name: program: libs:
-    let
-      loader = if system == "aarch64-linux" then "ld-linux-aarch64.so.1" else "ld-linux-x86-64.so.2";
-    in
-    derivation {
-      inherit name system;
-      builder = "/bin/sh";
-      PATH = "/usr/bin:/bin";
-      fixtureTag = tag;
-      args = [
-        "-e"
-        "-c"
-        ''
-          mkdir -p "$out/bin"
-          cp -L ${program} "$out/bin/${baseNameOf (toString program)}"
-          chmod u+w "$out/bin/${baseNameOf (toString program)}"
-          patchelf --set-interpreter ${libs}/lib/${loader} --force-rpath --set-rpath ${libs}/lib "$out/bin/${baseNameOf (toString program)}"
-        ''
-      ];
-    };
+  selfContained = name: program: libs: hostTools name [ program ] [ ] libs;
 
   # A stand-in for nixpkgs' NVIDIA driver package (580.159.04), with its `out` and `bin`
   # outputs: this machine's libz (`templateLibrary`) dressed up as the driver's libraries by

@@ -189,20 +189,13 @@ fn a_driver_library_whose_dependency_is_missing_is_reported_by_that_dependency()
     .expect("run");
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let ev = events(&dir);
-    let cuda = step(&ev, "cuda");
-    let reason = cuda["reason"].as_str().unwrap_or_default();
-    assert!(
-        reason.contains("libcuda.so.1 is there but cannot be loaded: it needs libflywheel-e2e-missing.so.1"),
-        "{cuda}"
-    );
-    assert!(cuda["remedy"].as_str().unwrap_or_default().contains("lacks libflywheel-e2e-missing.so.1"), "{cuda}");
-    let gpu = step(&ev, "gpu");
-    let reason = gpu["reason"].as_str().unwrap_or_default();
-    assert!(
-        reason.contains("libnvidia-ml.so.1 is there but cannot be loaded: it needs libflywheel-e2e-missing.so.1"),
-        "{gpu}"
-    );
-    assert!(gpu["remedy"].as_str().unwrap_or_default().contains("lacks libflywheel-e2e-missing.so.1"), "{gpu}");
+    for (name, lib) in [("cuda", "libcuda.so.1"), ("gpu", "libnvidia-ml.so.1")] {
+        let r = step(&ev, name);
+        let reason = r["reason"].as_str().unwrap_or_default();
+        let want = format!("{lib} is there but cannot be loaded: it needs libflywheel-e2e-missing.so.1");
+        assert!(reason.contains(&want), "{r}");
+        assert!(r["remedy"].as_str().unwrap_or_default().contains("lacks libflywheel-e2e-missing.so.1"), "{r}");
+    }
     validate_events(&dir);
 }
 

@@ -355,19 +355,7 @@ fn kubernetes_container_mode_names_the_images_hooks_and_the_work_claim_and_needs
 #[test]
 fn lane_check_in_kubernetes_mode_needs_an_image_with_container_hooks() {
     let t = tempdir();
-    let root = t.path().join("nvidia");
-    fx::host_root(&root, VERSION);
-    let tree = t.path().join("tree");
-    ok(flywheel().args(["driver", "collect", "--no-nvml", "--driver-root"]).arg(&root).arg("--out").arg(&tree));
-    let image = |name: &str, labels: &[&str]| {
-        let out = t.path().join(name);
-        let mut c = flywheel();
-        c.args(["image", "build", "--no-layer-cache", "--driver"]).arg(&tree).arg("--out").arg(&out);
-        for l in labels {
-            c.args(["--label", l]);
-        }
-        (out, ok_str(&mut c).trim().to_string())
-    };
+    let image = labelled_images(t.path());
     let check = |layout: &Path, digest: &str| {
         let spec = spec_for(t.path(), &format!("{digest}.toml"), &format!("registry.example/r@{digest}"), VERSION);
         fs::write(&spec, kubernetes_spec(&fs::read_to_string(&spec).unwrap())).unwrap();
@@ -509,15 +497,14 @@ fn lane_check_compares_the_spec_with_the_image_in_a_layout_and_in_a_registry() {
     assert!(one_line_error(&o).contains("404"), "{}", one_line_error(&o));
 }
 
-#[test]
-fn lane_check_reports_the_runner_and_warns_when_it_is_old_or_below_the_minimum() {
-    let t = tempdir();
-    let root = t.path().join("nvidia");
+/// A driver tree for VERSION in `dir`, and a builder of images of it with labels: (layout, digest).
+fn labelled_images(dir: &Path) -> impl Fn(&str, &[&str]) -> (PathBuf, String) + '_ {
+    let root = dir.join("nvidia");
     fx::host_root(&root, VERSION);
-    let tree = t.path().join("tree");
+    let tree = dir.join("tree");
     ok(flywheel().args(["driver", "collect", "--no-nvml", "--driver-root"]).arg(&root).arg("--out").arg(&tree));
-    let image = |name: &str, labels: &[&str]| {
-        let out = t.path().join(name);
+    move |name: &str, labels: &[&str]| {
+        let out = dir.join(name);
         let mut c = flywheel();
         c.args(["image", "build", "--no-layer-cache", "--driver"]).arg(&tree).arg("--out").arg(&out);
         for l in labels {
@@ -525,7 +512,13 @@ fn lane_check_reports_the_runner_and_warns_when_it_is_old_or_below_the_minimum()
         }
         let digest = ok_str(&mut c).trim().to_string();
         (out, digest)
-    };
+    }
+}
+
+#[test]
+fn lane_check_reports_the_runner_and_warns_when_it_is_old_or_below_the_minimum() {
+    let t = tempdir();
+    let image = labelled_images(t.path());
     let (labelled, digest) =
         image("labelled", &["dev.flywheel.runner.version=2.338.0", "dev.flywheel.runner.released=2026-10-06"]);
     let layout = labelled.to_str().unwrap();

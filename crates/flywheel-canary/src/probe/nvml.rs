@@ -232,7 +232,9 @@ fn open_error(e: InitError, opts: &GpuOptions, located: Option<&Path>) -> ProbeE
     match e {
         NvmlError::LibloadingError(le) => {
             let error = le.to_string();
-            let dependency = crate::libs::missing_dependency(DEFAULT_LIB, &error);
+            // What was asked for: the option's file, or the SONAME.
+            let asked = opts.nvml_lib.as_ref().map_or_else(|| DEFAULT_LIB.to_string(), |p| p.display().to_string());
+            let dependency = crate::libs::missing_dependency(&asked, &error);
             let reason = match &opts.nvml_lib {
                 None => crate::libs::open_failure(DEFAULT_LIB, &error),
                 Some(p) if !p.exists() => format!("{DEFAULT_LIB} not found: {} does not exist", p.display()),

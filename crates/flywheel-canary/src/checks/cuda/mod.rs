@@ -70,13 +70,10 @@ pub fn run_with(opts: &CudaOptions) -> Outcome {
     }
     let api = match loaded {
         Ok(api) => api,
-        Err(e @ LoadError::Open { .. }) => {
-            let remedy = match &e {
-                LoadError::Open { name, error } => crate::libs::missing_dependency(name, error)
-                    .map_or_else(|| REMEDY_NO_LIBRARY.to_string(), |dep| crate::libs::missing_dependency_remedy(&dep)),
-                LoadError::Symbol { .. } => REMEDY_NO_LIBRARY.to_string(),
-            };
-            return Outcome::unavailable(e.to_string(), remedy);
+        Err(LoadError::Open { name, error }) => {
+            let remedy = crate::libs::missing_dependency(&name, &error)
+                .map_or_else(|| REMEDY_NO_LIBRARY.to_string(), |dep| crate::libs::missing_dependency_remedy(&dep));
+            return Outcome::unavailable(crate::libs::open_failure(&name, &error), remedy);
         }
         Err(e @ LoadError::Symbol { .. }) => return Outcome::unavailable(e.to_string(), REMEDY_WRONG_LIBRARY),
     };
